@@ -1,0 +1,72 @@
+"""`load(name_or_path_or_repo)`: the only door to weights on disk or on the Hub."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+from ..model.llama import Model, ModelArgs
+from .catalog import CATALOG, DEFAULT_MODEL, fetch
+from .errors import ModelLoadError
+from .gguf import load_gguf
+from .hf import load_folder, snapshot_path
+
+__all__ = ["load", "resolve", "ModelInfo", "ModelLoadError", "DEFAULT_MODEL", "CATALOG"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What was loaded: from where, in what format, and the model's defaults."""
+
+    name: str  # as the user gave it
+    path: Path  # the file or folder read
+    format: str  # "gguf" or "folder"
+    args: ModelArgs
+    quantization: str
+    sampler_preset: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def context_length(self) -> Optional[int]:
+        return self.args.max_position_embeddings
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def resolve(name: str, log: Callable[[str], None] = lambda msg: None) -> Tuple[Path, str]:
+    """(local path, format) of a catalog name, a .gguf file, a folder or a Hub repo id."""
+    if name in CATALOG:
+        return fetch(name, log), "gguf"
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path, "folder"
+    if path.is_file():
+        return path, "gguf"
+    if _looks_like_repo_id(name):
+        return snapshot_path(name), "folder"
+    raise ModelLoadError(
+        f"no such model file or folder: {name}; pass a .gguf file, a model folder, a Hub repo id "
+        f"(org/name) or a catalog name ({', '.join(CATALOG)})"
+    )
+
+
+def load(
+    name: str = DEFAULT_MODEL,
+    quantize: Optional[int] = None,
+    log: Callable[[str], None] = lambda msg: None,
+) -> Tuple[Model, object, ModelInfo]:
+    """Load a model -> (model, tokenizer, info).
+
+    `name`: a catalog name (default: the embedded SmolLM2-135M-Instruct), a `.gguf` file, an
+    MLX / Hugging Face folder or a Hub repo id. `quantize` (4 or 8) quantizes float weights
+    of a folder on load.
+    """
+    path, fmt = resolve(name, log)
+    if fmt == "gguf":
+        model, tokenizer, args, quantization = load_gguf(path)
+    else:
+        model, tokenizer, args, quantization = load_folder(path, quantize)
+    preset = dict(CATALOG[name].sampler_preset) if name in CATALOG else {}
+    info = ModelInfo(str(name), path, fmt, args, quantization, preset)
+    return model, tokenizer, info

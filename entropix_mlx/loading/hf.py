@@ -1,0 +1,119 @@
+"""An MLX or Hugging Face folder (config.json, safetensors, tokenizer files), or a Hub repo id."""
+
+import glob
+import json
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.utils import load_tokenizer
+
+from ..model.llama import Model, ModelArgs
+from .errors import ModelLoadError
+
+SUPPORTED_MODEL_TYPES = ("llama",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
+
+
+def read_config(folder: Path) -> dict:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(
+            f"{folder} has no config.json; pass a model folder (config.json, *.safetensors, "
+            "tokenizer files), a .gguf file or a Hub repo id"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{config_path} is not valid JSON ({e}); fix or re-download it") from None
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"model_type {model_type!r} in {config_path} is not supported; "
+            "entropix-mlx runs llama-architecture models"
+        )
+    return config
+
+
+def read_safetensors(folder: Path) -> Dict[str, mx.array]:
+    files = sorted(glob.glob(str(folder / "*.safetensors")))
+    if not files:
+        raise ModelLoadError(f"{folder} has no *.safetensors weight files; download the weights too")
+    weights = {}
+    for file in files:
+        try:
+            weights.update(mx.load(file))
+        except Exception as e:  # MLX reports corrupt files with a bare RuntimeError
+            raise ModelLoadError(f"cannot read {file} ({e}); re-download it") from None
+    return weights
+
+
+def quantization_predicate(quantization: dict, weights: Dict[str, mx.array]):
+    """nn.quantize predicate for an MLX-quantized checkpoint, honouring per-layer overrides."""
+
+    def predicate(path, module):
+        if not hasattr(module, "to_quantized"):
+            return False
+        if path in quantization:
+            return quantization[path]
+        return f"{path}.scales" in weights
+
+    return predicate
+
+
+def build_model(
+    config: dict, weights: Dict[str, mx.array], quantize: Optional[int] = None
+) -> Tuple[Model, ModelArgs, str]:
+    """Model from a config dict and checkpoint weights; float weights optionally quantized."""
+    args = ModelArgs.from_dict(config)
+    model = Model(args)
+    weights = model.sanitize(weights)
+    quantization = config.get("quantization") or config.get("quantization_config")
+    if quantization and any(k.endswith(".scales") for k in weights):
+        q = {"group_size": quantization.get("group_size", 64), "bits": quantization.get("bits", 4)}
+        nn.quantize(model, **q, class_predicate=quantization_predicate(quantization, weights))
+        description = f"MLX {q['bits']}-bit (group {q['group_size']})"
+    else:
+        description = "float"
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        raise ModelLoadError(f"weights do not match the config: {e}") from None
+    if quantize and description == "float":
+        if quantize not in (4, 8):
+            raise ModelLoadError(f"quantize must be 4 or 8 bits, not {quantize}")
+        nn.quantize(model, group_size=64, bits=quantize)
+        description = f"MLX {quantize}-bit (group 64, quantized on load)"
+    mx.eval(model.parameters())
+    return model, args, description
+
+
+def load_folder(folder: Path, quantize: Optional[int] = None):
+    """Load an MLX / Hugging Face folder -> (model, tokenizer, args, quantization description)."""
+    config = read_config(folder)
+    model, args, description = build_model(config, read_safetensors(folder), quantize)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"{folder} has no tokenizer.json or tokenizer.model; add the tokenizer files")
+    eos = config.get("eos_token_id")
+    tokenizer = load_tokenizer(folder, eos_token_ids=eos if isinstance(eos, list) else None)
+    return model, tokenizer, args, description
+
+
+def snapshot_path(repo_id: str) -> Path:
+    """Local folder of a Hub repo: the local cache first, then a download."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except Exception as e:
+        reason = type(e).__name__
+        raise ModelLoadError(
+            f"{repo_id} is not in the local Hugging Face cache; connect once or pass a local "
+            f"path (download failed: {reason})"
+        ) from None

@@ -1,0 +1,3 @@
+from .llama import Model, ModelArgs
+
+__all__ = ["Model", "ModelArgs"]

