@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from .generate import generate, stream_generate
 from .loading import load
+from .sampling import SamplerConfig
 
-__all__ = ["load", "__version__"]
+__all__ = ["load", "generate", "stream_generate", "SamplerConfig", "__version__"]

@@ -1,0 +1,244 @@
+"""Generation in layers: tokens (`generate_step`), responses (`stream_generate`), text (`generate`)."""
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Union
+
+import mlx.core as mx
+
+from .sampling import (
+    STRATEGIES,
+    SamplerConfig,
+    make_entropix_sampler,
+    make_greedy_sampler,
+    make_standard_sampler,
+    resolve_pause_token,
+)
+
+SAMPLERS = ("entropix", "standard", "greedy")
+METRICS = (
+    "logits_entropy",
+    "logits_varentropy",
+    "attn_entropy",
+    "attn_varentropy",
+    "agreement",
+    "interaction_strength",
+)
+PARAMETERS = ("temperature", "top_p", "top_k", "min_p")
+
+SamplerStep = Callable[[mx.array, mx.array, mx.array, mx.array], Any]
+
+
+class GenerationError(ValueError):
+    """Bad generation input; the message is one line, fit for the user."""
+
+
+@dataclass
+class TokenStep:
+    """One generated token as `generate_step` yields it."""
+
+    token: int
+    logprob: float
+    strategy: Optional[str]  # one of STRATEGIES; None for the plain samplers
+    metrics: Dict[str, float] = field(default_factory=dict)
+    params: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationResponse:
+    """What `stream_generate` yields for each token (and once more, at the end)."""
+
+    text: str  # the next segment of decoded text (may be empty)
+    token: int
+    logprob: float
+    strategy: Optional[str]
+    metrics: Dict[str, float]
+    params: Dict[str, float]
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    peak_memory: float  # GB
+    finish_reason: Optional[str] = None  # "stop", "length" or None while generating
+
+
+def make_sampler(name: str = "entropix", config: Optional[SamplerConfig] = None, tokenizer=None) -> SamplerStep:
+    """The sampler step for `name` (entropix, standard or greedy) with `config`'s settings."""
+    config = config or SamplerConfig()
+    if name == "entropix":
+        pause_id = resolve_pause_token(config, tokenizer) if tokenizer is not None else config.pause_token_id
+        return make_entropix_sampler(config, pause_token_id=pause_id)
+    if name == "standard":
+        return make_standard_sampler(config.temp, config.top_p, config.top_k, config.min_p)
+    if name == "greedy":
+        return make_greedy_sampler()
+    raise GenerationError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def _step_outputs(model, cache, sampler: SamplerStep, tokens: mx.array, prev: mx.array, key, with_scores: bool):
+    """Lazily: the next token after `tokens`, its log-probability, strategy and sampler info."""
+    out = model(tokens[None], cache, return_scores=with_scores, last_only=True)
+    logits, scores = out if with_scores else (out, None)
+    logits = logits[:, -1, :].astype(mx.float32)
+    token, strategy, info = sampler(logits, scores, prev, key)
+    logprob = mx.take_along_axis(logits, token[:, None].astype(mx.int32), axis=-1)[:, 0] - mx.logsumexp(logits, axis=-1)
+    return token, logprob, strategy, info
+
+
+def generate_step(
+    prompt: mx.array,
+    model,
+    sampler: Optional[SamplerStep] = None,
+    *,
+    max_tokens: int = 256,
+    seed: Optional[int] = None,
+    max_kv_size: Optional[int] = None,
+    prompt_cache: Optional[List[Any]] = None,
+    prefill_step_size: int = 512,
+    with_scores: bool = True,
+) -> Generator[TokenStep, None, None]:
+    """Yield up to `max_tokens` tokens after `prompt` (1-D token ids).
+
+    The prompt is prefilled in chunks of `prefill_step_size`; each next forward pass and
+    sampler step is queued with `mx.async_eval` before the host reads the current token.
+    `with_scores=False` skips the attention scores (the plain samplers do not use them).
+    """
+    sampler = sampler or make_greedy_sampler()
+    cache = prompt_cache if prompt_cache is not None else model.make_cache(max_kv_size)
+    key = mx.random.key(seed if seed is not None else time.time_ns() % (1 << 31))
+
+    while prompt.size > 1:
+        n = min(prefill_step_size, prompt.size - 1)
+        model(prompt[:n][None], cache, last_only=True)
+        mx.eval([c.state for c in cache])
+        prompt = prompt[n:]
+
+    def step(tokens, prev):
+        nonlocal key
+        key, subkey = mx.random.split(key)
+        outputs = _step_outputs(model, cache, sampler, tokens, prev, subkey, with_scores)
+        mx.async_eval(outputs)
+        return outputs
+
+    current = step(prompt, prompt[-1:])
+    for n in range(max_tokens):
+        token = current[0]
+        upcoming = step(token, token) if n + 1 < max_tokens else None
+        yield _to_token_step(*current)
+        current = upcoming
+        if n % 256 == 255:
+            mx.clear_cache()
+
+
+def _to_token_step(token, logprob, strategy, info) -> TokenStep:
+    index = strategy.item()
+    return TokenStep(
+        token=token.item(),
+        logprob=logprob.item(),
+        strategy=STRATEGIES[index] if index >= 0 else None,
+        metrics={k: info[k].item() for k in METRICS if k in info},
+        params={k: info[k].item() for k in PARAMETERS if k in info},
+    )
+
+
+def encode_prompt(
+    tokenizer,
+    prompt: Union[str, Sequence[Dict[str, str]]],
+    system: Optional[str] = None,
+    chat_template: bool = True,
+) -> List[int]:
+    """Token ids of a prompt: plain text, or a message list run through the chat template."""
+    if isinstance(prompt, str):
+        if not chat_template or tokenizer.chat_template is None:
+            return tokenizer.encode(prompt)
+        prompt = [{"role": "user", "content": prompt}]
+    messages = ([{"role": "system", "content": system}] if system else []) + list(prompt)
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+
+def check_prompt(prompt_ids: Sequence[int], context_length: Optional[int], max_tokens: int) -> int:
+    """Validate a prompt against the context window; the `max_tokens` that still fits."""
+    if len(prompt_ids) == 0:
+        raise GenerationError("the prompt is empty; give some text to continue")
+    if max_tokens < 1:
+        raise GenerationError(f"max_tokens must be >= 1, not {max_tokens}")
+    if context_length and len(prompt_ids) >= context_length:
+        raise GenerationError(
+            f"the prompt has {len(prompt_ids)} tokens but the model's context window is "
+            f"{context_length}; shorten the prompt"
+        )
+    return min(max_tokens, context_length - len(prompt_ids)) if context_length else max_tokens
+
+
+def stream_generate(
+    model,
+    tokenizer,
+    prompt: Union[str, List[int]],
+    *,
+    sampler: Union[str, SamplerStep] = "entropix",
+    config: Optional[SamplerConfig] = None,
+    max_tokens: int = 256,
+    seed: Optional[int] = None,
+    max_kv_size: Optional[int] = None,
+    prompt_cache: Optional[List[Any]] = None,
+) -> Generator[GenerationResponse, None, None]:
+    """Stream a completion of `prompt` (text, encoded as is, or token ids) as responses.
+
+    `sampler`: "entropix" (default), "standard", "greedy", or a sampler step. Generation
+    stops at any EOS id of the tokenizer or after `max_tokens` tokens.
+    """
+    prompt_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    context_length = getattr(getattr(model, "args", None), "max_position_embeddings", None)
+    max_tokens = check_prompt(prompt_ids, context_length if max_kv_size is None else None, max_tokens)
+    with_scores = sampler == "entropix" or callable(sampler)
+    if isinstance(sampler, str):
+        sampler = make_sampler(sampler, config, tokenizer)
+
+    detokenizer = tokenizer.detokenizer
+    detokenizer.reset()
+    eos_ids = set(tokenizer.eos_token_ids)
+    tic = time.perf_counter()
+    prompt_tps, n = 0.0, 0
+    steps = generate_step(
+        mx.array(prompt_ids), model, sampler, max_tokens=max_tokens, seed=seed,
+        max_kv_size=max_kv_size, prompt_cache=prompt_cache, with_scores=with_scores,
+    )  # fmt: skip
+    for n, step in enumerate(steps, start=1):
+        if n == 1:
+            prompt_tps = len(prompt_ids) / (time.perf_counter() - tic)
+            tic = time.perf_counter()
+        finish = "stop" if step.token in eos_ids else ("length" if n == max_tokens else None)
+        if finish != "stop":
+            detokenizer.add_token(step.token)
+        if finish:
+            detokenizer.finalize()
+        yield GenerationResponse(
+            text=detokenizer.last_segment,
+            token=step.token,
+            logprob=step.logprob,
+            strategy=step.strategy,
+            metrics=step.metrics,
+            params=step.params,
+            prompt_tokens=len(prompt_ids),
+            prompt_tps=prompt_tps,
+            generation_tokens=n,
+            generation_tps=n / max(time.perf_counter() - tic, 1e-9),
+            peak_memory=mx.get_peak_memory() / 1e9,
+            finish_reason=finish,
+        )
+        if finish:
+            break
+
+
+def generate(model, tokenizer, prompt: Union[str, List[int]], verbose: bool = False, **kwargs) -> str:
+    """The whole completion as text; `kwargs` as for `stream_generate`."""
+    text = ""
+    response = None
+    for response in stream_generate(model, tokenizer, prompt, **kwargs):
+        text += response.text
+        if verbose:
+            print(response.text, end="", flush=True)
+    if verbose and response is not None:
+        print(f"\nPrompt: {response.prompt_tokens} tokens, {response.prompt_tps:.1f} tokens/s")
+        print(f"Generation: {response.generation_tokens} tokens, {response.generation_tps:.1f} tokens/s")
+    return text

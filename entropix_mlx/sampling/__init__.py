@@ -1,0 +1,28 @@
+"""Entropix sampling: config, metrics, exact draws and the five-strategy sampler."""
+
+from .config import MAX_CANDIDATES, SamplerConfig
+from .draw import make_greedy_sampler, make_standard_sampler, sample
+from .entropix import (
+    STRATEGIES,
+    choose_strategy,
+    make_entropix_sampler,
+    resolve_pause_token,
+    strategy_parameters,
+)
+from .metrics import attention_metrics, calculate_metrics, logits_entropy_varentropy
+
+__all__ = [
+    "MAX_CANDIDATES",
+    "STRATEGIES",
+    "SamplerConfig",
+    "attention_metrics",
+    "calculate_metrics",
+    "choose_strategy",
+    "logits_entropy_varentropy",
+    "make_entropix_sampler",
+    "make_greedy_sampler",
+    "make_standard_sampler",
+    "resolve_pause_token",
+    "sample",
+    "strategy_parameters",
+]

@@ -1,0 +1,140 @@
+"""SamplerConfig: the Entropix sampler's settings, frozen and validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+# One sorted candidate set of this many tokens serves every strategy, so no
+# top_k (configured or derived) can exceed it.
+MAX_CANDIDATES = 100
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Entropix sampler settings; defaults are the original Entropix SamplerConfig."""
+
+    # Base sampling parameters.
+    temp: float = 0.666
+    top_p: float = 0.90
+    top_k: int = 27
+    min_p: float = 0.03
+
+    # Strategy thresholds on logits entropy (bits) and varentropy (bits^2).
+    low_ent: float = 0.1
+    low_vent: float = 0.1
+    med_ent: float = 3.0
+    high_ent: float = 5.0
+    high_vent: float = 5.0
+
+    # pause: temperature min(1.5, temp * (offset + coef * attn_entropy)).
+    pause_temp_offset: float = 1.3
+    pause_temp_coef: float = 0.2
+    # branch: temperature min(1.5, temp * (offset + coef * interaction_strength)),
+    # top_k max(5, floor(top_k * (1 + top_k_coef * (1 - agreement)))).
+    branch_temp_offset: float = 1.2
+    branch_temp_coef: float = 0.3
+    branch_top_k_coef: float = 0.5
+    # resample: temperature max(2.0, temp * (offset + coef * attn_varentropy)),
+    # top_p max(0.5, top_p - top_p_coef * attn_entropy).
+    resample_temp_offset: float = 2.0
+    resample_temp_coef: float = 0.5
+    resample_top_p_coef: float = 0.2
+
+    # adaptive: coefficients of the original's ada_* settings.
+    n_adaptive_samples: int = 5
+    ada_temp_logits: float = 0.3
+    ada_temp_attn: float = 0.2
+    ada_temp_agree: float = 0.2
+    ada_top_p: float = 0.1
+    ada_top_k_int: float = 0.3
+    ada_top_k_agree: float = 0.2
+    ada_min_p: float = 0.5
+
+    # The pause token: text resolved through the tokenizer, or an id (wins if set).
+    pause_token: str = "..."
+    pause_token_id: Optional[int] = None
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "pause_token":
+                _check_text(f.name, value)
+            elif f.name in _INT_FIELDS:
+                _check_int(f.name, value, optional=f.name == "pause_token_id")
+            else:
+                _check_number(f.name, value)
+                object.__setattr__(self, f.name, float(value))
+        _check_range("temp", self.temp, 0.0, math.inf, "must be >= 0")
+        _check_range("top_p", self.top_p, 0.0, 1.0, "must be in (0, 1]", low_open=True)
+        _check_range("top_k", self.top_k, 1, MAX_CANDIDATES, f"must be in [1, {MAX_CANDIDATES}]")
+        _check_range("min_p", self.min_p, 0.0, 1.0, "must be in [0, 1)", high_open=True)
+        _check_range("n_adaptive_samples", self.n_adaptive_samples, 1, math.inf, "must be >= 1")
+        if self.pause_token_id is not None:
+            _check_range("pause_token_id", self.pause_token_id, 0, math.inf, "must be >= 0")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "SamplerConfig":
+        """Build a config from a flat mapping; unknown keys raise ValueError."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown sampler setting(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, source: Union[str, Path]) -> "SamplerConfig":
+        """Read a flat TOML table from a file path or from TOML text."""
+        if isinstance(source, Path) or ("=" not in source and "\n" not in source):
+            source = Path(source).read_text(encoding="utf-8")
+        return cls.from_dict(tomllib.loads(source))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """Flat TOML, one `key = value` line per setting (None is left out)."""
+        lines = [f"{k} = {_toml_value(v)}" for k, v in self.to_dict().items() if v is not None]
+        return "\n".join(lines) + "\n"
+
+    def replace(self, **overrides) -> "SamplerConfig":
+        """A validated copy with some settings changed."""
+        return self.from_dict({**self.to_dict(), **overrides})
+
+
+_INT_FIELDS = {"top_k", "n_adaptive_samples", "pause_token_id"}
+
+
+def _check_text(name, value):
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+
+
+def _check_int(name, value, optional=False):
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
+def _check_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+def _check_range(name, value, low, high, rule, low_open=False, high_open=False):
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        raise ValueError(f"{name} {rule}, got {value!r}")
+
+
+def _toml_value(value):
+    # JSON string escapes are valid TOML basic-string escapes.
+    return json.dumps(value) if isinstance(value, str) else repr(value)
