@@ -26,6 +26,7 @@ METRICS = (
 )
 PARAMETERS = ("temperature", "top_p", "top_k", "min_p")
 
+Prompt = Union[str, Sequence[Dict[str, str]], Sequence[int]]
 SamplerStep = Callable[[mx.array, mx.array, mx.array, mx.array], Any]
 
 
@@ -170,10 +171,19 @@ def check_prompt(prompt_ids: Sequence[int], context_length: Optional[int], max_t
     return min(max_tokens, context_length - len(prompt_ids)) if context_length else max_tokens
 
 
+def prompt_token_ids(tokenizer, prompt: Prompt) -> List[int]:
+    """Raw text is encoded as is, a message list through the chat template; ids pass through."""
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt)
+    if len(prompt) and isinstance(prompt[0], dict):
+        return encode_prompt(tokenizer, prompt)
+    return [int(t) for t in prompt]
+
+
 def stream_generate(
     model,
     tokenizer,
-    prompt: Union[str, List[int]],
+    prompt: Prompt,
     *,
     sampler: Union[str, SamplerStep] = "entropix",
     config: Optional[SamplerConfig] = None,
@@ -182,12 +192,15 @@ def stream_generate(
     max_kv_size: Optional[int] = None,
     prompt_cache: Optional[List[Any]] = None,
 ) -> Generator[GenerationResponse, None, None]:
-    """Stream a completion of `prompt` (text, encoded as is, or token ids) as responses.
+    """Stream a completion of `prompt` as responses.
+
+    `prompt`: raw text (encoded as is), a list of chat messages (`{"role", "content"}`, run
+    through the model's chat template) or token ids.
 
     `sampler`: "entropix" (default), "standard", "greedy", or a sampler step. Generation
     stops at any EOS id of the tokenizer or after `max_tokens` tokens.
     """
-    prompt_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    prompt_ids = prompt_token_ids(tokenizer, prompt)
     context_length = getattr(getattr(model, "args", None), "max_position_embeddings", None)
     max_tokens = check_prompt(prompt_ids, context_length if max_kv_size is None else None, max_tokens)
     with_scores = sampler == "entropix" or callable(sampler)
@@ -230,7 +243,7 @@ def stream_generate(
             break
 
 
-def generate(model, tokenizer, prompt: Union[str, List[int]], verbose: bool = False, **kwargs) -> str:
+def generate(model, tokenizer, prompt: Prompt, verbose: bool = False, **kwargs) -> str:
     """The whole completion as text; `kwargs` as for `stream_generate`."""
     text = ""
     response = None

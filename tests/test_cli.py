@@ -1,0 +1,117 @@
+"""The command line through click's CliRunner (tiny model) and once as the installed script."""
+
+import importlib
+import json
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from entropix_mlx import cli
+from entropix_mlx.trace import read_trace
+
+from .tiny import tiny_model, write_float_gguf
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    return str(write_float_gguf(tmp_path_factory.mktemp("cli") / "tiny.gguf", tiny_model(seed=5)))
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
+
+
+def tiny_args(tiny_gguf, *extra):
+    return ["generate", "-m", tiny_gguf, "--pause-token", ".", "--max-tokens", "12", "--seed", "1", *extra]
+
+
+def test_generate_prompt_trace_and_verbose(tiny_gguf, tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    result = run(*tiny_args(tiny_gguf, "-p", "hello", "--trace", trace, "--verbose"))
+    assert result.exit_code == 0, result.output
+    records = read_trace(trace)
+    assert 1 <= len(records) <= 12
+    assert "Generation:" in result.output and "Strategies:" in result.output
+    assert "".join(r["text"] for r in records) in result.output
+
+
+def test_generate_reads_stdin_and_seeds_reproduce(tiny_gguf):
+    first = run(*tiny_args(tiny_gguf, "-p", "-"), input="hello there")
+    second = run(*tiny_args(tiny_gguf, "-p", "hello there"))
+    assert first.exit_code == 0 and first.output == second.output
+
+
+@pytest.mark.parametrize("sampler", ["standard", "greedy"])
+def test_generate_other_samplers(tiny_gguf, sampler):
+    result = run(*tiny_args(tiny_gguf, "-p", "hello", "--sampler", sampler, "--temp", "0.5", "--color"))
+    assert result.exit_code == 0, result.output
+
+
+def one_line_error(result, expected: str):
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: ") and expected in lines[-1], result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_input_gives_one_line_errors(tiny_gguf, tmp_path):
+    one_line_error(run("generate", "-m", tmp_path / "missing.gguf", "-p", "hi"), "no such model file or folder")
+    one_line_error(run(*tiny_args(tiny_gguf, "-p", "   ")), "the prompt is empty")
+    one_line_error(run(*tiny_args(tiny_gguf, "-p", "word " * 300)), "context window is 256; shorten the prompt")
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("temp = -1\n")
+    one_line_error(run(*tiny_args(tiny_gguf, "-p", "hi", "--config", bad_toml)), "temp")
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("temperature_typo = 1.0\n")
+    one_line_error(run(*tiny_args(tiny_gguf, "-p", "hi", "--config", unknown)), "temperature_typo")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("temp = = 1\n")
+    one_line_error(run(*tiny_args(tiny_gguf, "-p", "hi", "--config", broken)), "cannot read --config")
+    one_line_error(run("generate", "-m", tiny_gguf, "-p", "hi"), "pause_token")
+
+
+def test_chat_keeps_the_history(tiny_gguf, monkeypatch):
+    generate_module = importlib.import_module("entropix_mlx.generate")  # the package exports a `generate` function
+    seen = []
+    original = generate_module.encode_prompt
+
+    def recording_encode(tokenizer, prompt, *args, **kwargs):
+        seen.append([dict(m) for m in prompt])
+        return original(tokenizer, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "encode_prompt", recording_encode)
+    result = run("chat", "-m", tiny_gguf, "--pause-token", ".", "--max-tokens", "6", "--seed", "2",
+                 input="first question\nsecond question\n/reset\nthird\n/quit\n")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [len(m) for m in seen] == [1, 3, 1]
+    first_answer = seen[1][1]
+    assert first_answer["role"] == "assistant" and first_answer["content"] in result.output
+    assert seen[1][0]["content"] == "first question" and seen[1][2]["content"] == "second question"
+
+
+def test_models_list_and_convert_errors(tiny_gguf, tmp_path):
+    result = run("models", "list")
+    assert result.exit_code == 0 and "smollm2-135m-instruct (default)" in result.output
+    one_line_error(run("models", "fetch", "nope"), "unknown catalog model 'nope'")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "file").write_text("keep me")
+    one_line_error(run("convert", tiny_gguf, taken), "already exists and is not empty")
+
+
+@pytest.mark.real_model
+def test_installed_console_script_generates(default_model, tmp_path):
+    script = shutil.which("entropix-mlx")
+    if script is None:
+        pytest.skip("the entropix-mlx console script is not installed (pip install -e .)")
+    trace = tmp_path / "t.jsonl"
+    done = subprocess.run(
+        [script, "generate", "-p", "Name a colour.", "--max-tokens", "6", "--seed", "0", "--trace", str(trace)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert 1 <= len(records) <= 6
+    assert done.stdout.strip() == "".join(r["text"] for r in records).strip()

@@ -1,0 +1,134 @@
+"""Generation: greedy parity with mlx-lm and the reference, seeds, stops, traces."""
+
+import io
+import json
+
+import mlx.core as mx
+import pytest
+
+from entropix_mlx.generate import GenerationError, check_prompt, encode_prompt, generate_step, stream_generate
+from entropix_mlx.loading import load
+from entropix_mlx.sampling import STRATEGIES, SamplerConfig
+from entropix_mlx.trace import FIELDS, TraceWriter, read_trace
+
+from .tiny import tiny_model, write_float_gguf
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = write_float_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", tiny_model(seed=11))
+    return load(str(path))
+
+
+TINY_CONFIG = SamplerConfig(pause_token=".")  # the tiny byte-level vocabulary has no "..." token
+
+
+def tokens_of(model, tokenizer, prompt, **kwargs):
+    kwargs.setdefault("config", TINY_CONFIG)
+    return [r.token for r in stream_generate(model, tokenizer, prompt, **kwargs)]
+
+
+def test_greedy_matches_a_plain_argmax_loop(tiny):
+    model, tokenizer, _ = tiny
+    prompt = tokenizer.encode("the tiny test")
+    cache = model.make_cache()
+    logits = model(mx.array([prompt]), cache)
+    expected = []
+    for _ in range(20):
+        token = mx.argmax(logits[0, -1]).item()
+        expected.append(token)
+        logits = model(mx.array([[token]]), cache)
+    steps = list(generate_step(mx.array(prompt), model, max_tokens=20, prefill_step_size=3))
+    assert [s.token for s in steps] == expected
+    assert all(s.strategy is None and s.logprob <= 0 for s in steps)
+
+
+def test_entropix_seeds_reproduce_and_differ(tiny):
+    model, tokenizer, _ = tiny
+    run = lambda seed: tokens_of(model, tokenizer, "hello", max_tokens=24, seed=seed)  # noqa: E731
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_trace_has_one_valid_record_per_token(tiny):
+    model, tokenizer, _ = tiny
+    stream = io.StringIO()
+    writer = TraceWriter(stream)
+    responses = list(stream_generate(model, tokenizer, "hello", config=TINY_CONFIG, max_tokens=16, seed=3))
+    for response in responses:
+        writer.write(response)
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(records) == len(responses) == responses[-1].generation_tokens
+    assert [r["index"] for r in records] == list(range(len(records)))
+    assert all(set(r) == set(FIELDS) and r["strategy"] in STRATEGIES for r in records)
+    assert all(r["logits_entropy"] >= 0 and 0 < r["top_p"] <= 1 for r in records)
+    histogram = {s: sum(r["strategy"] == s for r in records) for s in STRATEGIES}
+    assert sum(histogram.values()) == len(records)
+    assert records[-1]["finish_reason"] in ("stop", "length")
+    assert "".join(r["text"] for r in records) == "".join(r.text for r in responses)
+
+
+def test_read_trace_rejects_other_files(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"index": 0}\n')
+    with pytest.raises(ValueError, match="is not a trace record"):
+        read_trace(path)
+
+
+def test_stops_at_eos_and_reports_the_reason(tiny):
+    model, tokenizer, _ = tiny
+    eos = next(iter(tokenizer.eos_token_ids))
+
+    def always_eos(logits, scores, prev, key):
+        token = mx.full((logits.shape[0],), eos, dtype=mx.int32)
+        return token, mx.full(token.shape, -1, dtype=mx.int32), {}
+
+    responses = list(stream_generate(model, tokenizer, "hello", sampler=always_eos, max_tokens=10))
+    assert len(responses) == 1 and responses[0].finish_reason == "stop"
+    responses = list(stream_generate(model, tokenizer, "hello", sampler="greedy", max_tokens=5))
+    assert responses[-1].finish_reason in ("length", "stop") and len(responses) <= 5
+
+
+def test_prompt_checks():
+    with pytest.raises(GenerationError, match="the prompt is empty"):
+        check_prompt([], 100, 10)
+    with pytest.raises(GenerationError, match="context window is 100; shorten the prompt"):
+        check_prompt(list(range(100)), 100, 10)
+    assert check_prompt(list(range(95)), 100, 10) == 5
+
+
+def test_chat_template_and_system(tiny):
+    _, tokenizer, _ = tiny
+    ids = encode_prompt(tokenizer, "hi", system="be brief")
+    text = tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\nbe brief") and text.endswith("<|im_start|>assistant\n")
+    assert encode_prompt(tokenizer, "hi", chat_template=False) == tokenizer.encode("hi")
+
+
+@pytest.mark.real_model
+def test_greedy_matches_mlx_lm_generate_step(default_model, smollm2_reference, tmp_path_factory):
+    """Token for token, 64 tokens, 3 prompts, on the very same (converted) weights."""
+    from mlx_lm import load as mlx_lm_load
+    from mlx_lm.generate import generate_step as mlx_lm_generate_step
+
+    from entropix_mlx.loading import DEFAULT_MODEL
+    from entropix_mlx.loading.convert import convert
+
+    model, tokenizer, _ = default_model
+    folder = convert(DEFAULT_MODEL, tmp_path_factory.mktemp("converted") / "mlx")
+    theirs, _ = mlx_lm_load(str(folder))
+    for i in (1, 3, 4):
+        prompt = mx.array(smollm2_reference[f"ids_{i}"])
+        ours = [s.token for s in generate_step(prompt, model, max_tokens=64, with_scores=False)]
+        expected = [int(t) for t, _ in mlx_lm_generate_step(prompt, theirs, max_tokens=64)]
+        assert ours == expected, f"prompt {i}"
+
+
+@pytest.mark.real_model
+def test_greedy_reproduces_the_reference_tokens(default_model, smollm2_reference):
+    model, tokenizer, _ = default_model
+    for i in range(int(smollm2_reference["n"])):
+        expected = smollm2_reference[f"greedy_{i}"].tolist()
+        ids = smollm2_reference[f"ids_{i}"].tolist()
+        got = tokens_of(model, tokenizer, ids, sampler="greedy", max_tokens=len(expected))
+        assert got == expected, f"prompt {i}"
