@@ -1,6 +1,7 @@
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 
 from entropix_mlx.sampling import SamplerConfig, resolve_pause_token
@@ -55,9 +56,12 @@ def test_rejects_bad_values_naming_field_and_value(field, value):
     assert repr(value) in str(error.value)
 
 
-def test_edges_are_accepted():
+def test_edges_and_numpy_numbers_are_accepted():
     cfg = SamplerConfig(temp=0, top_p=1.0, top_k=1, min_p=0.0, pause_token_id=0)
     assert cfg.temp == 0.0 and isinstance(cfg.temp, float)
+    cfg = SamplerConfig(temp=np.float32(0.5), top_k=np.int64(40), pause_token_id=np.int32(7))
+    assert (type(cfg.temp), type(cfg.top_k), type(cfg.pause_token_id)) == (float, int, int)
+    assert SamplerConfig.from_toml(cfg.to_toml()) == cfg
 
 
 def test_from_dict_names_unknown_keys():

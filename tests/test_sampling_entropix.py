@@ -64,14 +64,14 @@ def test_strategy_follows_the_table(reference, step, i):
 def test_info_reports_the_parameters_used(reference, step):
     for i in (2, 3, 4):  # branch, resample, adaptive
         token, strategy, info = step(*case_inputs(reference, i), mx.array([0]), mx.random.key(0))
-        tables = strategy_parameters(info, CFG)
+        per_strategy = strategy_parameters(info, CFG)
         for name in PARAMETERS:
-            assert info[name].item() == tables[name][0, strategy.item()].item()
+            assert info[name].item() == per_strategy[name][strategy.item()].item()
 
 
 def test_argmax_case_takes_the_argmax(reference, step):
     logits, scores = case_inputs(reference, 0)
-    token, strategy, info = step(logits, scores, mx.array([0]), mx.random.key(0))
+    token, strategy, info = step(logits, scores, None, mx.random.key(0))  # no previous token
     assert STRATEGIES[strategy.item()] == "argmax"
     assert token.item() == int(np.argmax(reference["logits_0"]))
     assert info["temperature"].item() == 0.0
@@ -93,7 +93,7 @@ def metric_rows(**columns):
 
 def parameters_of(strategy, metrics, cfg=CFG):
     column = STRATEGIES.index(strategy)
-    return {name: table[:, column].tolist() for name, table in strategy_parameters(metrics, cfg).items()}
+    return {name: values[column].tolist() for name, values in strategy_parameters(metrics, cfg).items()}
 
 
 METRICS = metric_rows(
@@ -208,9 +208,10 @@ def test_step_compiles_and_matches_eager(reference):
     scores = mx.array(np.random.default_rng(0).standard_normal((len(rows), 9, 33)), dtype=mx.float32)
     prev = mx.array([0, 0, 0, 0, PAUSE_ID], dtype=mx.int32)
     eager = make_entropix_sampler(CFG, PAUSE_ID, compile=False)
+    compiled_vocab_part = make_entropix_sampler(CFG, PAUSE_ID, compile=True)
     # mx.compile raises if anything inside syncs with the host (.item(), bool(array), ...).
     results = [f(logits, scores, prev, mx.random.key(5))
-               for f in (eager, mx.compile(eager), make_entropix_sampler(CFG, PAUSE_ID))]
+               for f in (eager, mx.compile(eager), compiled_vocab_part)]
     for token, strategy, info in results[1:]:
         assert token.tolist() == results[0][0].tolist()
         assert strategy.tolist() == results[0][1].tolist()

@@ -84,3 +84,8 @@ def test_precise_sum_over_a_large_vocabulary():
     # MLX's CPU sum of 128256 equal float32 terms is off by ~1e-3; this one is not.
     x = mx.full((1, 128256), 1e-3)
     np.testing.assert_allclose(precise_sum(x).item(), 128.256, rtol=1e-5)
+
+
+def test_scores_must_be_batch_heads_positions():
+    with pytest.raises(ValueError, match=r"\[B, n_heads, L\], got shape \(1, 9, 1, 64\)"):
+        attention_metrics(mx.zeros((1, 9, 1, 64)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -67,6 +68,7 @@ class SamplerConfig:
                 _check_text(f.name, value)
             elif f.name in _INT_FIELDS:
                 _check_int(f.name, value, optional=f.name == "pause_token_id")
+                object.__setattr__(self, f.name, None if value is None else int(value))
             else:
                 _check_number(f.name, value)
                 object.__setattr__(self, f.name, float(value))
@@ -117,12 +119,12 @@ def _check_text(name, value):
 def _check_int(name, value, optional=False):
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
 def _check_number(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Union
 
 import mlx.core as mx
@@ -21,7 +22,7 @@ def top_candidates(logits: mx.array, k: int = MAX_CANDIDATES) -> tuple[mx.array,
     return mx.take_along_axis(values, order, axis=-1), mx.take_along_axis(ids, order, axis=-1)
 
 
-def candidate_log_probs(logits: mx.array, candidate_logits: mx.array, temperature: mx.array) -> mx.array:
+def candidate_log_probs(logits: mx.array, candidate_logits: mx.array, temperature: mx.array):
     """log q of each candidate, q = softmax(logits / temperature) over the FULL vocabulary."""
     t = temperature[:, None]
     return candidate_logits / t - logsumexp(logits / t)
@@ -89,26 +90,23 @@ def make_standard_sampler(temperature: float = 0.7, top_p: float = 1.0, top_k: i
     """A plain sampler with the Entropix step signature (strategy -1, empty info).
 
     temperature 0 gives greedy; top_k 0 means no top_k (then top_p/min_p sort the
-    whole vocabulary). The [B, V] work is compiled.
+    whole vocabulary).
     """
     _check_standard(temperature, top_p, top_k, min_p)
+    top_k = int(top_k)
     if temperature == 0:
         return make_greedy_sampler()
 
-    def draw(logits, key):
+    def step(logits, scores, prev_token, key):
         logits = logits.astype(mx.float32)
         batch, vocab = logits.shape
         if top_k == 0 and top_p == 1.0 and min_p == 0.0:
-            return mx.random.categorical(logits / temperature, key=key).astype(mx.int32)
-        candidate_logits, candidate_ids = top_candidates(logits, top_k or vocab)
-        t, p, m = (as_row_array(v, batch) for v in (temperature, top_p, min_p))
-        k = as_row_array(candidate_logits.shape[-1], batch)
-        return take_rank(candidate_ids, sample_rank(logits, candidate_logits, t, p, k, m, key))
-
-    draw = mx.compile(draw)
-
-    def step(logits, scores, prev_token, key):
-        token = draw(logits, key)
+            token = mx.random.categorical(logits * (1 / temperature), key=key).astype(mx.int32)
+        else:
+            candidate_logits, candidate_ids = top_candidates(logits, top_k or vocab)
+            k = candidate_logits.shape[-1]
+            t, p, k, m = (as_row_array(v, batch) for v in (temperature, top_p, k, min_p))
+            token = take_rank(candidate_ids, sample_rank(logits, candidate_logits, t, p, k, m, key))
         return token, mx.full(token.shape, -1, dtype=mx.int32), {}
 
     return step
@@ -125,7 +123,7 @@ def make_greedy_sampler():
 
 
 def _check_standard(temperature, top_p, top_k, min_p):
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
         raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     # Reuse SamplerConfig's checks so errors read the same everywhere.
     SamplerConfig(temp=temperature, top_p=top_p, min_p=min_p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import mlx.core as mx
@@ -40,29 +41,24 @@ def choose_strategy(metrics: dict[str, mx.array], cfg: SamplerConfig) -> mx.arra
     return strategy
 
 
-def strategy_parameters(metrics: dict[str, mx.array], cfg: SamplerConfig) -> dict[str, mx.array]:
+def strategy_parameters(metrics: dict[str, mx.array], cfg: SamplerConfig) -> dict[str, tuple]:
     """Every strategy's temperature, top_p, top_k and min_p from the metrics.
 
-    Returns one [B, 5] float32 array per name in PARAMETERS; column i belongs to
-    STRATEGIES[i]. The argmax column has temperature 0.
+    Returns, per name in PARAMETERS, a tuple of five [B] float32 arrays in
+    STRATEGIES order. The argmax strategy has temperature 0.
     """
     ent, vent = metrics["logits_entropy"], metrics["logits_varentropy"]
     attn_ent, attn_vent = metrics["attn_entropy"], metrics["attn_varentropy"]
     agreement, interaction = metrics["agreement"], metrics["interaction_strength"]
-    ones = mx.ones_like(ent)
-    top_p, top_k, min_p = cfg.top_p * ones, cfg.top_k * ones, cfg.min_p * ones
+    zero, top_p, top_k, min_p = (
+        mx.full(ent.shape, v, dtype=mx.float32) for v in (0, cfg.top_p, cfg.top_k, cfg.min_p)
+    )
 
-    pause_temp = mx.minimum(PAUSE_MAX_TEMP, cfg.temp * (cfg.pause_temp_offset + cfg.pause_temp_coef * attn_ent))
-    branch_temp = mx.minimum(
-        BRANCH_MAX_TEMP, cfg.temp * (cfg.branch_temp_offset + cfg.branch_temp_coef * interaction)
-    )
-    branch_top_k = mx.maximum(BRANCH_MIN_TOP_K, mx.floor(cfg.top_k * (1 + cfg.branch_top_k_coef * (1 - agreement))))
-    # The candidate set bounds every top_k; say so in the reported value.
-    branch_top_k = mx.minimum(branch_top_k, MAX_CANDIDATES)
-    resample_temp = mx.maximum(
-        RESAMPLE_MIN_TEMP, cfg.temp * (cfg.resample_temp_offset + cfg.resample_temp_coef * attn_vent)
-    )
-    resample_top_p = mx.maximum(RESAMPLE_MIN_TOP_P, cfg.top_p - cfg.resample_top_p_coef * attn_ent)
+    pause_temp = cfg.temp * (cfg.pause_temp_offset + cfg.pause_temp_coef * attn_ent)
+    branch_temp = cfg.temp * (cfg.branch_temp_offset + cfg.branch_temp_coef * interaction)
+    branch_top_k = mx.floor(cfg.top_k * (1 + cfg.branch_top_k_coef * (1 - agreement)))
+    resample_temp = cfg.temp * (cfg.resample_temp_offset + cfg.resample_temp_coef * attn_vent)
+    resample_top_p = cfg.top_p - cfg.resample_top_p_coef * attn_ent
 
     logits_uncertainty = ent + vent
     attn_uncertainty = attn_ent + attn_vent
@@ -72,50 +68,78 @@ def strategy_parameters(metrics: dict[str, mx.array], cfg: SamplerConfig) -> dic
         + cfg.ada_temp_attn * attn_uncertainty
         - cfg.ada_temp_agree * agreement
     )
-    ada_top_p = mx.clip(cfg.top_p * (1 + cfg.ada_top_p * attn_vent), *ADAPTIVE_TOP_P_RANGE)
-    ada_top_k = mx.clip(
-        mx.round(cfg.top_k * (1 + cfg.ada_top_k_int * interaction - cfg.ada_top_k_agree * agreement)),
-        *ADAPTIVE_TOP_K_RANGE,
+    ada_top_p = cfg.top_p * (1 + cfg.ada_top_p * attn_vent)
+    ada_top_k = mx.round(
+        cfg.top_k * (1 + cfg.ada_top_k_int * interaction - cfg.ada_top_k_agree * agreement)
     )
-    ada_min_p = mx.clip(cfg.min_p * (1 - cfg.ada_min_p * logits_uncertainty), *ADAPTIVE_MIN_P_RANGE)
+    ada_min_p = cfg.min_p * (1 - cfg.ada_min_p * logits_uncertainty)
 
-    columns = {  # argmax, pause, branch, resample, adaptive
-        "temperature": (0 * ones, pause_temp, branch_temp, resample_temp, ada_temp),
+    pause_temp = mx.minimum(PAUSE_MAX_TEMP, pause_temp)
+    branch_temp = mx.minimum(BRANCH_MAX_TEMP, branch_temp)
+    # The candidate set bounds every top_k; the reported value says so.
+    branch_top_k = mx.clip(branch_top_k, BRANCH_MIN_TOP_K, MAX_CANDIDATES)
+    resample_temp = mx.maximum(RESAMPLE_MIN_TEMP, resample_temp)
+    resample_top_p = mx.maximum(RESAMPLE_MIN_TOP_P, resample_top_p)
+    ada_top_p = mx.clip(ada_top_p, *ADAPTIVE_TOP_P_RANGE)
+    ada_top_k = mx.clip(ada_top_k, *ADAPTIVE_TOP_K_RANGE)
+    ada_min_p = mx.clip(ada_min_p, *ADAPTIVE_MIN_P_RANGE)
+
+    return {  # argmax, pause, branch, resample, adaptive
+        "temperature": (zero, pause_temp, branch_temp, resample_temp, ada_temp),
         "top_p": (top_p, top_p, top_p, resample_top_p, ada_top_p),
         "top_k": (top_k, top_k, branch_top_k, top_k, ada_top_k),
         "min_p": (min_p, min_p, min_p, min_p, ada_min_p),
     }
-    return {name: mx.stack(cols, axis=-1).astype(mx.float32) for name, cols in columns.items()}
 
 
-def make_entropix_sampler(config: Optional[SamplerConfig] = None, pause_token_id: Optional[int] = None,
-                          *, compile: bool = True):
+def select_by_strategy(strategy: mx.array, per_strategy: tuple[mx.array, ...]) -> mx.array:
+    """Per row, the value of the row's strategy ([B] from five [B] arrays)."""
+    # A chain of mx.where stays elementwise, so compilation fuses it into one kernel.
+    chosen = per_strategy[-1]
+    for index in reversed(range(len(per_strategy) - 1)):
+        chosen = mx.where(strategy == index, per_strategy[index], chosen)
+    return chosen.astype(mx.float32)
+
+
+def make_entropix_sampler(
+    config: Optional[SamplerConfig] = None,
+    pause_token_id: Optional[int] = None,
+    *,
+    compile: Optional[bool] = None,
+):
     """Build `step(logits, scores, prev_token, key) -> (token, strategy, info)`.
 
     logits [B, V], scores [B, H, L] (valid positions only), prev_token [B] or None,
     key from mx.random.key. Returns token [B] int32, strategy [B] int32 (index into
     STRATEGIES) and info: the six metrics and the temperature, top_p, top_k, min_p
-    used, each [B] float32. pause_token_id defaults to config.pause_token_id
-    (see resolve_pause_token). With compile=True the [B, V] part runs under
-    mx.compile; the attention metrics, whose shape grows every token, stay eager.
+    used, each [B] float32. pause_token_id defaults to config.pause_token_id (see
+    resolve_pause_token).
+
+    compile=True runs the [B, V] part under mx.compile; the default does so only on
+    a GPU. On the CPU backend compiling buys ~10% per step but costs ~25 s on first
+    use (C++ built for each of ~30 kernels, cached under $TMPDIR/mlx, again for each
+    new config). The attention metrics, whose length L grows every token, are
+    never compiled.
     """
     cfg = config if config is not None else SamplerConfig()
     pause_id = cfg.pause_token_id if pause_token_id is None else pause_token_id
-    if isinstance(pause_id, bool) or not isinstance(pause_id, int) or pause_id < 0:
+    if isinstance(pause_id, bool) or not isinstance(pause_id, numbers.Integral) or pause_id < 0:
         raise ValueError(
             f"pause_token_id must be a token id >= 0, got {pause_id!r}; "
             "resolve it with resolve_pause_token(config, tokenizer)"
         )
+    pause_id = int(pause_id)
 
     def decide(logits, attn, prev_token, key):
         logits = logits.astype(mx.float32)
-        if pause_id >= logits.shape[-1]:
-            raise ValueError(f"pause_token_id {pause_id} is outside the vocabulary ({logits.shape[-1]})")
+        vocab = logits.shape[-1]
+        if pause_id >= vocab:
+            raise ValueError(f"pause_token_id {pause_id} is outside the vocabulary ({vocab})")
         entropy, varentropy = logits_entropy_varentropy(logits)
         metrics = {"logits_entropy": entropy, "logits_varentropy": varentropy, **attn}
         strategy = choose_strategy(metrics, cfg)
-        tables = strategy_parameters(metrics, cfg)
-        used = {name: mx.take_along_axis(tables[name], strategy[:, None], axis=-1)[:, 0] for name in PARAMETERS}
+        per_strategy = strategy_parameters(metrics, cfg)
+        used = {name: select_by_strategy(strategy, per_strategy[name]) for name in PARAMETERS}
         emit_pause = (strategy == PAUSE) & (prev_token != pause_id)
         used["temperature"] = mx.where(emit_pause, 0.0, used["temperature"])
 
@@ -130,6 +154,8 @@ def make_entropix_sampler(config: Optional[SamplerConfig] = None, pause_token_id
         token = mx.where(emit_pause, pause_id, take_rank(candidate_ids, rank))
         return token.astype(mx.int32), strategy, {**metrics, **used}
 
+    if compile is None:
+        compile = mx.default_device() == mx.gpu
     if compile:
         decide = mx.compile(decide)
 

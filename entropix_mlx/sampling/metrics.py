@@ -8,6 +8,7 @@ import mlx.core as mx
 
 LN_2 = math.log(2.0)
 _CHUNK = 256
+_LOGP_FLOOR = -200.0
 
 
 def precise_sum(x: mx.array) -> mx.array:
@@ -34,13 +35,13 @@ def logits_entropy_varentropy(logits: mx.array) -> tuple[mx.array, mx.array]:
     shifted = logits - mx.max(logits, axis=-1, keepdims=True)
     unnormalised = mx.exp(shifted)
     total = precise_sum(unnormalised)[:, None]
-    logp = shifted - mx.log(total)
     p = unnormalised / total
-    # Tokens with p == 0 (e.g. -inf logits) add nothing; 0 * inf would be NaN.
-    live = p > 0
-    entropy = -precise_sum(mx.where(live, p * logp, 0.0)) / LN_2
+    # Below -200 nats p is exactly 0 in float32; the floor keeps -inf logits from
+    # making 0 * inf = NaN (cheaper than mx.where on the CPU backend).
+    logp = mx.maximum(shifted - mx.log(total), _LOGP_FLOOR)
+    entropy = -precise_sum(p * logp) / LN_2
     surprisal_dev = logp / LN_2 + entropy[:, None]
-    varentropy = precise_sum(mx.where(live, p * surprisal_dev * surprisal_dev, 0.0))
+    varentropy = precise_sum(p * mx.square(surprisal_dev))
     return entropy, varentropy
 
 
@@ -51,6 +52,8 @@ def attention_metrics(scores: mx.array) -> dict[str, mx.array]:
     bits), attn_varentropy (population variance of those entropies across heads),
     agreement and interaction_strength.
     """
+    if scores.ndim != 3:
+        raise ValueError(f"scores must be [B, n_heads, L], got shape {tuple(scores.shape)}")
     scores = scores.astype(mx.float32)
     attn_p = mx.softmax(scores, axis=-1)
     head_entropy = -mx.sum(attn_p * mx.log2(mx.clip(attn_p, 1e-10, 1.0)), axis=-1)
