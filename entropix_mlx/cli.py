@@ -238,3 +238,223 @@ def chat(system, **options):
             echo_err(" [stopped]")
         click.echo()
         history.append({"role": "assistant", "content": "".join(answer)})
+
+
+@main.command()
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+              help="Catalog name, .gguf file, MLX/HF folder or Hub repo id (fixed for the server's life).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 exposes the server to your network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--max-tokens-limit", type=click.IntRange(min=1), default=512, show_default=True,
+              help="The most tokens one request may generate; larger max_tokens are capped.")
+def serve(model, host, port, max_tokens_limit):
+    """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
+    try:
+        from . import server
+    except ImportError as e:
+        if (e.name or "").split(".")[0] not in ("starlette", "uvicorn"):
+            raise
+        raise click.ClickException("the server needs its optional extra: pip install 'entropix-mlx[server]'") from None
+    try:
+        server.check_can_listen(host, port)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
+    loaded = load_model(model)
+    app = server.create_app(*loaded, max_tokens_limit=max_tokens_limit)
+    echo_err(f"Serving {loaded[2].name} at http://{host}:{port}/v1 (OpenAI-compatible); Ctrl-C stops.")
+    server.run(app, host, port)
+
+
+def parse_prompt_lengths(ctx, param, value):
+    try:
+        lengths = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        lengths = ()
+    if not lengths or min(lengths) < 1:
+        raise click.BadParameter(f"expected positive token counts separated by commas (e.g. 64,512), got {value!r}")
+    return lengths
+
+
+@main.command()
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+              help="Catalog name, .gguf file, MLX/HF folder or Hub repo id; mlx-lm runs the same weights.")
+@click.option("--prompt-lengths", default="64,512,2048", show_default=True, callback=parse_prompt_lengths,
+              help="Prompt lengths in tokens, comma-separated.")
+@click.option("--gen-tokens", type=click.IntRange(min=2), default=128, show_default=True,
+              help="Tokens generated per run (never stopped early at EOS).")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed runs per row, interleaved across rows; figures are medians.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Also write the report as JSON (schema in entropix_mlx/bench/__init__.py).")
+@click.option("--quick", is_flag=True,
+              help="Smoke test: one 32-token prompt, 8 tokens, 1 repeat (flags you give still win).")
+@click.option("--pause-token", help="Text of Entropix's pause token (default: the model's preset).")
+@click.option("--no-cold", is_flag=True, help="Skip the first-use runs with an empty MLX compile cache.")
+@click.pass_context
+def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pause_token, no_cold):
+    """Benchmark entropix-mlx against mlx-lm on the same weights: speed, memory, sampler cost."""
+    import json
+
+    from .bench import BenchSettings, format_report, run_benchmark
+
+    given = {"prompt_lengths": prompt_lengths, "gen_tokens": gen_tokens, "repeats": repeats}
+    if quick:
+        given = {k: v for k, v in given.items()
+                 if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+    if json_file and not json_file.resolve().parent.is_dir():
+        raise click.ClickException(f"cannot write --json {json_file}: its folder does not exist")
+    make = BenchSettings.quick if quick else BenchSettings
+    settings = make(model=model, pause_token=pause_token, cold_compile=not no_cold, **given)
+    try:
+        result = run_benchmark(settings, log=echo_err)
+    except ValueError as e:  # BenchError, ModelLoadError, GenerationError
+        raise click.ClickException(str(e)) from None
+    click.echo(format_report(result))
+    if json_file:
+        try:
+            json_file.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise click.ClickException(f"cannot write --json {json_file}: {e.strerror or e}") from None
+        echo_err(f"Wrote {json_file}")
+
+
+def preset_config(model, config_file, overrides=None):
+    """The sampler config a catalog model's preset gives (other models: the defaults), under --config and flags."""
+    from types import SimpleNamespace
+
+    entry = CATALOG.get(model)
+    return sampler_config(SimpleNamespace(sampler_preset=entry.sampler_preset if entry else {}), config_file,
+                          overrides or {})  # fmt: skip
+
+
+@main.command()
+@click.argument("trace_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The PNG file to write.")
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+              help="Draw this catalog model's preset thresholds (other names: the defaults).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="A TOML file of SamplerConfig settings whose thresholds to draw (overrides the preset).")
+@click.option("--title", help="A title for the figure (default: the trace's file name).")
+def plot(trace_file, output, model, config_file, title):
+    """Draw a --trace file: the entropy-varentropy plane and a per-token timeline, as a PNG."""
+    from .plot import PlotError, pixel_size, plot_trace, strategy_mismatches
+    from .trace import read_trace
+
+    if output.suffix.lower() != ".png":
+        raise click.ClickException(f"--output {output} must be a .png file")
+    if not output.resolve().parent.is_dir():
+        raise click.ClickException(f"cannot write --output {output}: its folder does not exist")
+    config = preset_config(model, config_file)
+    try:
+        records = read_trace(trace_file)
+        plot_trace(records, output, config, title=title or Path(trace_file).name)
+    except (PlotError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write --output {output}: {e.strerror or e}") from None
+    width, height = pixel_size(len(records))
+    click.echo(f"Wrote {output} ({width}x{height} px, {len(records)} tokens)")
+    mismatched = strategy_mismatches(records, config)
+    if mismatched:
+        echo_err(f"Note: {mismatched} of {len(records)} tokens' strategies do not match the drawn thresholds; "
+                 "pass the --model or --config the trace was made with.")  # fmt: skip
+
+
+@main.command()
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+              help="Catalog name, .gguf file, MLX/HF folder or Hub repo id.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The preset TOML file to write.")
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False),
+              help="A text file, one prompt per line (default: 20 built-in prompts).")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=48, show_default=True,
+              help="Tokens generated per prompt.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--target", help="Target mix in percent, e.g. 'argmax=40,pause=2,branch=10,resample=5' "
+                               "(adaptive takes the rest; default as shown).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="A TOML file of base settings (temp, top_p, ...) to generate with.")
+@click.option("--pause-token", help="Text of the pause token to write into the preset (default: the model's).")
+def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file, pause_token):
+    """Fit the sampler's thresholds to a model: run it over prompts, match a target strategy mix."""
+    from . import calibrate as calibration
+
+    if not output.resolve().parent.is_dir():
+        raise click.ClickException(f"cannot write --output {output}: its folder does not exist")
+    try:
+        prompts = calibration.read_prompts(prompts_file) if prompts_file else calibration.DEFAULT_PROMPTS
+        target_mix = calibration.parse_target(target) if target else calibration.TARGET_MIX
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    loaded, tokenizer, info = load_model(model)
+    config = sampler_config(info, config_file, {"pause_token": pause_token})
+    fit_n, held_n = map(len, calibration.split_prompts(prompts))
+    echo_err(f"Calibrating {model} on {fit_n} prompts, checking on {held_n}, up to {max_tokens} tokens each")
+    try:
+        result = calibration.calibrate(loaded, tokenizer, prompts, max_tokens=max_tokens, seed=seed,
+                                       config=config, target=target_mix)  # fmt: skip
+    except ValueError as e:  # GenerationError, a pause token that is not one token, too few tokens
+        raise click.ClickException(str(e)) from None
+    source = f"the prompts in {Path(prompts_file).name}" if prompts_file else "the built-in prompt set"
+    try:
+        output.write_text(calibration.preset_toml(result, model, source), encoding="utf-8")
+    except OSError as e:
+        raise click.ClickException(f"cannot write --output {output}: {e.strerror or e}") from None
+    click.echo(calibration.format_mix_table(result))
+    thresholds = "  ".join(f"{name} {value:.4g}" for name, value in result.thresholds.items())
+    click.echo(f"\nThresholds: {thresholds}\nWrote {output}")
+
+
+@main.command("eval")
+@click.option("--task", "-t", required=True, help="arith, gsm8k, arc-easy or arc-challenge.")
+@click.option("--sampler", "-s", "samplers", multiple=True, type=click.Choice(["greedy", "standard", "entropix"]),
+              help="An arm to compare (repeatable; default: greedy, standard and entropix).")
+@click.option("--seeds", default="0", show_default=True, help="Run seeds, comma-separated (e.g. 1,2,3).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N items (arith: default 200).")
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+              help="Catalog name, .gguf file, MLX/HF folder or Hub repo id.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write items.jsonl (one record per answer) and summary.json here.")
+@click.option("--config", "config_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A SamplerConfig TOML preset: adds an entropix arm named after the file (repeatable).")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="The evaluation data folder or the task's JSONL file (default: ../shared/evaldata).")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Tokens per answer (default: the task's).")
+@click.option("--quick", is_flag=True, help="Smoke run: 2-3 items, the first seed, few tokens, 1-shot GSM8K.")
+def eval_command(task, samplers, seeds, limit, model, out, config_files, data, max_tokens, quick):
+    """Compare samplers on the same items, paired: accuracy, Wilson CIs, exact McNemar tests."""
+    from datetime import datetime, timezone
+
+    from .evaluation import (
+        ARMS, EvalError, RecordWriter, format_table, load_task, make_arms, parse_seeds, plan, run_eval,
+        summarize, write_summary,
+    )  # fmt: skip
+    from .generate import GenerationError
+
+    try:
+        settings = plan(task, limit, parse_seeds(seeds), max_tokens, quick)
+        task_obj = load_task(task, data, settings.limit, settings.shots)
+    except EvalError as e:
+        raise click.ClickException(str(e)) from None
+    if task_obj.kind == "choice" and (samplers or config_files or seeds != "0"):
+        echo_err(f"{task} is log-likelihood multiple choice: --sampler, --config and --seeds do not apply.")
+    loaded, tokenizer, info = load_model(model)
+    presets = [(Path(f).stem, sampler_config(info, f, {})) for f in config_files]
+    writer = RecordWriter(out) if out else None
+    started = datetime.now(timezone.utc)
+    try:
+        arms = make_arms(samplers or ARMS, info.sampler_preset, presets)
+        run = run_eval(loaded, tokenizer, task_obj, arms, settings.seeds, max_tokens=settings.max_tokens,
+                       on_record=writer.write if writer else lambda record: None, log=echo_err)
+    except (EvalError, GenerationError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        if writer:
+            writer.close()
+    summary = summarize(task_obj, run, arms, model=model, seeds=settings.seeds, max_tokens=settings.max_tokens,
+                        quick=quick, started=started)
+    click.echo(format_table(summary))
+    if out:
+        echo_err(f"\nWrote {writer.path} and {write_summary(out, summary)}")

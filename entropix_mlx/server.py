@@ -1,0 +1,676 @@
+"""An OpenAI-compatible HTTP API over `stream_generate`: one model, one generation worker.
+
+Routes: POST /v1/chat/completions, POST /v1/completions (streaming as server-sent events
+or not), GET /v1/models, GET /health. Errors are OpenAI-shaped JSON:
+`{"error": {"message", "type", "param", "code"}}`.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import queue
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import mlx.core as mx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from .generate import SAMPLERS, encode_prompt, stream_generate
+from .sampling import SamplerConfig, resolve_pause_token
+from .trace import trace_record
+
+DEFAULT_MAX_TOKENS_LIMIT = 512
+MAX_BODY_BYTES = 1_000_000
+MODEL_ALIASES = ("default",)
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+log = logging.getLogger("entropix_mlx.server")
+
+
+# --- Errors ---------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """A request the server refuses, with the HTTP status and OpenAI error fields."""
+
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                 type: str = "invalid_request_error"):  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+async def on_api_error(request: Request, error: APIError) -> JSONResponse:
+    return error_response(error)
+
+
+async def on_http_error(request: Request, error: HTTPException) -> JSONResponse:
+    if error.status_code == 404:
+        message = f"no route {request.method} {request.url.path}; see GET /v1/models, POST /v1/chat/completions"
+        return error_response(APIError(404, message, code="not_found"))
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
+        return error_response(APIError(405, message, code="method_not_allowed"))
+    return error_response(APIError(error.status_code, str(error.detail), code="http_error"))
+
+
+async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    return error_response(APIError(500, f"internal error: {error}", type="server_error", code="internal_error"))
+
+
+# --- Request validation ----------------------------------------------------------------
+
+JSON_TYPES = {
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request, ready for the worker."""
+
+    prompt_ids: List[int]
+    sampler: str
+    config: SamplerConfig
+    max_tokens: int
+    seed: Optional[int] = None
+    stop: Tuple[str, ...] = ()
+    trace: bool = False
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """How to answer: streaming or not, and the model name to echo."""
+
+    stream: bool
+    include_usage: bool
+    model: str
+
+
+async def read_json_body(request: Request, limit: int) -> dict:
+    """The request's JSON object; 413 past `limit` bytes (checked before parsing), 400 if not JSON."""
+    too_large = APIError(413, f"the request body is over {limit} bytes; send a shorter prompt",
+                         code="request_too_large")  # fmt: skip
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the request body is not valid JSON ({e}); send a JSON object",
+                       code="invalid_json") from None  # fmt: skip
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def get_field(body: dict, name: str, json_type: str, default: Any = None) -> Any:
+    """`body[name]` if present and not null, checked to be of `json_type`; else `default`."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not JSON_TYPES[json_type](value):
+        raise APIError(400, f"'{name}' must be {_with_article(json_type)}, not {_json_type_name(value)}",
+                       param=name, code="invalid_type")  # fmt: skip
+    if json_type == "number" and not math.isfinite(value):
+        raise APIError(422, f"'{name}' must be a finite number", param=name, code="invalid_value")
+    return value
+
+
+def _json_type_name(value: Any) -> str:
+    return next((name for name, check in JSON_TYPES.items() if check(value)), "null")
+
+
+def _with_article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def check_range(name: str, value, ok: bool, rule: str):
+    if value is not None and not ok:
+        raise APIError(422, f"'{name}' {rule}, got {value!r}", param=name, code="invalid_value")
+
+
+def parse_model(body: dict, served: str) -> str:
+    name = get_field(body, "model", "string", served)
+    if name not in (served, *MODEL_ALIASES):
+        raise APIError(404, f"the model {name!r} is not served here; use {served!r} (see GET /v1/models)",
+                       param="model", code="model_not_found")  # fmt: skip
+    return served
+
+
+def parse_options(body: dict, served: str) -> RequestOptions:
+    model = parse_model(body, served)
+    stream_options = get_field(body, "stream_options", "object", {})
+    include_usage = get_field(stream_options, "include_usage", "boolean", False)
+    return RequestOptions(get_field(body, "stream", "boolean", False), include_usage, model)
+
+
+def parse_stop(body: dict) -> Tuple[str, ...]:
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop
+    if stops is not None and not (isinstance(stops, list) and all(isinstance(s, str) for s in stops)):
+        raise APIError(400, "'stop' must be a string or a list of strings", param="stop", code="invalid_type")
+    if stops is not None and not all(stops):
+        raise APIError(422, "'stop' strings must not be empty", param="stop", code="invalid_value")
+    return tuple(stops or ())
+
+
+def parse_max_tokens(body: dict, limit: int) -> int:
+    """The requested max_tokens (or the chat API's max_completion_tokens), capped at `limit`."""
+    name = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
+    value = get_field(body, name, "integer")
+    check_range(name, value, value is None or value >= 1, "must be >= 1")
+    return min(value or limit, limit)
+
+
+def parse_sampler_config(body: dict, preset: Dict[str, Any]) -> SamplerConfig:
+    """The model's preset, then `temperature` / `top_p`, then the `entropix` overrides."""
+    temperature = get_field(body, "temperature", "number")
+    top_p = get_field(body, "top_p", "number")
+    check_range("temperature", temperature, temperature is None or temperature >= 0, "must be >= 0")
+    check_range("top_p", top_p, top_p is None or 0 < top_p <= 1, "must be in (0, 1]")
+    n = get_field(body, "n", "integer", 1)
+    check_range("n", n, n == 1, "must be 1 (one choice per request)")
+    aliases = {"temp": temperature, "top_p": top_p}
+    overrides = get_field(body, "entropix", "object", {})
+    settings = {**preset, **{k: v for k, v in aliases.items() if v is not None}, **overrides}
+    try:
+        return SamplerConfig.from_dict(settings)
+    except (TypeError, ValueError) as e:
+        raise APIError(400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value") from None
+
+
+def parse_sampler(body: dict) -> str:
+    sampler = get_field(body, "sampler", "string", "entropix")
+    if sampler not in SAMPLERS:
+        raise APIError(400, f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}",
+                       param="sampler", code="invalid_value")  # fmt: skip
+    return sampler
+
+
+def parse_seed(body: dict) -> Optional[int]:
+    seed = get_field(body, "seed", "integer")
+    check_range("seed", seed, seed is None or 0 <= seed < 2**64, "must be in [0, 2**64)")
+    return seed
+
+
+def parse_messages(body: dict) -> List[Dict[str, str]]:
+    """The chat messages as {"role", "content"} with text content; 400 on anything else."""
+    messages = get_field(body, "messages", "array")
+    if not messages:
+        raise APIError(400, "'messages' must be a non-empty list of {role, content} objects",
+                       param="messages", code="invalid_value")  # fmt: skip
+    return [_parse_message(i, m) for i, m in enumerate(messages)]
+
+
+def _parse_message(index: int, message: Any) -> Dict[str, str]:
+    param = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise APIError(400, f"{param} must be an object with 'role' and 'content'", param=param, code="invalid_type")
+    role = message.get("role")
+    if role not in CHAT_ROLES:
+        raise APIError(400, f"{param}.role must be one of {', '.join(CHAT_ROLES)}, got {role!r}",
+                       param=f"{param}.role", code="invalid_value")  # fmt: skip
+    return {"role": CHAT_ROLES[role], "content": _message_text(message.get("content"), f"{param}.content")}
+
+
+def _message_text(content: Any, param: str) -> str:
+    """Text content: a string, or a list of {"type": "text", "text": ...} parts (joined)."""
+    if isinstance(content, str):
+        return check_unicode(content, param)
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
+        return check_unicode("".join(p["text"] for p in content), param)
+    raise APIError(400, f"{param} must be a string or a list of text parts (this model reads text only)",
+                   param=param, code="invalid_type")  # fmt: skip
+
+
+def parse_prompt(body: dict, vocab_size: int) -> Union[str, List[int]]:
+    """The completion prompt: a string, a one-string list, or a list of token ids."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        if not prompt:
+            raise APIError(400, "'prompt' is empty; give some text to continue", param="prompt", code="invalid_value")
+        return check_unicode(prompt, "prompt")
+    if isinstance(prompt, list) and prompt and all(JSON_TYPES["integer"](t) for t in prompt):
+        if not all(0 <= t < vocab_size for t in prompt):
+            raise APIError(400, f"'prompt' token ids must be in [0, {vocab_size})", param="prompt",
+                           code="invalid_value")  # fmt: skip
+        return prompt
+    raise APIError(400, "'prompt' must be a non-empty string or a list of token ids (one prompt per request)",
+                   param="prompt", code="invalid_type")  # fmt: skip
+
+
+def check_unicode(text: str, param: str) -> str:
+    """`text` if it is valid Unicode (JSON escapes can smuggle in lone surrogates, which tokenizers refuse)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise APIError(400, f"{param} holds an unpaired surrogate escape at character {e.start}; send valid Unicode",
+                       param=param, code="invalid_value") from None  # fmt: skip
+    return text
+
+
+def check_pause_token(config: SamplerConfig, tokenizer, vocab_size: int):
+    try:
+        pause_id = resolve_pause_token(config, tokenizer)
+    except ValueError as e:
+        raise APIError(400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value") from None
+    if pause_id >= vocab_size:
+        raise APIError(400, f"invalid 'entropix' settings: pause_token_id {pause_id} is outside the "
+                       f"vocabulary ({vocab_size})", param="entropix", code="invalid_value")  # fmt: skip
+
+
+def check_context(prompt_ids: Sequence[int], context_length: Optional[int], param: str):
+    if context_length and len(prompt_ids) >= context_length:
+        raise APIError(
+            400,
+            f"this model's maximum context length is {context_length} tokens, but the prompt has "
+            f"{len(prompt_ids)} tokens; shorten the prompt",
+            param=param, code="context_length_exceeded",
+        )  # fmt: skip
+
+
+# --- Generation ------------------------------------------------------------------------
+
+
+class StopMatcher:
+    """Cuts streamed text at the first stop string, holding back a tail that may begin one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.pending = ""
+
+    def feed(self, text: str) -> Tuple[str, bool]:
+        """The text that is safe to emit now, and whether a stop string was reached."""
+        self.pending += text
+        found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if found:
+            out, self.pending = self.pending[: min(found)], ""
+            return out, True
+        keep = self._partial_stop_length()
+        out, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+    def _partial_stop_length(self) -> int:
+        longest = max((len(s) for s in self.stops), default=1)
+        for k in range(min(len(self.pending), longest - 1), 0, -1):
+            if any(s.startswith(self.pending[-k:]) for s in self.stops):
+                return k
+        return 0
+
+
+@dataclass
+class Delta:
+    """New text for the client (may be empty) and the trace records of the tokens behind it."""
+
+    text: str
+    trace: List[dict]
+
+
+@dataclass
+class Finish:
+    reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Failure:
+    status: int
+    message: str
+
+
+Event = Union[Delta, Finish, Failure]
+
+
+def generation_events(model, tokenizer, request: GenerationRequest, cancelled: threading.Event) -> Iterator[Event]:
+    """Run one request: a Delta per token, then a Finish; returns early once `cancelled` is set."""
+    stops = StopMatcher(request.stop)
+    responses = stream_generate(
+        model, tokenizer, request.prompt_ids, sampler=request.sampler, config=request.config,
+        max_tokens=request.max_tokens, seed=request.seed,
+    )  # fmt: skip
+    for index, response in enumerate(responses):
+        if cancelled.is_set():
+            return
+        text, stopped = stops.feed(response.text)
+        if stopped:
+            response = dataclasses.replace(response, finish_reason="stop")
+        elif response.finish_reason:
+            text += stops.flush()
+        yield Delta(text, [trace_record(index, response)] if request.trace else [])
+        if response.finish_reason:
+            yield Finish(response.finish_reason, len(request.prompt_ids), index + 1)
+            return
+
+
+class Job:
+    """One queued request: the worker feeds its events to the event loop that waits for them."""
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop):
+        self.request = request
+        self.loop = loop
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.cancelled = threading.Event()
+
+    def deliver(self, event: Event):
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    async def stream(self) -> AsyncIterator[Event]:
+        """The events up to and including the first Finish or Failure."""
+        while True:
+            event = await self.events.get()
+            yield event
+            if not isinstance(event, Delta):
+                return
+
+
+class GenerationWorker:
+    """The one thread that runs MLX: requests run one at a time, in arrival order."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.jobs: "queue.Queue[Optional[Job]]" = queue.Queue()
+        self.current: Optional[Job] = None
+        self.thread = threading.Thread(target=self._run, name="entropix-generation", daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0):
+        """Cancel the running job, finish the thread and free its MLX streams."""
+        if self.current is not None:
+            self.current.cancelled.set()
+        self.jobs.put(None)
+        self.thread.join(timeout)
+
+    def submit(self, request: GenerationRequest) -> Job:
+        job = Job(request, asyncio.get_running_loop())
+        self.jobs.put(job)
+        return job
+
+    def _run(self):
+        try:
+            while (job := self.jobs.get()) is not None:
+                if not job.cancelled.is_set():
+                    self.current = job
+                    self._run_job(job)
+                    self.current = None
+        finally:
+            # MLX needs each thread's streams destroyed before the interpreter exits.
+            mx.clear_streams()
+
+    def _run_job(self, job: Job):
+        try:
+            for event in generation_events(self.model, self.tokenizer, job.request, job.cancelled):
+                job.deliver(event)
+            if job.cancelled.is_set():
+                job.deliver(Failure(503, "the generation was cancelled"))
+        except Exception as e:  # the server must outlive any one request
+            log.exception("generation failed")
+            job.deliver(Failure(500, f"generation failed: {e}"))
+
+
+# --- Responses -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What differs between chat and text completions in the response shape."""
+
+    id_prefix: str
+    object: str
+    chunk_object: str
+    chat: bool
+
+    def choice(self, text: str, finish_reason: Optional[str], trace: Optional[List[dict]], stream: bool,
+               first: bool = False) -> dict:  # fmt: skip
+        if not self.chat:
+            content = {"text": text}
+        elif stream:
+            delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
+            content = {"delta": delta}
+        else:
+            content = {"message": {"role": "assistant", "content": text}}
+        choice = {"index": 0, **content, "logprobs": None, "finish_reason": finish_reason}
+        if trace is not None:
+            choice["entropix_trace"] = trace
+        return choice
+
+
+CHAT = Endpoint("chatcmpl-", "chat.completion", "chat.completion.chunk", chat=True)
+COMPLETION = Endpoint("cmpl-", "text_completion", "text_completion", chat=False)
+
+
+def usage(finish: Finish) -> dict:
+    total = finish.prompt_tokens + finish.completion_tokens
+    return {"prompt_tokens": finish.prompt_tokens, "completion_tokens": finish.completion_tokens, "total_tokens": total}
+
+
+def envelope(endpoint: Endpoint, id: str, model: str, created: int, stream: bool, **fields) -> dict:
+    object_name = endpoint.chunk_object if stream else endpoint.object
+    return {"id": id, "object": object_name, "created": created, "model": model, **fields}
+
+
+def sse(payload: Union[dict, str]) -> str:
+    """One server-sent event: `data: <json>` (or a literal such as [DONE]) and a blank line."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+async def complete(job: Job, request: Request, endpoint: Endpoint, options: RequestOptions) -> JSONResponse:
+    """Wait for the whole answer (cancelling it if the client goes away) and return it."""
+    watcher = asyncio.create_task(cancel_on_disconnect(request, job))
+    text, trace, end = [], [], None
+    try:
+        async for event in job.stream():
+            if isinstance(event, Delta):
+                text.append(event.text)
+                trace.extend(event.trace)
+            else:
+                end = event
+    finally:
+        watcher.cancel()
+        job.cancelled.set()
+    if isinstance(end, Failure):
+        return error_response(APIError(end.status, end.message, type="server_error", code="generation_failed"))
+    choice = endpoint.choice("".join(text), end.reason, trace if job.request.trace else None, stream=False)
+    body = envelope(endpoint, new_id(endpoint), options.model, int(time.time()), False,
+                    choices=[choice], usage=usage(end))  # fmt: skip
+    return JSONResponse(body)
+
+
+async def cancel_on_disconnect(request: Request, job: Job):
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancelled.set()
+
+
+async def event_stream(job: Job, endpoint: Endpoint, options: RequestOptions) -> AsyncIterator[str]:
+    """The answer as OpenAI chunks; closing the stream (client gone) cancels the generation."""
+    id, created, trace = new_id(endpoint), int(time.time()), job.request.trace
+    chunk = lambda **fields: sse(envelope(endpoint, id, options.model, created, True, **fields))  # noqa: E731
+    try:
+        if endpoint.chat:
+            yield chunk(choices=[endpoint.choice("", None, None, stream=True, first=True)])
+        async for event in job.stream():
+            if isinstance(event, Failure):
+                yield sse(APIError(event.status, event.message, type="server_error", code="generation_failed").body())
+            elif isinstance(event, Delta) and (event.text or trace):
+                yield chunk(choices=[endpoint.choice(event.text, None, event.trace if trace else None, stream=True)])
+            elif isinstance(event, Finish):
+                yield chunk(choices=[endpoint.choice("", event.reason, [] if trace else None, stream=True)])
+                if options.include_usage:
+                    yield chunk(choices=[], usage=usage(event))
+        yield sse("[DONE]")
+    finally:
+        job.cancelled.set()
+
+
+def new_id(endpoint: Endpoint) -> str:
+    return endpoint.id_prefix + uuid.uuid4().hex[:24]
+
+
+# --- The application -------------------------------------------------------------------
+
+
+class ModelServer:
+    """The loaded model, its limits and its worker, and the route handlers over them."""
+
+    def __init__(self, model, tokenizer, info, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
+                 max_body_bytes: int = MAX_BODY_BYTES):  # fmt: skip
+        self.model, self.tokenizer, self.info = model, tokenizer, info
+        self.name = str(info.name)
+        self.vocab_size = info.args.vocab_size
+        self.max_tokens_limit, self.max_body_bytes = max_tokens_limit, max_body_bytes
+        self.worker = GenerationWorker(model, tokenizer)
+        self.created = int(time.time())
+
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "model": self.name})
+
+    async def models(self, request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [self.model_card()]})
+
+    async def model_by_id(self, request: Request) -> JSONResponse:
+        parse_model({"model": request.path_params["id"]}, self.name)
+        return JSONResponse(self.model_card())
+
+    def model_card(self) -> dict:
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "entropix-mlx",
+                "context_length": self.info.context_length}  # fmt: skip
+
+    async def chat_completions(self, request: Request):
+        body = await read_json_body(request, self.max_body_bytes)
+        options, messages = parse_options(body, self.name), parse_messages(body)
+        settings = self.generation_settings(body)
+        prompt_ids = await run_in_threadpool(self._encode_chat, messages)
+        return await self._answer(request, prompt_ids, "messages", settings, CHAT, options)
+
+    async def completions(self, request: Request):
+        body = await read_json_body(request, self.max_body_bytes)
+        options, prompt = parse_options(body, self.name), parse_prompt(body, self.vocab_size)
+        settings = self.generation_settings(body)
+        prompt_ids = prompt if isinstance(prompt, list) else await run_in_threadpool(self._encode_text, prompt)
+        return await self._answer(request, prompt_ids, "prompt", settings, COMPLETION, options)
+
+    def generation_settings(self, body: dict) -> dict:
+        """The validated sampling fields of `body`: GenerationRequest's arguments but the prompt."""
+        sampler = parse_sampler(body)
+        config = parse_sampler_config(body, self.info.sampler_preset)
+        if sampler == "entropix":
+            check_pause_token(config, self.tokenizer, self.vocab_size)
+        return dict(
+            sampler=sampler, config=config, max_tokens=parse_max_tokens(body, self.max_tokens_limit),
+            seed=parse_seed(body), stop=parse_stop(body), trace=get_field(body, "trace", "boolean", False),
+        )  # fmt: skip
+
+    def _encode_chat(self, messages) -> List[int]:
+        try:
+            return encode_prompt(self.tokenizer, messages)
+        except Exception as e:  # the model's own Jinja template decides what it accepts
+            raise APIError(400, f"the model's chat template rejected the messages: {e}", param="messages",
+                           code="invalid_value") from None  # fmt: skip
+
+    def _encode_text(self, text: str) -> List[int]:
+        return encode_prompt(self.tokenizer, text, chat_template=False)
+
+    async def _answer(self, request, prompt_ids, prompt_param, settings, endpoint, options):
+        generation = self.fit_to_context(prompt_ids, prompt_param, settings)
+        job = self.worker.submit(generation)
+        if options.stream:
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            return StreamingResponse(event_stream(job, endpoint, options), media_type="text/event-stream",
+                                     headers=headers)  # fmt: skip
+        return await complete(job, request, endpoint, options)
+
+    def fit_to_context(self, prompt_ids: List[int], prompt_param: str, settings: dict) -> GenerationRequest:
+        """The request for an encoded prompt, max_tokens cut to what the context window still holds."""
+        if not prompt_ids:
+            raise APIError(400, f"'{prompt_param}' encodes to no tokens; give some text", param=prompt_param,
+                           code="invalid_value")  # fmt: skip
+        context = self.info.context_length
+        check_context(prompt_ids, context, prompt_param)
+        max_tokens = min(settings["max_tokens"], context - len(prompt_ids)) if context else settings["max_tokens"]
+        return GenerationRequest(prompt_ids=list(prompt_ids), **{**settings, "max_tokens": max_tokens})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        self.worker.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(self.worker.stop)
+
+    def routes(self) -> List[Route]:
+        return [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{id:path}", self.model_by_id, methods=["GET"]),
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+        ]
+
+
+def create_app(model, tokenizer, info, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
+               max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:  # fmt: skip
+    """The ASGI app serving one loaded model (`load()`'s triple); the worker runs in its lifespan."""
+    server = ModelServer(model, tokenizer, info, max_tokens_limit, max_body_bytes)
+    handlers = {APIError: on_api_error, HTTPException: on_http_error, Exception: on_unexpected_error}
+    return Starlette(routes=server.routes(), exception_handlers=handlers, lifespan=server.lifespan)
+
+
+def check_can_listen(host: str, port: int):
+    """Raise OSError if `host:port` cannot be bound (in use, or no such address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+
+
+def run(app: Starlette, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info"):
+    """Serve `app` with uvicorn until interrupted."""
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)

@@ -1,0 +1,541 @@
+"""The OpenAI-compatible server.
+
+First in-process on a tiny random model (request validation, stop strings, traces, the
+worker); then the real default model behind `python -m entropix_mlx serve`, driven by the
+official `openai` client and by httpx.
+"""
+
+import asyncio
+import dataclasses
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("starlette", reason="the server extra is not installed: pip install -e '.[server]'")
+pytest.importorskip("uvicorn", reason="the server extra is not installed: pip install -e '.[server]'")
+
+from entropix_mlx.cli import main  # noqa: E402
+from entropix_mlx.loading import DEFAULT_MODEL, load  # noqa: E402
+from entropix_mlx.sampling import SamplerConfig  # noqa: E402
+from entropix_mlx.server import (  # noqa: E402
+    GenerationRequest,
+    GenerationWorker,
+    StopMatcher,
+    create_app,
+    generation_events,
+)
+
+from .tiny import tiny_model, write_float_gguf  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONTEXT = 256
+TINY_PAUSE_ID = 16  # "..." is three tokens in the tiny vocabulary
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- In-process, tiny model --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = write_float_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", tiny_model())
+    model, tokenizer, info = load(str(path))
+    return model, tokenizer, dataclasses.replace(info, sampler_preset={"pause_token_id": TINY_PAUSE_ID})
+
+
+@pytest.fixture(scope="module")
+def client(tiny):
+    from starlette.testclient import TestClient
+
+    with TestClient(create_app(*tiny, max_tokens_limit=8, max_body_bytes=10_000)) as client:
+        yield client
+
+
+def chat(content="hi", **fields):
+    return {"messages": [{"role": "user", "content": content}], **fields}
+
+
+def sse_payloads(lines) -> list:
+    """The JSON payloads of an event stream, checking its framing and the final [DONE]."""
+    events = [line for line in lines if line]
+    assert all(line.startswith("data: ") for line in events), events
+    assert events[-1] == "data: [DONE]"
+    return [json.loads(line[len("data: ") :]) for line in events[:-1]]
+
+
+def assert_error(response, status, code, param=None, says=""):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code and error["param"] == param, error
+    assert says in error["message"], error["message"]
+
+
+def test_stop_matcher_holds_back_a_partial_stop_and_cuts_at_the_first():
+    stops = StopMatcher(["END", "\n\n"])
+    assert stops.feed("Hello E") == ("Hello ", False)  # "E" may begin "END"
+    assert stops.feed("x") == ("Ex", False)
+    assert stops.feed("ok\n") == ("ok", False)
+    assert stops.feed("\nmore") == ("", True)
+    assert StopMatcher(["END"]).feed("aENDbEND") == ("a", True)
+    tail = StopMatcher(["END"])
+    assert tail.feed("abEN") == ("ab", False) and tail.flush() == "EN"
+    assert StopMatcher([]).feed("anything") == ("anything", False)
+
+
+def tiny_request(tokenizer, **fields) -> GenerationRequest:
+    settings = dict(prompt_ids=tokenizer.encode("hello"), sampler="greedy",
+                    config=SamplerConfig(pause_token_id=TINY_PAUSE_ID), max_tokens=6)  # fmt: skip
+    return GenerationRequest(**{**settings, **fields})
+
+
+def test_generation_events_cut_at_a_stop_string_and_trace_every_token(tiny):
+    model, tokenizer, _ = tiny
+    free = list(generation_events(model, tokenizer, tiny_request(tokenizer), threading.Event()))
+    full = "".join(e.text for e in free[:-1])
+    assert free[-1].reason in ("stop", "length") and len(full) >= 3, full
+    stop = full[1:3]
+    request = tiny_request(tokenizer, stop=(stop,), trace=True)
+    events = list(generation_events(model, tokenizer, request, threading.Event()))
+    *deltas, finish = events
+    assert "".join(e.text for e in deltas) == full[: full.index(stop)]
+    assert finish.reason == "stop" and finish.completion_tokens == len(deltas)
+    records = [r for e in deltas for r in e.trace]
+    assert [r["index"] for r in records] == list(range(len(deltas)))
+    assert records[-1]["finish_reason"] == "stop"
+
+
+def test_worker_serves_in_order_and_stops_a_cancelled_job_between_tokens(tiny):
+    model, tokenizer, _ = tiny
+
+    async def scenario():
+        worker = GenerationWorker(model, tokenizer)
+        worker.start()
+        try:
+            long = worker.submit(tiny_request(tokenizer, max_tokens=200))
+            short = worker.submit(tiny_request(tokenizer, max_tokens=3))
+            skipped = worker.submit(tiny_request(tokenizer))
+            skipped.cancelled.set()
+            long_events = []
+            async for event in long.stream():
+                long_events.append(event)
+                long.cancelled.set()
+            short_events = [e async for e in short.stream()]
+            return long_events, short_events, skipped
+        finally:
+            worker.stop()
+
+    long_events, short_events, skipped = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert type(long_events[-1]).__name__ == "Failure" and long_events[-1].status == 503
+    assert len(long_events) < 10  # stopped within a few tokens of 200
+    assert type(short_events[-1]).__name__ == "Finish" and short_events[-1].completion_tokens == 3
+    assert skipped.events.empty()
+
+
+class FailsOnce:
+    """A model whose first forward pass raises, as a deep MLX error would."""
+
+    def __init__(self, model):
+        self.model, self.failed = model, False
+
+    def __call__(self, *args, **kwargs):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("[matmul] simulated failure")
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_worker_outlives_a_failing_generation(tiny):
+    model, tokenizer, _ = tiny
+
+    async def scenario():
+        worker = GenerationWorker(FailsOnce(model), tokenizer)
+        worker.start()
+        try:
+            failed = [e async for e in worker.submit(tiny_request(tokenizer)).stream()]
+            served = [e async for e in worker.submit(tiny_request(tokenizer, max_tokens=2)).stream()]
+            return failed, served
+        finally:
+            worker.stop()
+
+    failed, served = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert failed[-1].status == 500 and "simulated failure" in failed[-1].message
+    assert served[-1].completion_tokens == 2
+
+
+def test_chat_completion_shape_usage_and_trace(client, tiny):
+    body = client.post("/v1/chat/completions", json=chat(max_tokens=4, seed=1, trace=True, user="ignored")).json()
+    assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
+    assert body["model"] == tiny[2].name and isinstance(body["created"], int)
+    (choice,) = body["choices"]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["completion_tokens"] == len(choice["entropix_trace"]) <= 4
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    record = choice["entropix_trace"][0]
+    assert record["strategy"] in ("argmax", "pause", "branch", "resample", "adaptive")
+    assert record["logits_entropy"] is not None
+    assert "".join(r["text"] for r in choice["entropix_trace"]) == choice["message"]["content"]
+
+
+def test_same_seed_same_entropix_text(client):
+    request = {"prompt": "hello", "max_tokens": 8, "temperature": 1.0, "entropix": {"top_k": 50}}
+    texts = [client.post("/v1/completions", json={**request, "seed": 7}).json()["choices"][0]["text"] for _ in range(2)]
+    assert texts[0] == texts[1] and texts[0]
+
+
+def test_max_tokens_is_capped_by_the_server_limit(client):
+    body = client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 1000, "sampler": "greedy"}).json()
+    assert body["usage"]["completion_tokens"] <= 8
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+
+
+def test_streaming_chat_chunks_end_with_finish_usage_and_done(client):
+    request = chat(max_tokens=4, stream=True, trace=True, stream_options={"include_usage": True})
+    with client.stream("POST", "/v1/chat/completions", json=request) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        chunks = sse_payloads(response.iter_lines())
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    *token_chunks, finish, usage = chunks[1:]
+    assert all(c["choices"][0]["finish_reason"] is None for c in token_chunks)
+    assert [len(c["choices"][0]["entropix_trace"]) for c in token_chunks] == [1] * len(token_chunks)
+    assert finish["choices"][0]["finish_reason"] in ("stop", "length") and finish["choices"][0]["delta"] == {}
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == len(token_chunks)
+
+
+def test_prompt_forms_and_text_parts_give_the_same_answer(client, tiny):
+    tokenizer = tiny[1]
+    greedy = {"max_tokens": 4, "sampler": "greedy"}
+    answers = [
+        client.post("/v1/completions", json={"prompt": prompt, **greedy}).json()["choices"][0]["text"]
+        for prompt in ("hello", ["hello"], tokenizer.encode("hello"))
+    ]
+    assert answers[0] == answers[1] == answers[2]
+    parts = [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]
+    as_parts = client.post("/v1/chat/completions", json=chat(parts, **greedy)).json()
+    as_text = client.post("/v1/chat/completions", json=chat("hello", **greedy)).json()
+    assert as_parts["choices"][0]["message"] == as_text["choices"][0]["message"]
+
+
+BAD_REQUESTS = [
+    # (route, body, status, code, param, words in the message)
+    ("/v1/chat/completions", {"messages": []}, 400, "invalid_value", "messages", "non-empty"),
+    ("/v1/chat/completions", {"messages": "hi"}, 400, "invalid_type", "messages", "must be an array"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "invalid_value",
+     "messages[0].role", "must be one of"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "invalid_type",
+     "messages[0].content", "text"),
+    ("/v1/chat/completions", chat(max_tokens="8"), 400, "invalid_type", "max_tokens", "must be an integer"),
+    ("/v1/chat/completions", chat(temperature=True), 400, "invalid_type", "temperature",
+     "must be a number, not boolean"),
+    ("/v1/chat/completions", chat(stream="yes"), 400, "invalid_type", "stream", "boolean"),
+    ("/v1/chat/completions", chat(stop=[1]), 400, "invalid_type", "stop", "list of strings"),
+    ("/v1/chat/completions", chat(sampler="magic"), 400, "invalid_value", "sampler", "entropix, standard, greedy"),
+    ("/v1/chat/completions", chat(entropix={"top_k": 1000}), 400, "invalid_value", "entropix", "top_k"),
+    ("/v1/chat/completions", chat(entropix={"warp": 9}), 400, "invalid_value", "entropix", "unknown sampler"),
+    ("/v1/chat/completions", chat(entropix=[1]), 400, "invalid_type", "entropix", "must be an object, not array"),
+    ("/v1/chat/completions", chat(model="gpt-4"), 404, "model_not_found", "model", "not served"),
+    ("/v1/chat/completions", chat(max_tokens=0), 422, "invalid_value", "max_tokens", ">= 1"),
+    ("/v1/chat/completions", chat(temperature=-0.5), 422, "invalid_value", "temperature", ">= 0"),
+    ("/v1/chat/completions", chat(top_p=0), 422, "invalid_value", "top_p", "(0, 1]"),
+    ("/v1/chat/completions", chat(top_p=1.5), 422, "invalid_value", "top_p", "(0, 1]"),
+    ("/v1/chat/completions", chat(seed=-1), 422, "invalid_value", "seed", "[0, 2**64)"),
+    ("/v1/chat/completions", chat(n=2), 422, "invalid_value", "n", "must be 1"),
+    ("/v1/completions", {"prompt": ""}, 400, "invalid_value", "prompt", "empty"),
+    ("/v1/completions", {"prompt": "hi", "stop": ["", "x"]}, 422, "invalid_value", "stop", "must not be empty"),
+    ("/v1/completions", {"prompt": "hi", "stream_options": 1}, 400, "invalid_type", "stream_options", "object"),
+    ("/v1/completions", {"prompt": ["a", "b"]}, 400, "invalid_type", "prompt", "one prompt per request"),
+    ("/v1/completions", {}, 400, "invalid_type", "prompt", "non-empty string"),
+]
+
+
+@pytest.mark.parametrize("route, body, status, code, param, says", BAD_REQUESTS)
+def test_bad_request_gets_an_openai_error(client, route, body, status, code, param, says):
+    assert_error(client.post(route, json=body), status, code, param, says)
+
+
+def test_malformed_bodies_unknown_routes_and_oversize_bodies(client):
+    truncated = b'{"messages": '
+    assert_error(client.post("/v1/chat/completions", content=truncated), 400, "invalid_json", None, "not valid JSON")
+    assert_error(client.post("/v1/chat/completions", content=b"[1]"), 400, "invalid_json", None, "JSON object")
+    assert_error(client.post("/v1/completions", content=b'{"prompt": NaN}'), 400, "invalid_json", None, "NaN")
+    surrogate = b'{"prompt": "a\\ud800b"}'  # valid JSON, but no valid text
+    assert_error(client.post("/v1/completions", content=surrogate), 400, "invalid_value", "prompt", "surrogate")
+    surrogate_chat = b'{"messages": [{"role": "user", "content": "\\udfff"}]}'
+    assert_error(client.post("/v1/chat/completions", content=surrogate_chat), 400, "invalid_value",
+                 "messages[0].content", "surrogate")
+    huge = b'{"prompt": "hi", "temperature": 1e400}'  # JSON allows it; Python reads inf
+    assert_error(client.post("/v1/completions", content=huge), 422, "invalid_value", "temperature", "finite")
+    assert_error(client.get("/v1/engines"), 404, "not_found", None, "GET /v1/engines")
+    assert_error(client.get("/v1/chat/completions"), 405, "method_not_allowed", None, "use POST")
+    assert_error(client.post("/v1/completions", content=b" " * 10_001), 413, "request_too_large", None, "10000 bytes")
+
+
+def test_prompt_longer_than_the_context_window(client, tiny):
+    ids = [5] * TINY_CONTEXT
+    assert_error(client.post("/v1/completions", json={"prompt": ids}), 400, "context_length_exceeded", "prompt",
+                 f"maximum context length is {TINY_CONTEXT} tokens, but the prompt has {TINY_CONTEXT}")
+    assert_error(client.post("/v1/completions", json={"prompt": [TINY_CONTEXT + 10_000]}), 400, "invalid_value",
+                 "prompt", "token ids must be in")
+    near_the_end = client.post("/v1/completions", json={"prompt": ids[:-2], "max_tokens": 8, "sampler": "greedy"})
+    assert near_the_end.json()["usage"]["completion_tokens"] <= 2
+
+
+def test_models_lists_the_served_model_and_default_is_an_alias(client, tiny):
+    name = tiny[2].name
+    listing = client.get("/v1/models").json()
+    assert listing["object"] == "list" and [m["id"] for m in listing["data"]] == [name]
+    assert client.post("/v1/completions", json={"model": "default", "prompt": "hi", "max_tokens": 1}).status_code == 200
+    assert client.get("/health").json() == {"status": "ok", "model": name}
+
+
+# --- The CLI's refusals (no model load) -----------------------------------------------------
+
+
+def test_serve_without_the_extra_names_the_pip_command(monkeypatch, tmp_path):
+    import entropix_mlx
+
+    monkeypatch.delitem(sys.modules, "entropix_mlx.server", raising=False)
+    monkeypatch.delattr(entropix_mlx, "server", raising=False)
+    for name in [m for m in sys.modules if m.split(".")[0] == "starlette"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if starlette were not installed
+    # Were the import to succeed, the missing model would end the command at once.
+    result = CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--model", str(tmp_path / "absent.gguf")])
+    assert result.exit_code == 1
+    assert "pip install 'entropix-mlx[server]'" in result.output
+
+
+def test_serve_on_a_busy_port_says_so_before_loading(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", "--port", str(port), "--model", str(tmp_path / "absent.gguf")])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "pick another --port" in result.output
+
+
+def test_serve_with_a_missing_model_fails_in_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--model", str(tmp_path / "absent.gguf")])
+    assert result.exit_code == 1
+    assert "no such model file or folder" in result.output and "Traceback" not in result.output
+
+
+# --- The real default model behind `entropix-mlx serve` ------------------------------------
+
+SERVER_START_TIMEOUT = 180  # loading is seconds alone, much longer on a busy 2-core machine
+TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The base URL of one `python -m entropix_mlx serve` for the module; stopped at the end."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "entropix_mlx", "serve", "--port", str(port), "--max-tokens-limit", "32"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process, log)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, f"the server exited with {process.returncode}:\n{log.read_text()}"
+
+
+def wait_for_health(url, process, log: Path):
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode} before answering /health:\n{log.read_text()}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"the server did not answer /health within {SERVER_START_TIMEOUT} s; its stderr:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def openai_client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server + "/v1", api_key="unused", timeout=120, max_retries=0)
+
+
+GREEDY = {"sampler": "greedy"}
+FRANCE = "The capital of France is"
+
+
+def completion_text(client, prompt, max_tokens=TOKENS) -> str:
+    response = client.completions.create(model="default", prompt=prompt, max_tokens=max_tokens, seed=0,
+                                         extra_body=GREEDY)  # fmt: skip
+    return response.choices[0].text
+
+
+@pytest.fixture(scope="module")
+def france(openai_client):
+    """The served greedy completion of FRANCE (TOKENS tokens)."""
+    return completion_text(openai_client, FRANCE)
+
+
+@pytest.mark.real_model
+def test_real_chat_non_streaming_and_streaming_agree(openai_client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}]
+    request = dict(model=DEFAULT_MODEL, messages=messages, max_tokens=TOKENS, seed=0)
+    whole = openai_client.chat.completions.create(**request, extra_body=GREEDY)
+    assert whole.object == "chat.completion" and whole.model == DEFAULT_MODEL
+    assert whole.choices[0].finish_reason in ("stop", "length") and whole.choices[0].message.content
+    assert whole.usage.completion_tokens <= TOKENS
+    chunks = list(openai_client.chat.completions.create(**request, stream=True, extra_body={**GREEDY, "trace": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    traces = [r for c in chunks for r in (c.choices[0].model_extra.get("entropix_trace") or [])]
+    assert len(traces) == whole.usage.completion_tokens and traces[0]["strategy"] is None  # greedy
+
+
+@pytest.mark.real_model
+def test_real_models_endpoint(openai_client):
+    assert [m.id for m in openai_client.models.list().data] == [DEFAULT_MODEL]
+
+
+@pytest.mark.real_model
+def test_real_greedy_completion_matches_the_generate_command(france):
+    command = ["generate", "-p", FRANCE, "--no-chat-template", "--sampler", "greedy", "--seed", "0",
+               "--max-tokens", str(TOKENS)]  # fmt: skip
+    cli = CliRunner().invoke(main, command)
+    assert cli.exit_code == 0, cli.output
+    assert france and cli.stdout == france + "\n"
+
+
+@pytest.mark.real_model
+def test_real_stop_string_ends_the_answer(openai_client, france):
+    stop = france.strip().split()[0][-2:]  # the end of the first word: a cut inside a token
+    response = openai_client.completions.create(model="default", prompt=FRANCE, seed=0, max_tokens=TOKENS,
+                                                stop=[stop], extra_body=GREEDY)  # fmt: skip
+    assert response.choices[0].text == france[: france.index(stop)]
+    assert response.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.real_model
+def test_real_concurrent_streams_each_get_their_own_answer(server, openai_client):
+    prompts = ["One, two,", "Red, green,", "Monday,", "Cats and"]
+    alone = {p: completion_text(openai_client, p, max_tokens=4) for p in prompts}
+    answers, errors = {}, []
+
+    def stream(prompt):
+        try:
+            chunks = openai_client.completions.create(model="default", prompt=prompt, max_tokens=4, seed=0,
+                                                      stream=True, extra_body=GREEDY)  # fmt: skip
+            answers[prompt] = "".join(c.choices[0].text for c in chunks)
+        except Exception as e:  # reported below, with the prompt
+            errors.append(f"{prompt!r}: {e!r}")
+
+    threads = [threading.Thread(target=stream, args=(p,)) for p in prompts]
+    for thread in threads:
+        thread.start()
+    start = time.monotonic()
+    assert httpx.get(server + "/health", timeout=5).status_code == 200
+    health_wait = time.monotonic() - start
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert answers == alone
+    assert len(set(alone.values())) == len(prompts)  # distinct answers, so a mix-up would show
+    assert health_wait < 1.0, f"/health took {health_wait:.2f} s while generating"  # the event loop stays free
+
+
+def time_to_first_token(client) -> float:
+    start = time.monotonic()
+    stream = client.completions.create(model="default", prompt="Hello", max_tokens=4, stream=True, extra_body=GREEDY)
+    next(c for c in stream if c.choices and c.choices[0].text)
+    waited = time.monotonic() - start
+    stream.close()
+    return waited
+
+
+def served_within(client) -> float:
+    """2 s, or 4x a lone request's time to first token when other load makes that over 0.5 s.
+
+    A cancelled generation stops within about two token times; one left running would
+    hold the model for its remaining ~28 tokens (~14 times the lone request's wait).
+    """
+    return max(2.0, 4 * sum(time_to_first_token(client) for _ in range(2)) / 2)
+
+
+@pytest.mark.real_model
+def test_real_disconnect_mid_stream_frees_the_model(openai_client):
+    bound = served_within(openai_client)
+    long = openai_client.completions.create(model="default", prompt="Once upon a time", max_tokens=32,
+                                            stream=True, extra_body=GREEDY)  # fmt: skip
+    next(iter(long))
+    long.close()
+    waited = time_to_first_token(openai_client)
+    assert waited < bound, f"the next request's first token came {waited:.2f} s after the disconnect"
+
+
+@pytest.mark.real_model
+def test_real_client_that_gives_up_on_a_whole_answer_frees_the_model(server, openai_client):
+    bound = served_within(openai_client)
+    body = {"prompt": "Once upon a time", "max_tokens": 32, "sampler": "greedy"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server + "/v1/completions", json=body, timeout=httpx.Timeout(10, read=1.0))
+    waited = time_to_first_token(openai_client)
+    assert waited < bound, f"the next request's first token came {waited:.2f} s after the client left"
+
+
+REAL_BAD_REQUESTS = [
+    ({"messages": []}, 400, "invalid_value"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "8"}, 400, "invalid_type"),
+    ({"messages": [{"role": "user", "content": "hi"}], "sampler": "magic"}, 400, "invalid_value"),
+    ({"messages": [{"role": "user", "content": "hi"}], "entropix": {"top_k": 0}}, 400, "invalid_value"),
+    ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4"}, 404, "model_not_found"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 422, "invalid_value"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 422, "invalid_value"),
+    ({"messages": [{"role": "user", "content": "hi"}], "top_p": 2}, 422, "invalid_value"),
+    ({"messages": [{"role": "user", "content": "hello " * 9000}]}, 400, "context_length_exceeded"),
+]
+
+
+@pytest.mark.real_model
+def test_real_bad_requests_get_errors_and_the_server_lives_on(server, openai_client):
+    with httpx.Client(base_url=server, timeout=60) as http:
+        for body, status, code in REAL_BAD_REQUESTS:
+            response = http.post("/v1/chat/completions", json=body)
+            assert response.status_code == status and response.json()["error"]["code"] == code, (body, response.text)
+        assert_error(http.post("/v1/chat/completions", content=b"{oops"), 400, "invalid_json", None, "not valid JSON")
+        oversize = b'{"prompt": "' + b"x" * 1_100_000 + b'"}'
+        assert_error(http.post("/v1/completions", content=oversize), 413, "request_too_large", None, "bytes")
+        assert_error(http.get("/v1/nowhere"), 404, "not_found", None, "no route")
+        assert http.get("/health").json()["status"] == "ok"
+    assert completion_text(openai_client, "Hi", max_tokens=2)
