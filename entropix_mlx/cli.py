@@ -28,11 +28,11 @@ def load_model(name: str):
         raise click.ClickException(str(e)) from None
 
 
-def sampler_config(info, config_file, overrides):
+def sampler_config(preset: dict, config_file, overrides):
     """The model's preset, then the TOML file, then command-line flags; validated once."""
     from .sampling import SamplerConfig
 
-    settings = dict(info.sampler_preset)
+    settings = dict(preset)
     if config_file:
         try:
             settings.update(tomllib.loads(Path(config_file).read_text(encoding="utf-8")))
@@ -74,7 +74,7 @@ class GenerationSession:
     def __init__(self, model, sampler, max_tokens, seed, verbose, config_file, **overrides):
         self.model, self.tokenizer, self.info = load_model(model)
         renamed = {"temp": overrides.pop("temp"), "pause_token": overrides.pop("pause_token")}
-        self.config = sampler_config(self.info, config_file, {**overrides, **renamed})
+        self.config = sampler_config(self.info.sampler_preset, config_file, {**overrides, **renamed})
         self.sampler, self.max_tokens, self.seed, self.verbose = sampler, max_tokens, seed, verbose
 
     def stream(self, prompt_ids, on_response):
@@ -321,11 +321,8 @@ def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pau
 
 def preset_config(model, config_file, overrides=None):
     """The sampler config a catalog model's preset gives (other models: the defaults), under --config and flags."""
-    from types import SimpleNamespace
-
     entry = CATALOG.get(model)
-    return sampler_config(SimpleNamespace(sampler_preset=entry.sampler_preset if entry else {}), config_file,
-                          overrides or {})  # fmt: skip
+    return sampler_config(entry.sampler_preset if entry else {}, config_file, overrides or {})
 
 
 @main.command()
@@ -389,7 +386,7 @@ def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     loaded, tokenizer, info = load_model(model)
-    config = sampler_config(info, config_file, {"pause_token": pause_token})
+    config = sampler_config(info.sampler_preset, config_file, {"pause_token": pause_token})
     fit_n, held_n = map(len, calibration.split_prompts(prompts))
     echo_err(f"Calibrating {model} on {fit_n} prompts, checking on {held_n}, up to {max_tokens} tokens each")
     try:
@@ -441,7 +438,7 @@ def eval_command(task, samplers, seeds, limit, model, out, config_files, data, m
     if task_obj.kind == "choice" and (samplers or config_files or seeds != "0"):
         echo_err(f"{task} is log-likelihood multiple choice: --sampler, --config and --seeds do not apply.")
     loaded, tokenizer, info = load_model(model)
-    presets = [(Path(f).stem, sampler_config(info, f, {})) for f in config_files]
+    presets = [(Path(f).stem, sampler_config(info.sampler_preset, f, {})) for f in config_files]
     writer = RecordWriter(out) if out else None
     started = datetime.now(timezone.utc)
     try:

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 from ..model.llama import Model, ModelArgs
+from ..sampling.config import SamplerConfig
 from .catalog import CATALOG, DEFAULT_MODEL, fetch
 from .errors import ModelLoadError
 from .gguf import load_gguf
@@ -27,6 +28,10 @@ class ModelInfo:
     @property
     def context_length(self) -> Optional[int]:
         return self.args.max_position_embeddings
+
+    def sampler_config(self, **overrides) -> SamplerConfig:
+        """The model's preset sampler settings, with `overrides` on top."""
+        return SamplerConfig.from_dict({**self.sampler_preset, **overrides})
 
 
 def _looks_like_repo_id(name: str) -> bool:
