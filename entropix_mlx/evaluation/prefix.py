@@ -1,0 +1,55 @@
+"""Shared prompt prefixes: prefill once, then fork a copy of the KV cache per continuation."""
+
+import copy
+from typing import List, Sequence, Tuple
+
+import mlx.core as mx
+
+PREFILL_CHUNK = 512
+
+
+def prefill(model, ids: Sequence[int], cache: List) -> List:
+    """Run `ids` through the model into `cache` (in place; returned for chaining)."""
+    for start in range(0, len(ids), PREFILL_CHUNK):
+        model(mx.array(ids[start : start + PREFILL_CHUNK])[None], cache, last_only=True)
+        mx.eval([c.state for c in cache])
+    return cache
+
+
+def fork(cache: List, keep: int) -> List:
+    """A copy of `cache` holding only its first `keep` positions."""
+    forked = copy.deepcopy(cache)
+    for layer in forked:
+        if layer.offset > keep:
+            layer.trim(layer.offset - keep)
+    return forked
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class SharedPrefix:
+    """The KV cache of a prefix that many prompts start with (e.g. the few-shot examples)."""
+
+    def __init__(self, model, prefix_ids: Sequence[int]):
+        self.model = model
+        self.ids = list(prefix_ids)
+        self.cache = prefill(model, self.ids, model.make_cache())
+
+    def extend(self, ids: Sequence[int]) -> Tuple[List, List[int]]:
+        """(a cache holding all of `ids` but the last token, [that last token]).
+
+        `ids` is the whole prompt, encoded in one piece: where its tokens part from the
+        prefix's (BPE merges across the join), the copy is cut back and the rest prefilled.
+        """
+        if not ids:
+            raise ValueError("the prompt is empty")
+        keep = min(common_prefix_length(self.ids, ids), len(ids) - 1)
+        cache = prefill(self.model, ids[keep:-1], fork(self.cache, keep))
+        return cache, list(ids[-1:])
