@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, List, Union
 
 from .generate import METRICS, PARAMETERS, GenerationResponse
+from .jsonl import read_records
 
 FIELDS = ("index", "token", "text", "logprob", "strategy", *METRICS, *PARAMETERS, "finish_reason")
 
@@ -52,16 +53,4 @@ class TraceWriter:
 
 def read_trace(path: Union[str, Path]) -> List[dict]:
     """The records of a trace file, checked to carry every field."""
-    records = []
-    for line_no, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{line_no} is not JSON ({e.msg})") from None
-        missing = [f for f in FIELDS if f not in record]
-        if missing:
-            raise ValueError(f"{path}:{line_no} is not a trace record (missing {', '.join(missing)})")
-        records.append(record)
-    return records
+    return read_records(path, FIELDS, "a trace record")

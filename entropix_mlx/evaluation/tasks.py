@@ -5,13 +5,13 @@ evaluation data folder (default: `shared/evaldata/` beside the repository, see i
 sources and licences).
 """
 
-import json
 import operator
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..jsonl import read_records
 from .errors import EvalError
 
 TASKS = ("arith", "gsm8k", "arc-easy", "arc-challenge")
@@ -150,22 +150,11 @@ def data_file(data: Optional[Path], key: str) -> Path:
     return path
 
 
-def read_jsonl(path: Path, fields: Sequence[str], limit: Optional[int]) -> List[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as lines:
-        for line_no, line in enumerate(lines, start=1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{path}:{line_no} is not JSON ({e.msg})") from None
-            missing = [f for f in fields if f not in row]
-            if missing:
-                raise EvalError(f"{path}:{line_no} lacks {', '.join(missing)}")
-            rows.append(row)
+def read_items(path: Path, fields: Sequence[str], limit: Optional[int]) -> List[dict]:
+    try:
+        rows = read_records(path, fields, "an item", limit)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     if not rows:
         raise EvalError(f"{path} holds no items")
     return rows
@@ -177,7 +166,7 @@ def read_jsonl(path: Path, fields: Sequence[str], limit: Optional[int]) -> List[
 def gsm8k_task(data: Optional[Path], limit: Optional[int], shots: int) -> Task:
     items_path = data_file(data, "gsm8k")
     prefix = gsm8k_prefix(data_file(data, "gsm8k-prefix").read_text(encoding="utf-8"), shots)
-    rows = read_jsonl(items_path, ("id", "question", "short_answer"), limit)
+    rows = read_items(items_path, ("id", "question", "short_answer"), limit)
     items = tuple(
         Item(i, str(row["id"]), f"Question: {row['question']}\nAnswer:", str(row["short_answer"]))
         for i, row in enumerate(rows)
@@ -200,7 +189,7 @@ def gsm8k_prefix(text: str, shots: int) -> str:
 
 def arc_task(name: str, data: Optional[Path], limit: Optional[int]) -> Task:
     path = data_file(data, name)
-    rows = read_jsonl(path, ("id", "question", "choices", "gold"), limit)
+    rows = read_items(path, ("id", "question", "choices", "gold"), limit)
     items = []
     for i, row in enumerate(rows):
         choices = tuple(str(c) for c in row["choices"])

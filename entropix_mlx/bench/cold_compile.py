@@ -1,0 +1,63 @@
+"""First use versus warm: one contender decoding in a fresh process with an empty MLX compile cache.
+
+MLX's CPU backend compiles each `mx.compile`d graph to a shared library per input shape and
+keeps it under `$TMPDIR/mlx`; a sampler that recompiles as the context grows is slow only on
+first use. The parent starts `python -m entropix_mlx.bench.cold_compile SETTINGS_JSON` with a
+fresh `TMPDIR` (MLX reads it when it starts), and the child prints one JSON object.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import BenchError
+
+MODULE = "entropix_mlx.bench.cold_compile"
+
+
+def compiled_libraries() -> int:
+    """How many compiled kernels MLX has written under this process's `$TMPDIR/mlx`."""
+    return sum(1 for _ in (Path(tempfile.gettempdir()) / "mlx").rglob("*.so"))
+
+
+def measure_cold_compile(engine: str, sampler: str, model: str, pause_token, prompt_length: int,
+                         gen_tokens: int) -> dict:
+    """Run one contender cold, then warm, in a child process with an empty compile cache."""
+    settings = dict(engine=engine, sampler=sampler, model=model, pause_token=pause_token,
+                    prompt_length=prompt_length, gen_tokens=gen_tokens)
+    with tempfile.TemporaryDirectory(prefix="entropix-bench-cold-") as fresh:
+        child = subprocess.run(
+            [sys.executable, "-m", MODULE, json.dumps(settings)],
+            env={**os.environ, "TMPDIR": fresh}, capture_output=True, text=True,
+        )  # fmt: skip
+    lines = child.stdout.strip().splitlines()
+    if child.returncode or not lines:
+        detail = (child.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"the cold-compile run of {engine} {sampler} failed: {detail}")
+    return json.loads(lines[-1])
+
+
+def _child(settings: dict) -> dict:
+    from .contenders import MLX_LM, mlx_lm_contenders, our_contenders
+    from .measure import measure_generation
+    from .text import benchmark_prompt
+
+    ours, tokenizer, _ = our_contenders(settings["model"], settings["pause_token"])
+    contenders = mlx_lm_contenders(settings["model"]) if settings["engine"] == MLX_LM else ours
+    contender = next(c for c in contenders if c.sampler == settings["sampler"])
+    prompt = benchmark_prompt(tokenizer, settings["prompt_length"])
+    result = {"compiled_before": compiled_libraries()}
+    for phase in ("cold", "warm"):
+        figures = measure_generation(contender.run(prompt, settings["gen_tokens"]), len(prompt),
+                                     contender.weights_bytes)
+        result[phase] = dataclasses.asdict(figures)
+        result[f"compiled_after_{phase}"] = compiled_libraries()
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(json.loads(sys.argv[1]))))

@@ -1,0 +1,31 @@
+"""Reading JSON Lines files: one JSON object per line, each checked to carry the fields it needs."""
+
+import json
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+
+def read_records(path: Union[str, Path], fields: Sequence[str], what: str = "a record",
+                 limit: Optional[int] = None) -> List[dict]:
+    """The objects on the non-blank lines of `path` (the first `limit` of them).
+
+    Raises ValueError naming the file, the line and what is wrong with it.
+    """
+    records = []
+    with open(path, encoding="utf-8") as lines:
+        for line_no, line in enumerate(lines, start=1):
+            if limit is not None and len(records) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no} is not JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_no} is not {what} (not a JSON object)")
+            missing = [f for f in fields if f not in record]
+            if missing:
+                raise ValueError(f"{path}:{line_no} is not {what} (missing {', '.join(missing)})")
+            records.append(record)
+    return records

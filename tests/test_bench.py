@@ -1,0 +1,102 @@
+"""`entropix-mlx bench`: runs end to end on a tiny GGUF and writes the documented JSON (no speed is asserted)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from entropix_mlx.bench.report import build_rows, evaluate_goals, summarize
+from entropix_mlx.bench.text import benchmark_prompt
+from entropix_mlx.cli import main
+
+from .tiny import tiny_model, write_float_gguf
+
+FIGURES = {"prefill_tps", "decode_tps", "ttft_s", "peak_memory_mb", "working_memory_mb",
+           "prefill_cpu_ms", "decode_cpu_ms", "sampler_step_us"}  # fmt: skip
+RUN_FIGURES = FIGURES - {"sampler_step_us"}
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    return write_float_gguf(tmp_path_factory.mktemp("bench") / "tiny.gguf", tiny_model(seed=5))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """The mlx-lm copy of the weights goes here, not into the checkout's models/."""
+    monkeypatch.setenv("ENTROPIX_MLX_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_quick_bench_writes_documented_json(tiny_gguf, home, tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--model", str(tiny_gguf), "--pause-token", ".", "--json", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "entropix-mlx entropix" in result.output and "Goals" in result.output
+
+    report = json.loads(out.read_text())
+    assert report["schema"] == "entropix-mlx-bench/1"
+    assert {"os", "cpu", "mlx", "mlx_lm", "device"} <= set(report["machine"])
+    assert report["settings"]["prompt_lengths"] == [32] and report["settings"]["repeats"] == 1
+    labels = [row["label"] for row in report["rows"]]
+    assert labels == ["mlx-lm greedy", "mlx-lm sampled", "entropix-mlx greedy",
+                      "entropix-mlx standard", "entropix-mlx entropix"]  # fmt: skip
+    for row in report["rows"]:
+        assert set(row["figures"]) == FIGURES
+        assert all(stats["median"] > 0 and len(stats["samples"]) == 1 for stats in row["figures"].values())
+        assert set(row["ratios"]) == (FIGURES if row["baseline"] else set())
+        assert row["sampler_share"] > 0
+    cold = report["cold_compile"]
+    assert [(r["engine"], r["sampler"]) for r in cold["runs"]] == [("mlx-lm", "sampled"), ("entropix-mlx", "entropix")]
+    for run in cold["runs"]:
+        assert set(run["cold"]) == set(run["warm"]) == RUN_FIGURES
+        assert run["compiled_after_cold"] >= run["compiled_before"]
+    assert cold["entropix_over_mlx_lm_cold_decode"] > 0
+    assert all({"goal", "target", "checks", "met"} <= set(goal) for goal in report["goals"])
+    assert any(home.glob("mlx-lm/tiny-*/config.json"))  # the converted copy is cached
+
+
+def test_prompt_longer_than_context_is_one_clear_line(tiny_gguf, home):
+    args = ["bench", "--model", str(tiny_gguf), "--prompt-lengths", "300", "--pause-token", ".", "--no-cold"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "context window (256)" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("lengths", ["abc", "64,,-1", ""])
+def test_bad_prompt_lengths_are_rejected(lengths):
+    result = CliRunner().invoke(main, ["bench", "--prompt-lengths", lengths])
+    assert result.exit_code == 2 and "--prompt-lengths" in result.output
+
+
+def test_prompt_is_real_text_cut_to_length(tiny_gguf):
+    from entropix_mlx.bench import BenchError
+    from entropix_mlx.loading import load
+
+    _, tokenizer, _ = load(str(tiny_gguf))
+    ids = benchmark_prompt(tokenizer, 200)
+    assert len(ids) == 200 and len(set(ids)) > 20  # letters, spaces, punctuation
+    with pytest.raises(BenchError, match="longer than the benchmark text"):
+        benchmark_prompt(tokenizer, 10**6)
+
+
+def test_ratios_and_goals_from_samples():
+    class Row:
+        def __init__(self, engine, sampler, baseline):
+            self.engine, self.sampler, self.baseline = engine, sampler, baseline
+            self.label = f"{engine} {sampler}"
+
+    contenders = [Row("mlx-lm", "sampled", None), Row("entropix-mlx", "entropix", "mlx-lm sampled")]
+    figures = dict.fromkeys(FIGURES, [1.0, 2.0, 3.0])
+    samples = {
+        (64, "mlx-lm sampled"): {**figures, "decode_tps": [10.0, 10.0, 11.0], "sampler_step_us": [1000.0] * 3},
+        (64, "entropix-mlx entropix"): {**figures, "decode_tps": [9.0, 9.0, 12.0], "sampler_step_us": [5000.0] * 3},
+    }
+    ours = build_rows(samples, contenders, [64])[1]
+    assert summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "samples": [3.0, 1.0, 2.0]}
+    assert ours["ratios"]["decode_tps"] == pytest.approx(0.9) and ours["ratios"]["prefill_tps"] == 1.0
+    assert ours["sampler_share"] == pytest.approx(5000e-6 * 9.0)
+    goals = {g["goal"]: g for g in evaluate_goals([ours])}
+    assert not goals["entropix decode / mlx-lm sampled decode"]["met"]
+    assert goals["peak memory / mlx-lm peak memory"]["met"]
