@@ -156,7 +156,7 @@ def test_load_task_errors(tmp_path):
         load_task("gsm8k", data=tmp_path)
     bad = tmp_path / "arc_easy_dev.jsonl"
     bad.write_text('{"id": "x", "question": "q", "choices": ["a", "b"]}\n')
-    with pytest.raises(EvalError, match="arc_easy_dev.jsonl:1 is not an item \(missing gold\)"):
+    with pytest.raises(EvalError, match=r"arc_easy_dev.jsonl:1 is not an item \(missing gold\)"):
         load_task("arc-easy", data=tmp_path)
     bad.write_text("not json\n")
     with pytest.raises(EvalError, match="arc_easy_dev.jsonl:1 is not JSON"):
