@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import mlx.core as mx
 
-from ..generate import generate_step
+from ..generate import default_prefill_step_size
 from ..loading import DEFAULT_MODEL
 from .cold_compile import measure_cold_compile
 from .contenders import MLX_LM, OURS, SAMPLED, SEED, Contender, entropix_config, mlx_lm_contenders, our_contenders
@@ -136,13 +136,13 @@ def cold_compile_runs(settings: BenchSettings, prompt_length: int, bar) -> dict:
     return cold_compile_section(runs, prompt_length, settings.gen_tokens)
 
 
-def prefill_step_size(generate_step_function) -> int:
-    return inspect.signature(generate_step_function).parameters["prefill_step_size"].default
+def mlx_lm_prefill_step_size() -> int:
+    from mlx_lm.generate import generate_step
+
+    return inspect.signature(generate_step).parameters["prefill_step_size"].default
 
 
 def settings_record(settings: BenchSettings, info, contenders: List[Contender]) -> dict:
-    from mlx_lm.generate import generate_step as mlx_lm_generate_step
-
     record = dataclasses.asdict(settings)
     record["prompt_lengths"] = list(settings.prompt_lengths)
     record.update(
@@ -151,7 +151,7 @@ def settings_record(settings: BenchSettings, info, contenders: List[Contender]) 
         quantization=info.quantization,
         sampled_settings={**SAMPLED, "min_p": 0.0},
         entropix_settings=entropix_config(info.sampler_preset, settings.pause_token).to_dict(),
-        prefill_step_size={MLX_LM: prefill_step_size(mlx_lm_generate_step), OURS: prefill_step_size(generate_step)},
+        prefill_step_size={MLX_LM: mlx_lm_prefill_step_size(), OURS: default_prefill_step_size()},
         seed=SEED,
         contenders=[c.label for c in contenders],
         timing="prefill_tps = prompt tokens / TTFT; decode_tps = (gen_tokens - 1) / (last token - first token)",
