@@ -28,6 +28,19 @@ def load_model(name: str):
         raise click.ClickException(str(e)) from None
 
 
+def check_output_folder(path: Path, option: str):
+    """Fail before any long work if `path` cannot be written for want of its folder."""
+    if not path.resolve().parent.is_dir():
+        raise click.ClickException(f"cannot write {option} {path}: its folder does not exist")
+
+
+def write_output(path: Path, text: str, option: str):
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise click.ClickException(f"cannot write {option} {path}: {e.strerror or e}") from None
+
+
 def sampler_config(preset: dict, config_file, overrides):
     """The model's preset, then the TOML file, then command-line flags; validated once."""
     from .sampling import SamplerConfig
@@ -302,8 +315,8 @@ def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pau
     if quick:
         given = {k: v for k, v in given.items()
                  if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
-    if json_file and not json_file.resolve().parent.is_dir():
-        raise click.ClickException(f"cannot write --json {json_file}: its folder does not exist")
+    if json_file:
+        check_output_folder(json_file, "--json")
     make = BenchSettings.quick if quick else BenchSettings
     settings = make(model=model, pause_token=pause_token, cold_compile=not no_cold, **given)
     try:
@@ -312,10 +325,7 @@ def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pau
         raise click.ClickException(str(e)) from None
     click.echo(format_report(result))
     if json_file:
-        try:
-            json_file.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        except OSError as e:
-            raise click.ClickException(f"cannot write --json {json_file}: {e.strerror or e}") from None
+        write_output(json_file, json.dumps(result, indent=2) + "\n", "--json")
         echo_err(f"Wrote {json_file}")
 
 
@@ -341,8 +351,7 @@ def plot(trace_file, output, model, config_file, title):
 
     if output.suffix.lower() != ".png":
         raise click.ClickException(f"--output {output} must be a .png file")
-    if not output.resolve().parent.is_dir():
-        raise click.ClickException(f"cannot write --output {output}: its folder does not exist")
+    check_output_folder(output, "--output")
     config = preset_config(model, config_file)
     try:
         records = read_trace(trace_file)
@@ -378,8 +387,7 @@ def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file
     """Fit the sampler's thresholds to a model: run it over prompts, match a target strategy mix."""
     from . import calibrate as calibration
 
-    if not output.resolve().parent.is_dir():
-        raise click.ClickException(f"cannot write --output {output}: its folder does not exist")
+    check_output_folder(output, "--output")
     try:
         prompts = calibration.read_prompts(prompts_file) if prompts_file else calibration.DEFAULT_PROMPTS
         target_mix = calibration.parse_target(target) if target else calibration.TARGET_MIX
@@ -395,10 +403,7 @@ def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file
     except ValueError as e:  # GenerationError, a pause token that is not one token, too few tokens
         raise click.ClickException(str(e)) from None
     source = f"the prompts in {Path(prompts_file).name}" if prompts_file else "the built-in prompt set"
-    try:
-        output.write_text(calibration.preset_toml(result, model, source), encoding="utf-8")
-    except OSError as e:
-        raise click.ClickException(f"cannot write --output {output}: {e.strerror or e}") from None
+    write_output(output, calibration.preset_toml(result, model, source), "--output")
     click.echo(calibration.format_mix_table(result))
     thresholds = "  ".join(f"{name} {value:.4g}" for name, value in result.thresholds.items())
     click.echo(f"\nThresholds: {thresholds}\nWrote {output}")

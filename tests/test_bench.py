@@ -100,3 +100,11 @@ def test_ratios_and_goals_from_samples():
     goals = {g["goal"]: g for g in evaluate_goals([ours])}
     assert not goals["entropix decode / mlx-lm sampled decode"]["met"]
     assert goals["peak memory / mlx-lm peak memory"]["met"]
+
+
+def test_json_into_a_missing_folder_fails_before_any_run(tmp_path):
+    out = tmp_path / "no-such-folder" / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "--quick", "--json", str(out)])
+    assert result.exit_code == 1
+    assert f"cannot write --json {out}: its folder does not exist" in result.output
+    assert "Traceback" not in result.output and not out.parent.exists()
