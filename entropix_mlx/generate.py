@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Uni
 import mlx.core as mx
 
 from .sampling import (
+    PARAMETERS,
     STRATEGIES,
     SamplerConfig,
     make_entropix_sampler,
@@ -24,8 +25,6 @@ METRICS = (
     "agreement",
     "interaction_strength",
 )
-PARAMETERS = ("temperature", "top_p", "top_k", "min_p")
-
 Prompt = Union[str, Sequence[Dict[str, str]], Sequence[int]]
 SamplerStep = Callable[[mx.array, mx.array, mx.array, mx.array], Any]
 

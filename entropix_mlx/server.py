@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from .generate import SAMPLERS, encode_prompt, stream_generate
+from .loading import ModelInfo
 from .sampling import SamplerConfig, resolve_pause_token
 from .trace import trace_record
 
@@ -197,7 +198,7 @@ def parse_max_tokens(body: dict, limit: int) -> int:
     return min(value or limit, limit)
 
 
-def parse_sampler_config(body: dict, preset: Dict[str, Any]) -> SamplerConfig:
+def parse_sampler_config(body: dict, info: ModelInfo) -> SamplerConfig:
     """The model's preset, then `temperature` / `top_p`, then the `entropix` overrides."""
     temperature = get_field(body, "temperature", "number")
     top_p = get_field(body, "top_p", "number")
@@ -207,9 +208,9 @@ def parse_sampler_config(body: dict, preset: Dict[str, Any]) -> SamplerConfig:
     check_range("n", n, n == 1, "must be 1 (one choice per request)")
     aliases = {"temp": temperature, "top_p": top_p}
     overrides = get_field(body, "entropix", "object", {})
-    settings = {**preset, **{k: v for k, v in aliases.items() if v is not None}, **overrides}
+    settings = {**{k: v for k, v in aliases.items() if v is not None}, **overrides}
     try:
-        return SamplerConfig.from_dict(settings)
+        return info.sampler_config(**settings)
     except (TypeError, ValueError) as e:
         raise APIError(400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value") from None
 
@@ -600,7 +601,7 @@ class ModelServer:
     def generation_settings(self, body: dict) -> dict:
         """The validated sampling fields of `body`: GenerationRequest's arguments but the prompt."""
         sampler = parse_sampler(body)
-        config = parse_sampler_config(body, self.info.sampler_preset)
+        config = parse_sampler_config(body, self.info)
         if sampler == "entropix":
             check_pause_token(config, self.tokenizer, self.vocab_size)
         return dict(
@@ -628,14 +629,13 @@ class ModelServer:
         return await complete(job, request, endpoint, options)
 
     def fit_to_context(self, prompt_ids: List[int], prompt_param: str, settings: dict) -> GenerationRequest:
-        """The request for an encoded prompt, max_tokens cut to what the context window still holds."""
+        """The request for an encoded prompt that fits the context window (stream_generate then cuts
+        max_tokens to the room left)."""
         if not prompt_ids:
             raise APIError(400, f"'{prompt_param}' encodes to no tokens; give some text", param=prompt_param,
                            code="invalid_value")  # fmt: skip
-        context = self.info.context_length
-        check_context(prompt_ids, context, prompt_param)
-        max_tokens = min(settings["max_tokens"], context - len(prompt_ids)) if context else settings["max_tokens"]
-        return GenerationRequest(prompt_ids=list(prompt_ids), **{**settings, "max_tokens": max_tokens})
+        check_context(prompt_ids, self.info.context_length, prompt_param)
+        return GenerationRequest(prompt_ids=prompt_ids, **settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):

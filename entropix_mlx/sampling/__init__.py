@@ -3,6 +3,7 @@
 from .config import MAX_CANDIDATES, SamplerConfig
 from .draw import make_greedy_sampler, make_standard_sampler, sample
 from .entropix import (
+    PARAMETERS,
     STRATEGIES,
     choose_strategy,
     make_entropix_sampler,
@@ -13,6 +14,7 @@ from .metrics import attention_metrics, calculate_metrics, logits_entropy_varent
 
 __all__ = [
     "MAX_CANDIDATES",
+    "PARAMETERS",
     "STRATEGIES",
     "SamplerConfig",
     "attention_metrics",
