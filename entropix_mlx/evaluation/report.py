@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..sampling import STRATEGIES
+from .arms import BASELINES
 from .runner import CHOICE_ARMS, FINISH_REASONS
 from .stats import paired_counts, wilson_interval
 
@@ -51,7 +52,7 @@ Key = Tuple[int, Optional[int]]
 
 def summarize(task, run, arms: Sequence = (), *, model: str, seeds: Sequence[int], max_tokens: Optional[int],
               quick: bool = False, started: Optional[datetime] = None,
-              baselines: Sequence[str] = ("greedy", "standard")) -> dict:
+              baselines: Sequence[str] = BASELINES) -> dict:
     """The summary.json object of a finished run (see this module's docstring)."""
     choice = task.kind == "choice"
     arm_rows = [(name, None, CHOICE_SETTINGS[name]) for name in CHOICE_ARMS] if choice else [

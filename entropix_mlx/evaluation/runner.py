@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from ..generate import check_prompt, stream_generate
+from ..generate import check_prompt, make_sampler, stream_generate
 from ..sampling import resolve_pause_token
 from .answers import extract_answer, same_number
 from .arms import Arm
@@ -57,13 +57,23 @@ def first_stop(text: str, stop: Sequence[str]) -> Optional[int]:
     return min(found) if found else None
 
 
-def complete(model, tokenizer, cache, ids, arm: Arm, seed: Optional[int], max_tokens: int,
+def arm_sampler(arm: Arm, tokenizer):
+    """(sampler, pause token id) for stream_generate, built once per arm: the Entropix step is made
+    (and on a GPU compiled) here rather than for every answer; the plain samplers go by name, so
+    that they skip the attention scores."""
+    if arm.sampler != "entropix":
+        return arm.sampler, None
+    return make_sampler("entropix", arm.config, tokenizer), resolve_pause_token(arm.config, tokenizer)
+
+
+def complete(model, tokenizer, cache, ids, arm: Arm, sampler, seed: Optional[int], max_tokens: int,
              stop: Sequence[str]) -> Completion:
-    """Generate after `ids` (the cache holds what came before) until EOS, a stop string or max_tokens."""
-    pause_id = resolve_pause_token(arm.config, tokenizer) if arm.sampler == "entropix" else None
+    """Generate after `ids` (the cache holds what came before) until EOS, a stop string or max_tokens;
+    `sampler` is `arm_sampler(arm, tokenizer)`."""
+    sampler, pause_id = sampler
     text, finish, tokens, pauses, strategies = "", "max_tokens", 0, 0, Counter()
     tic = time.perf_counter()
-    responses = stream_generate(model, tokenizer, ids, sampler=arm.sampler, config=arm.config,
+    responses = stream_generate(model, tokenizer, ids, sampler=sampler, config=arm.config,
                                 max_tokens=max_tokens, seed=seed, prompt_cache=cache)
     with closing(responses):
         for response in responses:
@@ -110,6 +120,7 @@ def run_generate(model, tokenizer, task, arms, seeds, max_tokens, run, progress,
     shared = SharedPrefix(model, prefix_ids)
     run.prefix_tokens, run.prefill_seconds = len(prefix_ids), time.perf_counter() - tic
     plan = list(arm_runs(arms, seeds))
+    samplers = {arm.name: arm_sampler(arm, tokenizer) for arm in arms}
     with tqdm(total=len(task.items) * len(plan), desc=f"eval {task.name}", unit="answer",
               disable=not progress, dynamic_ncols=True) as bar:
         for item in task.items:
@@ -121,7 +132,8 @@ def run_generate(model, tokenizer, task, arms, seeds, max_tokens, run, progress,
             for arm, run_seed in plan:
                 sample_seed = None if run_seed is None else item_seed(task.name, item.index, run_seed)
                 cache = fork(item_cache, len(ids) - 1)
-                done = complete(model, tokenizer, cache, last, arm, sample_seed, budget, task.stop)
+                done = complete(model, tokenizer, cache, last, arm, samplers[arm.name], sample_seed, budget,
+                                task.stop)
                 record = generation_record(task, item, arm, run_seed, sample_seed, done)
                 run.records.append(record)
                 on_record(record)
