@@ -2,8 +2,17 @@
 
 __version__ = "0.1.0"
 
+from .batch import batch_generate, stream_batch_generate
 from .generate import generate, stream_generate
 from .loading import load
 from .sampling import SamplerConfig
 
-__all__ = ["load", "generate", "stream_generate", "SamplerConfig", "__version__"]
+__all__ = [
+    "load",
+    "generate",
+    "stream_generate",
+    "batch_generate",
+    "stream_batch_generate",
+    "SamplerConfig",
+    "__version__",
+]

@@ -1,8 +1,9 @@
 """Generation in layers: tokens (`generate_step`), responses (`stream_generate`), text (`generate`)."""
 
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 
@@ -75,14 +76,30 @@ def make_sampler(name: str = "entropix", config: Optional[SamplerConfig] = None,
     raise GenerationError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def _step_outputs(model, cache, sampler: SamplerStep, tokens: mx.array, prev: mx.array, key, with_scores: bool):
-    """Lazily: the next token after `tokens`, its log-probability, strategy and sampler info."""
-    out = model(tokens[None], cache, return_scores=with_scores, last_only=True)
+def step_outputs(model, cache, sampler: SamplerStep, inputs: mx.array, prev: mx.array, key, with_scores: bool):
+    """Lazily, for each row of `inputs` [B, L]: the next token, its log-probability, strategy and
+    sampler info. `key` is one key or one per row ([B, 2])."""
+    out = model(inputs, cache, return_scores=with_scores, last_only=True)
     logits, scores = out if with_scores else (out, None)
     logits = logits[:, -1, :].astype(mx.float32)
     token, strategy, info = sampler(logits, scores, prev, key)
-    logprob = mx.take_along_axis(logits, token[:, None].astype(mx.int32), axis=-1)[:, 0] - mx.logsumexp(logits, axis=-1)
-    return token, logprob, strategy, info
+    return token, token_logprob(logits, token), strategy, info
+
+
+def token_logprob(logits: mx.array, token: mx.array) -> mx.array:
+    """log p(token) per row under the untempered distribution of `logits` [B, V]."""
+    chosen = mx.take_along_axis(logits, token[:, None].astype(mx.int32), axis=-1)[:, 0]
+    return chosen - mx.logsumexp(logits, axis=-1)
+
+
+def prefill(model, tokens: mx.array, cache: List[Any], step_size: Optional[int] = None) -> List[Any]:
+    """Run `tokens` [B, L] through the model into `cache` in chunks of `step_size` (default:
+    `default_prefill_step_size()`), keeping no logits; returns `cache` for chaining."""
+    step_size = step_size or default_prefill_step_size()
+    for start in range(0, tokens.shape[1], step_size):
+        model(tokens[:, start : start + step_size], cache, last_only=True)
+        mx.eval([c.state for c in cache])
+    return cache
 
 
 def default_prefill_step_size() -> int:
@@ -114,39 +131,68 @@ def generate_step(
     cache = prompt_cache if prompt_cache is not None else model.make_cache(max_kv_size)
     key = mx.random.key(seed if seed is not None else time.time_ns() % (1 << 31))
 
-    chunk = prefill_step_size or default_prefill_step_size()
-    while prompt.size > 1:
-        n = min(chunk, prompt.size - 1)
-        model(prompt[:n][None], cache, last_only=True)
-        mx.eval([c.state for c in cache])
-        prompt = prompt[n:]
+    prefill(model, prompt[None, :-1], cache, prefill_step_size)
 
     def step(tokens, prev):
         nonlocal key
         key, subkey = mx.random.split(key)
-        outputs = _step_outputs(model, cache, sampler, tokens, prev, subkey, with_scores)
+        outputs = step_outputs(model, cache, sampler, tokens, prev, subkey, with_scores)
         mx.async_eval(outputs)
         return outputs
 
-    current = step(prompt, prompt[-1:])
+    current = step(prompt[None, -1:], prompt[-1:])
     for n in range(max_tokens):
         token = current[0]
-        upcoming = step(token, token) if n + 1 < max_tokens else None
-        yield _to_token_step(*current)
+        upcoming = step(token[:, None], token) if n + 1 < max_tokens else None
+        yield to_token_steps(*current)[0]
         current = upcoming
         if n % 256 == 255:
             mx.clear_cache()
 
 
-def _to_token_step(token, logprob, strategy, info) -> TokenStep:
-    index = strategy.item()
-    return TokenStep(
-        token=token.item(),
-        logprob=logprob.item(),
-        strategy=STRATEGIES[index] if index >= 0 else None,
-        metrics={k: info[k].item() for k in METRICS if k in info},
-        params={k: info[k].item() for k in PARAMETERS if k in info},
-    )
+def to_token_steps(token, logprob, strategy, info) -> List[TokenStep]:
+    """One TokenStep per row of a sampler step's [B] outputs (reads them to the host).
+
+    A metric or parameter that is NaN for a row was not computed for it (a plain sampler
+    sharing a batch with Entropix rows) and is left out."""
+    info = {k: v.tolist() for k, v in info.items() if k in METRICS or k in PARAMETERS}
+    steps = []
+    for i, (t, lp, s) in enumerate(zip(token.tolist(), logprob.tolist(), strategy.tolist())):
+        values = {k: v[i] for k, v in info.items() if not math.isnan(v[i])}
+        metrics = {k: values[k] for k in METRICS if k in values}
+        params = {k: values[k] for k in PARAMETERS if k in values}
+        steps.append(TokenStep(t, lp, STRATEGIES[s] if s >= 0 else None, metrics, params))
+    return steps
+
+
+class StopMatcher:
+    """Cuts streamed text at the first stop string, holding back a tail that may begin one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.pending = ""
+
+    def feed(self, text: str) -> Tuple[str, bool]:
+        """The text that is safe to emit now, and whether a stop string was reached."""
+        self.pending += text
+        found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if found:
+            out, self.pending = self.pending[: min(found)], ""
+            return out, True
+        keep = self._partial_stop_length()
+        out, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+    def _partial_stop_length(self) -> int:
+        longest = max((len(s) for s in self.stops), default=1)
+        for k in range(min(len(self.pending), longest - 1), 0, -1):
+            if any(s.startswith(self.pending[-k:]) for s in self.stops):
+                return k
+        return 0
 
 
 def encode_prompt(

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from .generate import SAMPLERS, encode_prompt, stream_generate
+from .generate import SAMPLERS, StopMatcher, encode_prompt, stream_generate
 from .loading import ModelInfo
 from .sampling import SamplerConfig, resolve_pause_token
 from .trace import trace_record
@@ -310,36 +310,6 @@ def check_context(prompt_ids: Sequence[int], context_length: Optional[int], para
 
 
 # --- Generation ------------------------------------------------------------------------
-
-
-class StopMatcher:
-    """Cuts streamed text at the first stop string, holding back a tail that may begin one."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = tuple(stops)
-        self.pending = ""
-
-    def feed(self, text: str) -> Tuple[str, bool]:
-        """The text that is safe to emit now, and whether a stop string was reached."""
-        self.pending += text
-        found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if found:
-            out, self.pending = self.pending[: min(found)], ""
-            return out, True
-        keep = self._partial_stop_length()
-        out, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
-
-    def _partial_stop_length(self) -> int:
-        longest = max((len(s) for s in self.stops), default=1)
-        for k in range(min(len(self.pending), longest - 1), 0, -1):
-            if any(s.startswith(self.pending[-k:]) for s in self.stops):
-                return k
-        return 0
 
 
 @dataclass

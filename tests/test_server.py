@@ -24,12 +24,12 @@ pytest.importorskip("starlette", reason="the server extra is not installed: pip 
 pytest.importorskip("uvicorn", reason="the server extra is not installed: pip install -e '.[server]'")
 
 from entropix_mlx.cli import main  # noqa: E402
+from entropix_mlx.generate import StopMatcher  # noqa: E402
 from entropix_mlx.loading import DEFAULT_MODEL, load  # noqa: E402
 from entropix_mlx.sampling import SamplerConfig  # noqa: E402
 from entropix_mlx.server import (  # noqa: E402
     GenerationRequest,
     GenerationWorker,
-    StopMatcher,
     create_app,
     generation_events,
 )

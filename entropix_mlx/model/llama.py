@@ -42,17 +42,20 @@ class ModelArgs(BaseModelArgs):
             )
 
 
-def last_query_scores(queries: mx.array, keys: mx.array, scale: float) -> mx.array:
+def last_query_scores(queries: mx.array, keys: mx.array, scale: float, mask=None) -> mx.array:
     """Scaled pre-softmax scores `[B, n_heads, L]` of the newest query over all cached keys.
 
     Query head `h` attends with key head `h // (n_heads // n_kv_heads)`, as grouped-query
-    attention pairs them.
+    attention pairs them. Where a boolean `mask` hides a position from the newest query (a
+    batch row's left padding), its score is -inf, so the metrics see only the row's own tokens.
     """
     B, n_heads, _, head_dim = queries.shape
     n_kv_heads = keys.shape[1]
     q = queries[:, :, -1, :].reshape(B, n_kv_heads, n_heads // n_kv_heads, head_dim)
-    scores = (q * scale) @ keys.swapaxes(-1, -2)
-    return scores.reshape(B, n_heads, -1).astype(mx.float32)
+    scores = ((q * scale) @ keys.swapaxes(-1, -2)).reshape(B, n_heads, -1).astype(mx.float32)
+    if isinstance(mask, mx.array) and mask.dtype == mx.bool_:
+        scores = mx.where(mask[..., -1, :], scores, -mx.inf)
+    return scores
 
 
 class Attention(nn.Module):
@@ -89,7 +92,7 @@ class Attention(nn.Module):
 
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         out = self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
-        scores = last_query_scores(q, k, self.scale) if return_scores else None
+        scores = last_query_scores(q, k, self.scale, mask) if return_scores else None
         return out, scores
 
 

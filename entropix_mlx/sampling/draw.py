@@ -40,10 +40,24 @@ def keep_mask(log_q: mx.array, top_p: mx.array, top_k: mx.array, min_p: mx.array
     return above_min_p & in_top_k & in_nucleus
 
 
+def categorical(logits: mx.array, key: mx.array, num_samples=None) -> mx.array:
+    """Draws from softmax(logits [B, n]) over the last axis: [B] or [B, num_samples].
+
+    `key` is one key for all rows, or [B, 2] keys, one per row: then row i's draws depend
+    only on its own logits and key, exactly as in a single-row run with that key.
+    """
+    if key.ndim == 1:
+        return mx.random.categorical(logits, axis=-1, num_samples=num_samples, key=key)
+    rows = [
+        mx.random.categorical(logits[i : i + 1], axis=-1, num_samples=num_samples, key=key[i])
+        for i in range(logits.shape[0])
+    ]
+    return mx.concatenate(rows, axis=0)
+
+
 def draw_ranks(log_q: mx.array, keep: mx.array, key: mx.array, num_samples: int = 1) -> mx.array:
     """Exact draws (Gumbel-max) from the kept, renormalised candidates: ranks [B, num_samples]."""
-    kept = mx.where(keep, log_q, -mx.inf)
-    return mx.random.categorical(kept, axis=-1, num_samples=num_samples, key=key)
+    return categorical(mx.where(keep, log_q, -mx.inf), key, num_samples)
 
 
 def as_row_array(value: Number, batch: int) -> mx.array:
@@ -101,7 +115,7 @@ def make_standard_sampler(temperature: float = 0.7, top_p: float = 1.0, top_k: i
         logits = logits.astype(mx.float32)
         batch, vocab = logits.shape
         if top_k == 0 and top_p == 1.0 and min_p == 0.0:
-            token = mx.random.categorical(logits * (1 / temperature), key=key).astype(mx.int32)
+            token = categorical(logits * (1 / temperature), key).astype(mx.int32)
         else:
             candidate_logits, candidate_ids = top_candidates(logits, top_k or vocab)
             k = candidate_logits.shape[-1]

@@ -109,11 +109,11 @@ def make_entropix_sampler(
 ):
     """Build `step(logits, scores, prev_token, key) -> (token, strategy, info)`.
 
-    logits [B, V], scores [B, H, L] (valid positions only), prev_token [B] or None,
-    key from mx.random.key. Returns token [B] int32, strategy [B] int32 (index into
-    STRATEGIES) and info: the six metrics and the temperature, top_p, top_k, min_p
-    used, each [B] float32. pause_token_id defaults to config.pause_token_id (see
-    resolve_pause_token).
+    logits [B, V], scores [B, H, L] (-inf where a row has no token), prev_token [B] or
+    None, key from mx.random.key, or [B, 2] keys, one per row (see draw.categorical).
+    Returns token [B] int32, strategy [B] int32 (index into STRATEGIES) and info: the
+    six metrics and the temperature, top_p, top_k, min_p used, each [B] float32.
+    pause_token_id defaults to config.pause_token_id (see resolve_pause_token).
 
     compile=True runs the [B, V] part under mx.compile; the default does so only on
     a GPU. On the CPU backend compiling buys ~10% per step but costs ~25 s on first

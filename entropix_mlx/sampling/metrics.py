@@ -48,21 +48,24 @@ def logits_entropy_varentropy(logits: mx.array) -> tuple[mx.array, mx.array]:
 def attention_metrics(scores: mx.array) -> dict[str, mx.array]:
     """Attention metrics of pre-softmax scores [B, H, L] over valid positions only.
 
-    Returns [B] float32 arrays: attn_entropy (mean over heads of each head's entropy,
-    bits), attn_varentropy (population variance of those entropies across heads),
-    agreement and interaction_strength.
+    A position scored -inf is not valid for that row (a batch row's left padding): it takes
+    no probability and does not count in the means. Returns [B] float32 arrays: attn_entropy
+    (mean over heads of each head's entropy, bits), attn_varentropy (population variance of
+    those entropies across heads), agreement and interaction_strength.
     """
     if scores.ndim != 3:
         raise ValueError(f"scores must be [B, n_heads, L], got shape {tuple(scores.shape)}")
     scores = scores.astype(mx.float32)
+    valid = scores > -mx.inf
+    count = valid.sum(axis=(1, 2))
     attn_p = mx.softmax(scores, axis=-1)
     head_entropy = -mx.sum(attn_p * mx.log2(mx.clip(attn_p, 1e-10, 1.0)), axis=-1)
     mean_p = mx.mean(attn_p, axis=1, keepdims=True)
     return {
         "attn_entropy": mx.mean(head_entropy, axis=-1),
         "attn_varentropy": mx.var(head_entropy, axis=-1),
-        "agreement": mx.mean(mx.abs(attn_p - mean_p), axis=(1, 2)),
-        "interaction_strength": mx.mean(mx.abs(scores), axis=(1, 2)),
+        "agreement": mx.abs(attn_p - mean_p).sum(axis=(1, 2)) / count,
+        "interaction_strength": mx.where(valid, mx.abs(scores), 0.0).sum(axis=(1, 2)) / count,
     }
 
 

@@ -1,0 +1,338 @@
+"""Batched generation: many rows in one forward pass per step.
+
+Each row has its own prompt, KV state, sampler, PRNG key and stop rules. Rows join between
+steps (their prompts prefilled together, right-padded, then merged into the running batch)
+and leave when done. The KV cache is mlx-lm's `BatchKVCache`: rows are left-padded, and the
+final layer's scores are -inf over a row's padding, so its attention metrics see only its
+own tokens.
+"""
+
+import itertools
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Dict, Generator, List, Optional, Sequence, Tuple, Union
+
+import mlx.core as mx
+from mlx_lm.models.cache import BatchKVCache
+
+from .generate import (
+    GenerationError,
+    GenerationResponse,
+    Prompt,
+    SamplerStep,
+    StopMatcher,
+    TokenStep,
+    check_prompt,
+    make_sampler,
+    prefill,
+    prompt_token_ids,
+    step_outputs,
+    to_token_steps,
+)
+from .sampling import SamplerConfig, make_greedy_sampler
+
+MAX_BATCH_SIZE = 64  # rows in one batch; the KV cache and every step grow with it
+
+Outputs = Tuple[mx.array, mx.array, mx.array, Dict[str, mx.array]]  # token, logprob, strategy, info
+
+
+@dataclass
+class Row:
+    uid: int
+    sampler: SamplerStep
+    with_scores: bool
+    max_tokens: int
+    eos_ids: frozenset
+    generated: int = 0
+
+
+@dataclass
+class RowStep:
+    """One row's token from `BatchGenerator.next`."""
+
+    uid: int
+    step: TokenStep
+    finish_reason: Optional[str]  # "stop" at an EOS id, "length" at the row's max_tokens
+
+
+def sample_rows(samplers: Sequence[SamplerStep], logits, scores, prev, keys):
+    """Run each row's sampler on its rows (one call per distinct sampler) -> [B] outputs.
+
+    A metric or parameter that a row's sampler does not report is NaN for that row."""
+    groups: Dict[int, Tuple[SamplerStep, List[int]]] = {}
+    for i, sampler in enumerate(samplers):
+        groups.setdefault(id(sampler), (sampler, []))[1].append(i)
+    if len(groups) == 1:
+        return samplers[0](logits, scores, prev, keys)
+    parts, order = [], []
+    for sampler, rows in groups.values():
+        idx = mx.array(rows)
+        parts.append(sampler(logits[idx], None if scores is None else scores[idx], prev[idx], keys[idx]))
+        order += rows
+    token, strategy, info = concat_outputs(parts)
+    inverse = mx.argsort(mx.array(order))
+    return token[inverse], strategy[inverse], {k: v[inverse] for k, v in info.items()}
+
+
+def concat_outputs(parts: Sequence[tuple]) -> tuple:
+    """Concatenate per-row outputs (arrays, then one info dict last) along the rows."""
+    *arrays, _ = zip(*parts)
+    names = dict.fromkeys(k for part in parts for k in part[-1])
+    info = {
+        name: mx.concatenate([p[-1].get(name, mx.full(p[0].shape, mx.nan)) for p in parts])
+        for name in names
+    }
+    return (*(mx.concatenate(a) for a in arrays), info)
+
+
+class BatchGenerator:
+    """Rows of different prompts decoded together, one forward pass per `next()`.
+
+    `insert` queues a row; the next `next()` prefills every queued row in one padded batch,
+    merges them into the running batch and returns one token per row. A row leaves after its
+    EOS or `max_tokens` token, or when `remove`d. Like `generate_step`, the next forward pass
+    is queued before the host reads the current tokens.
+    """
+
+    def __init__(self, model, *, prefill_step_size: Optional[int] = None,
+                 max_batch_size: int = MAX_BATCH_SIZE):
+        self.model = model
+        self.prefill_step_size = prefill_step_size
+        self.max_batch_size = max_batch_size
+        self.rows: List[Row] = []
+        self.pending: List[Tuple[Row, List[int], Optional[List[Any]], mx.array]] = []
+        self.cache: Optional[List[BatchKVCache]] = None
+        self.keys: Optional[mx.array] = None  # [B, 2]: each row's PRNG key
+        self.outputs: Optional[Outputs] = None  # the rows' next tokens, queued, not yet read
+        self._uids = itertools.count()
+        self._steps = 0
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.pending)
+
+    def insert(self, prompt_ids: Sequence[int], sampler: Optional[SamplerStep] = None, *,
+               with_scores: bool = True, seed: Optional[int] = None, max_tokens: int = 256,
+               eos_ids: Sequence[int] = (), prompt_cache: Optional[List[Any]] = None) -> int:
+        """Queue a row continuing `prompt_ids` (after `prompt_cache`'s tokens, if given; that
+        cache is copied, not changed); returns its uid. `with_scores=False` is for samplers
+        that do not read the attention scores."""
+        if not len(prompt_ids):
+            raise GenerationError("the prompt is empty; give some text to continue")
+        if len(self) >= self.max_batch_size:
+            raise GenerationError(
+                f"the batch is full ({self.max_batch_size} rows); wait for a row to finish"
+            )
+        row = Row(next(self._uids), sampler or make_greedy_sampler(), with_scores, max_tokens,
+                  frozenset(eos_ids))
+        key = mx.random.key(seed if seed is not None else time.time_ns() % (1 << 31))
+        self.pending.append((row, [int(t) for t in prompt_ids], prompt_cache, key))
+        return row.uid
+
+    def fork(self, prompt_ids: Sequence[int], seeds: Sequence[Optional[int]], sampler=None,
+             **row_options) -> List[int]:
+        """Prefill `prompt_ids` once and continue it as one row per seed; their uids."""
+        cache = self.model.make_cache()
+        prefill(self.model, mx.array(prompt_ids[:-1])[None], cache, self.prefill_step_size)
+        return [
+            self.insert(prompt_ids[-1:], sampler, seed=seed, prompt_cache=cache, **row_options)
+            for seed in seeds
+        ]
+
+    def remove(self, uids: Sequence[int]):
+        """Drop rows (queued or running); the others go on unchanged."""
+        gone = set(uids)
+        self.pending = [p for p in self.pending if p[0].uid not in gone]
+        self._keep([i for i, row in enumerate(self.rows) if row.uid not in gone])
+
+    def next(self) -> List[RowStep]:
+        """One token for every row (admitting queued rows first); [] when none is left."""
+        if self.pending:
+            self._admit()
+        if not self.rows:
+            return []
+        current = self.outputs
+        self.outputs, self.keys = self._decode(self.cache, self.rows, self.keys, current[0])
+        results, keep = [], []
+        for i, (row, step) in enumerate(zip(self.rows, to_token_steps(*current))):
+            row.generated += 1
+            finish = "stop" if step.token in row.eos_ids else None
+            finish = finish or ("length" if row.generated >= row.max_tokens else None)
+            results.append(RowStep(row.uid, step, finish))
+            if finish is None:
+                keep.append(i)
+        self._keep(keep)
+        self._steps += 1
+        if self._steps % 256 == 0:
+            mx.clear_cache()
+        return results
+
+    def _decode(self, cache, rows: List[Row], keys: mx.array, tokens: mx.array):
+        """Queue one forward pass and sampler step for `rows` -> (outputs, their next keys)."""
+        split = mx.vmap(mx.random.split)(keys)
+        sampler = partial(sample_rows, [row.sampler for row in rows])
+        with_scores = any(row.with_scores for row in rows)
+        outputs = step_outputs(self.model, cache, sampler, tokens[:, None], tokens, split[:, 1], with_scores)
+        mx.async_eval(outputs, split)
+        return outputs, split[:, 0]
+
+    def _admit(self):
+        pending, self.pending = self.pending, []
+        rows = [row for row, *_ in pending]
+        caches = [cache if cache is not None else self.model.make_cache() for _, _, cache, _ in pending]
+        cache = [BatchKVCache.merge(list(layer)) for layer in zip(*caches)]
+        rest = [ids[:-1] for _, ids, _, _ in pending]
+        if any(rest):
+            self._prefill_padded(cache, rest)
+        last = mx.array([ids[-1] for _, ids, _, _ in pending])
+        outputs, keys = self._decode(cache, rows, mx.stack([key for *_, key in pending]), last)
+        if not self.rows:
+            self.rows, self.cache, self.keys, self.outputs = rows, cache, keys, outputs
+            return
+        for mine, theirs in zip(self.cache, cache):
+            mine.extend(theirs)
+        self.rows += rows
+        self.keys = mx.concatenate([self.keys, keys])
+        self.outputs = concat_outputs([self.outputs, outputs])
+
+    def _prefill_padded(self, cache: List[BatchKVCache], prompts: List[List[int]]):
+        """Prefill prompts of different lengths together: right-padded while they run (the
+        causal mask keeps the padding out of every real token's view), then rolled to the left."""
+        lengths = [len(p) for p in prompts]
+        width = max(lengths)
+        for layer in cache:
+            layer.prepare(lengths=lengths, right_padding=[width - n for n in lengths])
+        tokens = mx.array([p + [0] * (width - len(p)) for p in prompts])
+        prefill(self.model, tokens, cache, self.prefill_step_size)
+        for layer in cache:
+            layer.finalize()
+
+    def _keep(self, indices: List[int]):
+        if len(indices) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in indices]
+        if not indices:
+            self.cache = self.keys = self.outputs = None
+            return
+        idx = mx.array(indices)
+        for layer in self.cache:
+            layer.filter(idx)
+        self.keys = self.keys[idx]
+        token, logprob, strategy, info = self.outputs
+        self.outputs = (token[idx], logprob[idx], strategy[idx], {k: v[idx] for k, v in info.items()})
+
+
+@dataclass
+class RowResponse(GenerationResponse):
+    """What `stream_batch_generate` yields: a `GenerationResponse` for one row. Its
+    `generation_tps` is the whole batch's generated tokens per second."""
+
+    index: int = 0  # the row's position in `prompts`
+
+
+def check_prompts(tokenizer, model, prompts: Sequence[Prompt], max_tokens: int) -> List[Tuple[List[int], int]]:
+    """(token ids, max_tokens that fit) per prompt; one-line errors name the prompt."""
+    if not len(prompts):
+        raise GenerationError("no prompts given; pass at least one")
+    if len(prompts) > MAX_BATCH_SIZE:
+        raise GenerationError(
+            f"{len(prompts)} prompts are more than one batch holds ({MAX_BATCH_SIZE}); "
+            "split them into smaller batches"
+        )
+    context_length = getattr(getattr(model, "args", None), "max_position_embeddings", None)
+    checked = []
+    for i, prompt in enumerate(prompts):
+        ids = prompt_token_ids(tokenizer, prompt)
+        try:
+            checked.append((ids, check_prompt(ids, context_length, max_tokens)))
+        except GenerationError as e:
+            raise GenerationError(f"prompt {i}: {e}") from None
+    return checked
+
+
+def stream_batch_generate(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    *,
+    sampler: Union[str, SamplerStep] = "entropix",
+    config: Optional[SamplerConfig] = None,
+    max_tokens: int = 256,
+    seed: Optional[int] = None,
+    stop: Sequence[str] = (),
+    prefill_step_size: Optional[int] = None,
+) -> Generator[RowResponse, None, None]:
+    """Complete all `prompts` as rows of one batch, yielding each row's responses as they come.
+
+    Prompts are as for `stream_generate`. Row i is seeded with `seed + i` (`seed` None: a
+    time-based seed); with the same seed a row gives the tokens a single run with seed
+    `seed + i` gives. Identical prompts are prefilled once and forked. A row stops at an EOS id
+    or a `stop` string (finish_reason "stop"; the text ends before the stop string) or after
+    `max_tokens` tokens ("length").
+    """
+    checked = check_prompts(tokenizer, model, prompts, max_tokens)
+    with_scores = sampler == "entropix" or callable(sampler)
+    step = make_sampler(sampler, config, tokenizer) if isinstance(sampler, str) else sampler
+    base = seed if seed is not None else time.time_ns() % (1 << 30)
+    batch = BatchGenerator(model, prefill_step_size=prefill_step_size)
+    eos_ids = tokenizer.eos_token_ids
+    index: Dict[int, int] = {}
+    for ids, rows in group_identical(checked):
+        options = dict(with_scores=with_scores, max_tokens=checked[rows[0]][1], eos_ids=eos_ids)
+        if len(rows) > 1:
+            uids = batch.fork(ids, [base + i for i in rows], step, **options)
+        else:
+            uids = [batch.insert(ids, step, seed=base + rows[0], **options)]
+        index.update(zip(uids, rows))
+    streams = {uid: (tokenizer.detokenizer, StopMatcher(stop)) for uid in index}
+    prompt_total = sum(len(ids) for ids, _ in checked)
+    tic, prompt_tps, generated = time.perf_counter(), 0.0, 0
+    while len(batch):
+        row_steps = batch.next()
+        if not prompt_tps:
+            prompt_tps = prompt_total / (time.perf_counter() - tic)
+            tic = time.perf_counter()
+        generated += len(row_steps)
+        for row in row_steps:
+            text, finish = row_text(row, *streams[row.uid])
+            if finish and not row.finish_reason:
+                batch.remove([row.uid])
+            i = index[row.uid]
+            yield RowResponse(
+                text=text, token=row.step.token, logprob=row.step.logprob, strategy=row.step.strategy,
+                metrics=row.step.metrics, params=row.step.params, prompt_tokens=len(checked[i][0]),
+                prompt_tps=prompt_tps, generation_tokens=generated,
+                generation_tps=generated / max(time.perf_counter() - tic, 1e-9),
+                peak_memory=mx.get_peak_memory() / 1e9, finish_reason=finish, index=i,
+            )
+
+
+def group_identical(checked) -> List[Tuple[List[int], List[int]]]:
+    """(token ids, the indices of the prompts with exactly those ids), in first-seen order."""
+    groups: Dict[tuple, List[int]] = {}
+    for i, (ids, _) in enumerate(checked):
+        groups.setdefault(tuple(ids), []).append(i)
+    return [(list(ids), rows) for ids, rows in groups.items()]
+
+
+def row_text(row: RowStep, detokenizer, stops: StopMatcher) -> Tuple[str, Optional[str]]:
+    """The row's new text, cut at a stop string, and its finish reason (None while going on)."""
+    if row.finish_reason != "stop":
+        detokenizer.add_token(row.step.token)
+    if row.finish_reason:
+        detokenizer.finalize()
+    text, stopped = stops.feed(detokenizer.last_segment)
+    if stopped:
+        return text, "stop"
+    if row.finish_reason:
+        text += stops.flush()
+    return text, row.finish_reason
+
+
+def batch_generate(model, tokenizer, prompts: Sequence[Prompt], **kwargs) -> List[str]:
+    """The completions of `prompts`, in prompt order; `kwargs` as for `stream_batch_generate`
+    (sampler="entropix", config=None, max_tokens=256, seed=None, stop=())."""
+    texts = [""] * len(prompts)
+    for response in stream_batch_generate(model, tokenizer, prompts, **kwargs):
+        texts[response.index] += response.text
+    return texts
