@@ -277,7 +277,8 @@ def stream_batch_generate(
     batch = BatchGenerator(model, prefill_step_size=prefill_step_size)
     eos_ids = tokenizer.eos_token_ids
     index: Dict[int, int] = {}
-    for ids, rows in group_identical(checked):
+    groups = group_identical(checked)
+    for ids, rows in groups:
         options = dict(with_scores=with_scores, max_tokens=checked[rows[0]][1], eos_ids=eos_ids)
         if len(rows) > 1:
             uids = batch.fork(ids, [base + i for i in rows], step, **options)
@@ -285,7 +286,7 @@ def stream_batch_generate(
             uids = [batch.insert(ids, step, seed=base + rows[0], **options)]
         index.update(zip(uids, rows))
     streams = {uid: (tokenizer.detokenizer, StopMatcher(stop)) for uid in index}
-    prompt_total = sum(len(ids) for ids, _ in checked)
+    prompt_total = sum(len(ids) for ids, _ in groups)  # prefilled once per distinct prompt
     tic, prompt_tps, generated = time.perf_counter(), 0.0, 0
     while len(batch):
         row_steps = batch.next()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .batch import MAX_BATCH_SIZE
 from .loading import CATALOG, DEFAULT_MODEL, ModelLoadError
 from .loading import catalog as catalog_lib
 
@@ -108,6 +109,31 @@ class GenerationSession:
             report(response, strategies)
         return response
 
+    def stream_rows(self, prompt_ids, n):
+        """`n` completions of one prompt, decoded as rows of one batch: each row's responses,
+        yielded in row order as soon as that row and those before it are done."""
+        from .batch import stream_batch_generate
+        from .generate import GenerationError
+
+        rows, done, shown = [[] for _ in range(n)], set(), 0
+        strategies = Counter()
+        try:
+            for response in stream_batch_generate(
+                self.model, self.tokenizer, [prompt_ids] * n, sampler=self.sampler, config=self.config,
+                max_tokens=self.max_tokens, seed=self.seed,
+            ):  # fmt: skip
+                rows[response.index].append(response)
+                strategies[response.strategy] += 1
+                if response.finish_reason:
+                    done.add(response.index)
+                while shown in done:
+                    yield rows[shown]
+                    shown += 1
+        except (GenerationError, ValueError) as e:
+            raise click.ClickException(str(e)) from None
+        if self.verbose:
+            report(response, strategies)
+
 
 def report(response, strategies: Counter):
     echo_err(f"\nPrompt: {response.prompt_tokens} tokens, {response.prompt_tps:.1f} tokens/s")
@@ -187,8 +213,10 @@ def convert(src, dst, bits, group_size):
 @click.option("--trace", type=click.Path(dir_okay=False, writable=True),
               help="Write one JSON record per generated token (JSONL).")
 @click.option("--color", is_flag=True, help="Colour each token by the strategy that chose it.")
+@click.option("-n", "completions", type=click.IntRange(1, MAX_BATCH_SIZE), default=1, show_default=True,
+              help="Print this many completions (rows of one batch; row i is seeded with --seed + i).")
 @sampler_options
-def generate(prompt, no_chat_template, trace, color, system, **options):
+def generate(prompt, no_chat_template, trace, color, completions, system, **options):
     """Generate a completion of a prompt, streaming it as it is made."""
     from .generate import GenerationError, encode_prompt
     from .trace import TraceWriter
@@ -197,6 +225,8 @@ def generate(prompt, no_chat_template, trace, color, system, **options):
         prompt = sys.stdin.read()
     if not prompt.strip():
         raise click.ClickException("the prompt is empty; pass text with --prompt (or '-' for stdin)")
+    if completions > 1 and trace:
+        raise click.ClickException("--trace records one completion; use it without -n")
     session = GenerationSession(**options)
     try:
         ids = encode_prompt(session.tokenizer, prompt, system, chat_template=not no_chat_template)
@@ -204,6 +234,13 @@ def generate(prompt, no_chat_template, trace, color, system, **options):
         raise click.ClickException(str(e)) from None
     if color:
         echo_err(color_legend())
+    if completions > 1:
+        for i, responses in enumerate(session.stream_rows(ids, completions)):
+            if i:
+                click.echo()
+            click.echo(f"--- completion {i + 1} of {completions} ---")
+            click.echo("".join(styled(r, color) for r in responses))
+        return
     with open(trace, "w", encoding="utf-8") if trace else nullcontext() as trace_file:
         writer = TraceWriter(trace_file) if trace_file else None
 
@@ -425,7 +462,9 @@ def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file
               help="The evaluation data folder or the task's JSONL file (default: ../shared/evaldata).")
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Tokens per answer (default: the task's).")
 @click.option("--quick", is_flag=True, help="Smoke run: 2-3 items, the first seed, few tokens, 1-shot GSM8K.")
-def eval_command(task, samplers, seeds, limit, model, out, config_files, data, max_tokens, quick):
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=1, show_default=True,
+              help="Answers generated together as rows of one batch.")
+def eval_command(task, samplers, seeds, limit, model, out, config_files, data, max_tokens, quick, batch_size):
     """Compare samplers on the same items, paired: accuracy, Wilson CIs, exact McNemar tests."""
     from datetime import datetime, timezone
 
@@ -449,7 +488,8 @@ def eval_command(task, samplers, seeds, limit, model, out, config_files, data, m
     try:
         arms = make_arms(samplers or ARMS, info.sampler_preset, presets)
         run = run_eval(loaded, tokenizer, task_obj, arms, settings.seeds, max_tokens=settings.max_tokens,
-                       on_record=writer.write if writer else lambda record: None, log=echo_err)
+                       batch_size=batch_size, on_record=writer.write if writer else lambda record: None,
+                       log=echo_err)
     except (EvalError, GenerationError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     finally:

@@ -37,6 +37,20 @@ def test_generate_prompt_trace_and_verbose(tiny_gguf, tmp_path):
     assert "".join(r["text"] for r in records) in result.output
 
 
+def test_generate_n_prints_the_completions_of_seeds_in_turn(tiny_gguf):
+    result = run(*tiny_args(tiny_gguf, "-p", "hello", "-n", "3"))
+    assert result.exit_code == 0, result.output
+    singles = []
+    for seed in (1, 2, 3):
+        one = run(*tiny_args(tiny_gguf, "-p", "hello"), "--seed", seed)
+        singles.append(one.output[: -len("\n")])
+    expected = "\n".join(f"--- completion {i} of 3 ---\n{text}\n" for i, text in enumerate(singles, 1))
+    assert result.output == expected
+    refused = run(*tiny_args(tiny_gguf, "-p", "hello", "-n", "2", "--trace", "t.jsonl"))
+    assert refused.exit_code == 1
+    assert refused.output == "Error: --trace records one completion; use it without -n\n"
+
+
 def test_generate_reads_stdin_and_seeds_reproduce(tiny_gguf):
     first = run(*tiny_args(tiny_gguf, "-p", "-"), input="hello there")
     second = run(*tiny_args(tiny_gguf, "-p", "hello there"))

@@ -17,8 +17,8 @@ from entropix_mlx.evaluation.arms import Arm
 from entropix_mlx.evaluation.choice import score_choices
 from entropix_mlx.evaluation.prefix import SharedPrefix
 from entropix_mlx.evaluation.report import SCHEMA
-from entropix_mlx.evaluation.runner import first_stop
 from entropix_mlx.evaluation.tasks import ARITH_SHOTS, gsm8k_prefix
+from entropix_mlx.generate import StopMatcher
 from entropix_mlx.loading import load
 from entropix_mlx.sampling import SamplerConfig
 
@@ -199,10 +199,10 @@ def test_item_seed_is_stable_and_distinct():
     assert len(seeds) == 150 and all(0 <= s < 2**31 for s in seeds)
 
 
-def test_first_stop():
-    assert first_stop(" 12\nfoo", ("\n",)) == 3
-    assert first_stop("a Question: b\n\n", ("\n\n", "Question:")) == 2
-    assert first_stop("abc", ("\n",)) is None
+def test_answers_are_cut_at_the_first_stop_string():
+    assert StopMatcher(("\n",)).feed(" 12\nfoo") == (" 12", True)
+    assert StopMatcher(("\n\n", "Question:")).feed("a Question: b\n\n") == ("a ", True)
+    assert StopMatcher(("\n",)).feed("abc") == ("abc", False)
 
 
 def test_make_arms():
@@ -322,6 +322,17 @@ def test_identical_arms_have_no_discordant_pairs_and_runs_reproduce(tiny):
     assert strip(again.records) == strip(first.records)
 
 
+def test_batched_answers_equal_unbatched_ones(tiny):
+    model, tokenizer, _ = tiny
+    task = load_task("arith", limit=5)
+    strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
+    runs = [run_eval(model, tokenizer, task, tiny_arms(), seeds=(1, 2), max_tokens=5, batch_size=size,
+                     progress=False).records for size in (1, 4, 4)]
+    assert strip(runs[1]) == strip(runs[2])  # same seed and batch size: the same answers
+    assert strip(runs[1]) == strip(runs[0])  # and the same as one answer at a time
+    assert len(runs[0]) == 5 * (1 + 3 * 2)
+
+
 def test_stop_strings_cut_the_completion(tiny):
     model, tokenizer, _ = tiny
     every_byte = tuple(chr(c) for c in range(32, 127))  # whatever comes first ends the answer
@@ -381,6 +392,11 @@ def test_cli_arith_quick_with_a_preset_writes_the_documented_files(tiny_gguf, tm
         low, high = arm["ci95"]
         assert 0 <= low <= arm["accuracy"] <= high <= 1
     assert "paired comparison" in result.output and "entropix:tinydot strategies" in result.output
+    batched = invoke("-t", "arith", "-m", tiny_gguf, "--quick", "-s", "greedy", "-s", "standard",
+                     "--config", preset, "--seeds", "3,4", "--out", tmp_path / "batched", "--batch-size", 4)
+    assert batched.exit_code == 0, batched.output
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(read_outputs(tmp_path / "batched")[1]) == strip(records)
 
 
 @pytest.mark.parametrize("task", ["gsm8k", "arc-easy"])

@@ -5,15 +5,12 @@ from typing import List, Sequence, Tuple
 
 import mlx.core as mx
 
-PREFILL_CHUNK = 512
+from ..generate import prefill as prefill_tokens
 
 
 def prefill(model, ids: Sequence[int], cache: List) -> List:
     """Run `ids` through the model into `cache` (in place; returned for chaining)."""
-    for start in range(0, len(ids), PREFILL_CHUNK):
-        model(mx.array(ids[start : start + PREFILL_CHUNK])[None], cache, last_only=True)
-        mx.eval([c.state for c in cache])
-    return cache
+    return prefill_tokens(model, mx.array(ids)[None], cache) if ids else cache
 
 
 def fork(cache: List, keep: int) -> List:

@@ -6,18 +6,19 @@ Records are dicts with the fields documented in `report.py` (items.jsonl).
 import hashlib
 import time
 from collections import Counter
-from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from ..generate import check_prompt, make_sampler, stream_generate
+from ..batch import BatchGenerator, RowStep, row_text
+from ..generate import StopMatcher, check_prompt, make_sampler
 from ..sampling import resolve_pause_token
 from .answers import extract_answer, same_number
 from .arms import Arm
 from .choice import score_choices
-from .prefix import SharedPrefix, fork
+from .prefix import SharedPrefix
+from .tasks import Item
 
 CHOICE_ARMS = ("loglik-sum", "loglik-norm")  # sum of log-probabilities; the same per character
 FINISH_REASONS = ("eos", "stop_string", "max_tokens")
@@ -51,94 +52,128 @@ def item_seed(task: str, index: int, run_seed: int) -> int:
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
-def first_stop(text: str, stop: Sequence[str]) -> Optional[int]:
-    """Where the earliest stop string starts in `text`, or None."""
-    found = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return min(found) if found else None
-
-
 def arm_sampler(arm: Arm, tokenizer):
-    """(sampler, pause token id) for stream_generate, built once per arm: the Entropix step is made
-    (and on a GPU compiled) here rather than for every answer; the plain samplers go by name, so
-    that they skip the attention scores."""
+    """(sampler step, whether it reads attention scores, pause token id or None), built once per
+    arm: the Entropix step is made (and on a GPU compiled) here rather than for every answer."""
+    step = make_sampler(arm.sampler, arm.config, tokenizer)
     if arm.sampler != "entropix":
-        return arm.sampler, None
-    return make_sampler("entropix", arm.config, tokenizer), resolve_pause_token(arm.config, tokenizer)
+        return step, False, None
+    return step, True, resolve_pause_token(arm.config, tokenizer)
 
 
-def complete(model, tokenizer, cache, ids, arm: Arm, sampler, seed: Optional[int], max_tokens: int,
-             stop: Sequence[str]) -> Completion:
-    """Generate after `ids` (the cache holds what came before) until EOS, a stop string or max_tokens;
-    `sampler` is `arm_sampler(arm, tokenizer)`."""
-    sampler, pause_id = sampler
-    text, finish, tokens, pauses, strategies = "", "max_tokens", 0, 0, Counter()
-    tic = time.perf_counter()
-    responses = stream_generate(model, tokenizer, ids, sampler=sampler, config=arm.config,
-                                max_tokens=max_tokens, seed=seed, prompt_cache=cache)
-    with closing(responses):
-        for response in responses:
-            tokens += 1
-            pauses += response.token == pause_id
-            if response.strategy is not None:
-                strategies[response.strategy] += 1
-            text += response.text
-            cut = first_stop(text, stop)
-            if cut is not None:
-                text, finish = text[:cut], "stop_string"
-                break
-            if response.finish_reason == "stop":
-                finish = "eos"
-    seconds = time.perf_counter() - tic
-    return Completion(text, finish, tokens, seconds, strategies, pauses if pause_id is not None else None)
+class Answer:
+    """One answer being generated: its text (cut at the first stop string) and its costs."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], pause_id: Optional[int]):
+        self.detokenizer, self.stops, self.pause_id = tokenizer.detokenizer, StopMatcher(stop), pause_id
+        self.text, self.tokens, self.pauses, self.seconds = "", 0, 0, 0.0
+        self.strategies: Counter = Counter()
+
+    def add(self, row: RowStep, seconds: float) -> Optional[Completion]:
+        """Take the row's next token (and its share of the step's time); the Completion once done."""
+        self.tokens += 1
+        self.seconds += seconds
+        self.pauses += row.step.token == self.pause_id
+        if row.step.strategy is not None:
+            self.strategies[row.step.strategy] += 1
+        text, finish = row_text(row, self.detokenizer, self.stops)
+        self.text += text
+        if finish is None:
+            return None
+        finish = {"stop": "eos", "length": "max_tokens"}[row.finish_reason] if row.finish_reason else "stop_string"
+        pauses = self.pauses if self.pause_id is not None else None
+        return Completion(self.text, finish, self.tokens, self.seconds, self.strategies, pauses)
 
 
 def run_eval(model, tokenizer, task, arms: Sequence[Arm] = (), seeds: Sequence[int] = (0,), *,
-             max_tokens: Optional[int] = None, progress: bool = True,
+             max_tokens: Optional[int] = None, batch_size: int = 1, progress: bool = True,
              on_record: Callable[[dict], None] = lambda record: None,
              log: Callable[[str], None] = lambda message: None) -> EvalRun:
     """Evaluate `task` (from `load_task`): each arm on each item and seed, paired.
 
-    Greedy runs once per item (its seed is null). Multiple-choice tasks ignore `arms`
-    and `seeds`: they score each choice's log-likelihood. `on_record` sees each record
-    as it is made (for streaming it to a file).
+    Greedy runs once per item (its seed is null). Answers are generated `batch_size` at a time
+    as rows of one batch (records still come in item, seed, arm order). Multiple-choice tasks
+    ignore `arms`, `seeds` and `batch_size`: they score each choice's log-likelihood.
+    `on_record` sees each record as it is made (for streaming it to a file).
     """
     run = EvalRun()
     tic = time.perf_counter()
     if task.kind == "choice":
         run_choice(model, tokenizer, task, run, progress, on_record)
     else:
-        run_generate(model, tokenizer, task, arms, seeds, max_tokens or task.max_tokens, run, progress,
-                     on_record, log)
+        jobs = answer_jobs(model, tokenizer, task, arms, seeds, max_tokens or task.max_tokens, run, log)
+        with tqdm(total=len(task.items) * len(list(arm_runs(arms, seeds))), desc=f"eval {task.name}",
+                  unit="answer", disable=not progress, dynamic_ncols=True) as bar:
+            for record in run_batched(model, tokenizer, task, arms, jobs, batch_size):
+                run.records.append(record)
+                on_record(record)
+                bar.update(1)
+                bar.set_postfix_str(running_accuracy(run.records), refresh=False)
     run.wall_seconds = time.perf_counter() - tic
     return run
 
 
-def run_generate(model, tokenizer, task, arms, seeds, max_tokens, run, progress, on_record, log):
+@dataclass
+class Job:
+    """One answer to generate: an item's prompt (its cache holds all but `last`) for one arm and seed."""
+
+    item: Item
+    arm: Arm
+    run_seed: Optional[int]
+    sample_seed: Optional[int]
+    cache: List
+    last: List[int]
+    budget: int
+
+
+def answer_jobs(model, tokenizer, task, arms, seeds, max_tokens, run, log) -> Iterator[Job]:
+    """The jobs of every item in order; each item's prompt is prefilled once, when first needed."""
     prefix_ids = list(tokenizer.encode(task.prefix))
     log(f"Prefilling the shared {len(prefix_ids)}-token prefix of {task.name} ...")
     tic = time.perf_counter()
     shared = SharedPrefix(model, prefix_ids)
     run.prefix_tokens, run.prefill_seconds = len(prefix_ids), time.perf_counter() - tic
     plan = list(arm_runs(arms, seeds))
+    for item in task.items:
+        ids = list(tokenizer.encode(task.prefix + item.prompt))
+        budget = check_prompt(ids, getattr(model.args, "max_position_embeddings", None), max_tokens)
+        tic = time.perf_counter()
+        cache, last = shared.extend(ids)
+        run.prefill_seconds += time.perf_counter() - tic
+        for arm, run_seed in plan:
+            sample_seed = None if run_seed is None else item_seed(task.name, item.index, run_seed)
+            yield Job(item, arm, run_seed, sample_seed, cache, last, budget)
+
+
+def run_batched(model, tokenizer, task, arms, jobs: Iterator[Job], batch_size: int) -> Iterator[dict]:
+    """Generate the jobs' answers as rows of one batch, kept full; their records in job order."""
     samplers = {arm.name: arm_sampler(arm, tokenizer) for arm in arms}
-    with tqdm(total=len(task.items) * len(plan), desc=f"eval {task.name}", unit="answer",
-              disable=not progress, dynamic_ncols=True) as bar:
-        for item in task.items:
-            ids = list(tokenizer.encode(task.prefix + item.prompt))
-            budget = check_prompt(ids, getattr(model.args, "max_position_embeddings", None), max_tokens)
-            tic = time.perf_counter()
-            item_cache, last = shared.extend(ids)
-            run.prefill_seconds += time.perf_counter() - tic
-            for arm, run_seed in plan:
-                sample_seed = None if run_seed is None else item_seed(task.name, item.index, run_seed)
-                cache = fork(item_cache, len(ids) - 1)
-                done = complete(model, tokenizer, cache, last, arm, samplers[arm.name], sample_seed, budget,
-                                task.stop)
-                record = generation_record(task, item, arm, run_seed, sample_seed, done)
-                run.records.append(record)
-                on_record(record)
-                bar.update(1)
-                bar.set_postfix_str(running_accuracy(run.records), refresh=False)
+    batch = BatchGenerator(model, max_batch_size=batch_size)
+    live: Dict[int, tuple] = {}
+    finished: Dict[int, dict] = {}
+    queued = emitted = 0
+    while True:
+        while len(batch) < batch_size and (job := next(jobs, None)) is not None:
+            step, with_scores, pause_id = samplers[job.arm.name]
+            uid = batch.insert(job.last, step, with_scores=with_scores, seed=job.sample_seed,
+                               max_tokens=job.budget, eos_ids=tokenizer.eos_token_ids, prompt_cache=job.cache)
+            live[uid] = (queued, job, Answer(tokenizer, task.stop, pause_id))
+            queued += 1
+        if not len(batch):
+            return
+        tic = time.perf_counter()
+        rows = batch.next()
+        share = (time.perf_counter() - tic) / max(len(rows), 1)
+        for row in rows:
+            index, job, answer = live[row.uid]
+            done = answer.add(row, share)
+            if done is not None:
+                batch.remove([row.uid])
+                del live[row.uid]
+                finished[index] = generation_record(task, job.item, job.arm, job.run_seed, job.sample_seed, done)
+        while emitted in finished:
+            yield finished.pop(emitted)
+            emitted += 1
 
 
 def arm_runs(arms: Sequence[Arm], seeds: Sequence[int]):
