@@ -222,17 +222,26 @@ def describe(tensors: Iterable[TensorInfo]) -> str:
     return "/".join(kinds) + (f" ({'/'.join(dense)} as float32, exact)" if dense else "") or "float"
 
 
-def load_gguf(path: Path) -> Tuple[Model, object, ModelArgs, str]:
-    """Load a llama GGUF file -> (model, tokenizer, args, quantization description)."""
-    gguf = GGUFFile(path)
-    check_tensor_types(path.name, gguf.tensors.values())
+def check_gguf(gguf: GGUFFile) -> ModelArgs:
+    """The model's args, after checking the tensor types and the metadata against the tensors."""
+    check_tensor_types(gguf.path.name, gguf.tensors.values())
     shapes = {name: t.shape for name, t in gguf.tensors.items()}
-    args = args_from_metadata(path.name, gguf.metadata, shapes, read_rope_freqs(gguf))
-    # The tokenizer first: its temporary memory is gone before the weights arrive.
-    tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
+    return args_from_metadata(gguf.path.name, gguf.metadata, shapes, read_rope_freqs(gguf))
+
+
+def build_model(gguf: GGUFFile, args: ModelArgs) -> Model:
     weights = read_weights(gguf, args)
     model = Model(args)
     quantize_like(model, weights, GROUP_SIZE)
     model.load_weights(list(model.sanitize(weights).items()), strict=True)
     mx.eval(model.parameters())
-    return model, tokenizer, args, describe(gguf.tensors.values())
+    return model
+
+
+def load_gguf(path: Path) -> Tuple[Model, object, ModelArgs, str]:
+    """Load a llama GGUF file -> (model, tokenizer, args, quantization description)."""
+    gguf = GGUFFile(path)
+    args = check_gguf(gguf)
+    # The tokenizer first: its temporary memory is free again before the weights arrive.
+    tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
+    return build_model(gguf, args), tokenizer, args, describe(gguf.tensors.values())

@@ -80,6 +80,8 @@ class GGUFFile:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             self._read_header()
+        except ModelLoadError:
+            raise
         except (struct.error, ValueError, KeyError, OverflowError):
             raise self._corrupt("unreadable GGUF header") from None
 
