@@ -24,7 +24,9 @@ def random_blocks(qtype: T, seed: int = 0) -> np.ndarray:
     block, block_bytes = GGML_QUANT_SIZES[qtype]
     blocks = rng.integers(0, 256, (ROWS * ROW_LENGTH // block, block_bytes), dtype=np.uint8)
     for offset in F16_FIELDS[qtype]:
-        d = (rng.standard_normal(len(blocks)) * 10.0 ** rng.integers(-4, 1, len(blocks))).astype(np.float16)
+        d = (rng.standard_normal(len(blocks)) * 10.0 ** rng.integers(-4, 1, len(blocks))).astype(
+            np.float16
+        )
         blocks[:, offset : offset + 2] = d.view(np.uint8).reshape(-1, 2)
     return blocks.reshape(ROWS, -1)
 
@@ -42,7 +44,10 @@ def test_affine_types_stay_quantized_and_exact(qtype):
     raw = random_blocks(qtype)
     arrays = tensor_arrays(raw, qtype, (ROWS, ROW_LENGTH), "t")
     bits = AFFINE_TYPES[qtype][0]
-    assert arrays["weight"].dtype == mx.uint32 and arrays["weight"].shape == (ROWS, ROW_LENGTH * bits // 32)
+    assert arrays["weight"].dtype == mx.uint32 and arrays["weight"].shape == (
+        ROWS,
+        ROW_LENGTH * bits // 32,
+    )
     assert arrays["scales"].shape == (ROWS, ROW_LENGTH // 32)
     np.testing.assert_array_equal(loaded_values(arrays), dequantize(raw, qtype))
 
@@ -56,8 +61,14 @@ def test_sixteen_value_sub_block_types_become_exact_float32(qtype):
 
 
 def test_legacy_scales_stay_float16_k_quant_scales_float32():
-    assert tensor_arrays(random_blocks(T.Q4_1), T.Q4_1, (ROWS, ROW_LENGTH), "t")["scales"].dtype == mx.float16
-    assert tensor_arrays(random_blocks(T.Q4_K), T.Q4_K, (ROWS, ROW_LENGTH), "t")["scales"].dtype == mx.float32
+    assert (
+        tensor_arrays(random_blocks(T.Q4_1), T.Q4_1, (ROWS, ROW_LENGTH), "t")["scales"].dtype
+        == mx.float16
+    )
+    assert (
+        tensor_arrays(random_blocks(T.Q4_K), T.Q4_K, (ROWS, ROW_LENGTH), "t")["scales"].dtype
+        == mx.float32
+    )
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
@@ -65,7 +76,9 @@ def test_pack_matches_mlx_quantize(bits):
     w = mx.random.normal((4, 256), key=mx.random.key(bits))
     packed, scales, biases = mx.quantize(w, group_size=32, bits=bits)
     values = np.array(mx.dequantize(packed, scales, biases, group_size=32, bits=bits))
-    codes = np.rint((values - np.repeat(np.array(biases), 32, 1)) / np.repeat(np.array(scales), 32, 1))
+    codes = np.rint(
+        (values - np.repeat(np.array(biases), 32, 1)) / np.repeat(np.array(scales), 32, 1)
+    )
     np.testing.assert_array_equal(pack(codes.astype(np.uint8), bits), np.array(packed))
 
 
@@ -73,8 +86,12 @@ def test_pack_matches_mlx_quantize(bits):
 def test_nan_scale_is_refused_naming_the_tensor(qtype):
     raw = random_blocks(qtype)
     offset = F16_FIELDS[qtype][0]
-    raw.reshape(-1, GGML_QUANT_SIZES[qtype][1])[3, offset : offset + 2] = np.array([np.nan], np.float16).view(np.uint8)
-    with pytest.raises(ModelLoadError, match=r"^x.gguf: tensor blk.0.attn_q.weight holds NaN or infinite values; "):
+    raw.reshape(-1, GGML_QUANT_SIZES[qtype][1])[3, offset : offset + 2] = np.array(
+        [np.nan], np.float16
+    ).view(np.uint8)
+    with pytest.raises(
+        ModelLoadError, match=r"^x.gguf: tensor blk.0.attn_q.weight holds NaN or infinite values; "
+    ):
         tensor_arrays(raw, qtype, (ROWS, ROW_LENGTH), "x.gguf: tensor blk.0.attn_q.weight")
 
 

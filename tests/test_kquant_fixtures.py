@@ -45,11 +45,16 @@ def greedy(model, ids, n):
 def test_logits_argmax_and_greedy_tokens_match_llama_cpp(loaded, reference, prompt):
     ftype, model, _, info = loaded
     assert info.quantization == f"{ftype[:4]}/Q6_K (Q6_K as float32, exact)"
-    assert model.layers[0].self_attn.q_proj.bits == int(ftype[1]) and model.model.embed_tokens.weight.dtype == mx.float32
+    assert (
+        model.layers[0].self_attn.q_proj.bits == int(ftype[1])
+        and model.model.embed_tokens.weight.dtype == mx.float32
+    )
     key = f"{ftype}__{prompt}"
     ids = reference[f"{key}__ids"].tolist()
     logits = np.array(model(mx.array(ids)[None])[0])
-    np.testing.assert_allclose(logits[-8:], reference[f"{key}__last8_logits"], rtol=0, atol=LOGITS_ATOL)
+    np.testing.assert_allclose(
+        logits[-8:], reference[f"{key}__last8_logits"], rtol=0, atol=LOGITS_ATOL
+    )
     np.testing.assert_array_equal(logits.argmax(-1), reference[f"{key}__argmax"])
     assert greedy(model, ids, 16) == reference[f"{key}__greedy16"].tolist()
 
@@ -72,7 +77,9 @@ def test_converted_folder_gives_the_same_logits_in_mlx_lm(loaded, reference, tmp
     ftype, ours, _, _ = loaded
     folder = convert(str(shared_file(f"kquant/{reference[f'{ftype}__file']}")), tmp_path / "mlx")
     config = json.loads((folder / "config.json").read_text())
-    assert config["rope_scaling"]["type"] == "longrope" and config["quantization"]["bits"] == int(ftype[1])
+    assert config["rope_scaling"]["type"] == "longrope" and config["quantization"]["bits"] == int(
+        ftype[1]
+    )
     theirs, _ = mlx_lm_load(str(folder))
     ids = mx.array(reference[f"{ftype}__P1__ids"])[None]
     np.testing.assert_allclose(np.array(theirs(ids)), np.array(ours(ids)), rtol=0, atol=1e-4)

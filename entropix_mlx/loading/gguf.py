@@ -58,11 +58,15 @@ def _positive_int(name: str, metadata: dict, key: str, default=None) -> int:
     if value is None:
         raise ModelLoadError(f"{name}: the GGUF metadata lacks llama.{key}; the file is incomplete")
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ModelLoadError(f"{name}: llama.{key} is {value!r}, not a positive integer; the file is damaged")
+        raise ModelLoadError(
+            f"{name}: llama.{key} is {value!r}, not a positive integer; the file is damaged"
+        )
     return value
 
 
-def args_from_metadata(name: str, metadata: dict, shapes: Dict[str, tuple], rope_freqs=None) -> ModelArgs:
+def args_from_metadata(
+    name: str, metadata: dict, shapes: Dict[str, tuple], rope_freqs=None
+) -> ModelArgs:
     """ModelArgs from the `llama.*` keys, checked against the tensor shapes (GGUF order) present.
 
     Everything is checked before a layer is built, so a bad key can neither crash deep in MLX
@@ -121,9 +125,13 @@ def _rope_scaling(name: str, metadata: dict, rope_freqs, context: Optional[int])
     """
     if rope_freqs is not None:
         if not context:
-            raise ModelLoadError(f"{name}: has rope_freqs.weight but no llama.context_length; the file is incomplete")
+            raise ModelLoadError(
+                f"{name}: has rope_freqs.weight but no llama.context_length; the file is incomplete"
+            )
         if not (np.isfinite(rope_freqs).all() and (rope_freqs > 0).all()):
-            raise ModelLoadError(f"{name}: rope_freqs.weight must hold positive finite factors; the file is damaged")
+            raise ModelLoadError(
+                f"{name}: rope_freqs.weight must hold positive finite factors; the file is damaged"
+            )
         factors = rope_freqs.astype(float).tolist()
         return {"type": "longrope", "long_factor": factors, "short_factor": factors,
                 "original_max_position_embeddings": context}  # fmt: skip
@@ -150,7 +158,9 @@ def _check_shapes(name: str, args: ModelArgs, shapes: Dict[str, tuple]):
     expected = expected_shapes(args)
     for tensor, shape in shapes.items():
         if tensor not in expected:
-            raise ModelLoadError(f"{name}: unexpected tensor {tensor}, which a llama model does not have")
+            raise ModelLoadError(
+                f"{name}: unexpected tensor {tensor}, which a llama model does not have"
+            )
         if shape != expected[tensor]:
             raise ModelLoadError(
                 f"{name}: tensor {tensor} has shape {list(shape)}, but the llama.* metadata implies "
@@ -159,6 +169,7 @@ def _check_shapes(name: str, args: ModelArgs, shapes: Dict[str, tuple]):
     missing = [t for t in expected if t not in shapes and t not in _OPTIONAL_TENSORS]
     if missing:
         raise ModelLoadError(f"{name}: the file has no {missing[0]} tensor; it is incomplete")
+
 
 def project_name(gguf_name: str) -> str:
     """`blk.3.attn_q.scales` -> `model.layers.3.self_attn.q_proj.scales`."""
@@ -196,7 +207,9 @@ def read_weights(gguf: GGUFFile, args: ModelArgs) -> Dict[str, mx.array]:
         if t.name == "rope_freqs.weight":
             continue
         shape = t.shape[::-1]
-        arrays = tensor_arrays(gguf.tensor_bytes(t), t.qtype, shape, f"{gguf.path.name}: tensor {t.name}")
+        arrays = tensor_arrays(
+            gguf.tensor_bytes(t), t.qtype, shape, f"{gguf.path.name}: tensor {t.name}"
+        )
         for leaf, w in arrays.items():
             if ".attn_q." in t.name:
                 w = unpermute_rows(w, args.num_attention_heads)

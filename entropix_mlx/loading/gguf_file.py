@@ -66,7 +66,9 @@ class _Cursor:
             return items.tolist()
         dtype = np.dtype(_SCALARS[vtype])
         self.pos += dtype.itemsize
-        return np.frombuffer(self.buffer, dtype, count=1, offset=self.pos - dtype.itemsize)[0].item()
+        return np.frombuffer(self.buffer, dtype, count=1, offset=self.pos - dtype.itemsize)[
+            0
+        ].item()
 
 
 class GGUFFile:
@@ -113,7 +115,9 @@ class GGUFFile:
         for name, shape, qtype, offset in infos:
             block, block_bytes = GGML_QUANT_SIZES[qtype]
             if shape[0] % block:
-                raise self._corrupt(f"tensor {name}: rows of {shape[0]} in {qtype.name} blocks of {block}")
+                raise self._corrupt(
+                    f"tensor {name}: rows of {shape[0]} in {qtype.name} blocks of {block}"
+                )
             n_bytes = int(np.prod(shape)) // block * block_bytes
             if data_start + offset + n_bytes > len(self._map):
                 raise self._corrupt(f"tensor {name} runs past the end")
@@ -129,7 +133,9 @@ class GGUFFile:
         try:
             qtype = GGMLQuantizationType(type_id)
         except ValueError:
-            raise ModelLoadError(f"{self.path.name}: tensor {name} has unknown GGML type id {type_id}") from None
+            raise ModelLoadError(
+                f"{self.path.name}: tensor {name} has unknown GGML type id {type_id}"
+            ) from None
         return name, shape, qtype, cursor.take("<Q")
 
     def tensor_bytes(self, info: TensorInfo) -> np.ndarray:

@@ -97,7 +97,9 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _non_finite(label: str) -> ModelLoadError:
-    return ModelLoadError(f"{label} holds NaN or infinite values; the file is damaged, fetch it again")
+    return ModelLoadError(
+        f"{label} holds NaN or infinite values; the file is damaged, fetch it again"
+    )
 
 
 def _check_finite(x: np.ndarray, label: str):
@@ -142,7 +144,9 @@ def _dense(raw: np.ndarray, qtype: T, row_length: int, label: str) -> np.ndarray
     return out
 
 
-def tensor_arrays(raw: np.ndarray, qtype: T, shape: Tuple[int, ...], label: str) -> Dict[str, mx.array]:
+def tensor_arrays(
+    raw: np.ndarray, qtype: T, shape: Tuple[int, ...], label: str
+) -> Dict[str, mx.array]:
     """One GGUF tensor -> `{"weight"}` (float) or `{"weight", "scales", "biases"}` (quantized).
 
     `raw`: the tensor's bytes (a view into the memory-mapped file); `shape` in numpy order,
