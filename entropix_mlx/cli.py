@@ -194,7 +194,7 @@ def models_fetch(name):
 @click.argument("src")
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("--bits", type=click.Choice(["4", "8", "none"]), default="4", show_default=True,
-              help="Quantize float layers to this many bits (already quantized layers are kept).")
+              help="Quantize a float model to this many bits (a quantized one is written as loaded).")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
 def convert(src, dst, bits, group_size):
     """Convert SRC (a GGUF file, a float folder, a Hub id or a catalog name) to an MLX folder DST."""

@@ -52,7 +52,8 @@ def quantization_round_trip(model, qtype):
 
 @pytest.mark.parametrize(
     "qtype,bits",
-    [(GGMLQuantizationType.Q8_0, 8), (GGMLQuantizationType.Q4_0, 4), (GGMLQuantizationType.Q4_1, 4)],
+    [(GGMLQuantizationType.Q8_0, 8), (GGMLQuantizationType.Q4_0, 4), (GGMLQuantizationType.Q4_1, 4),
+     (GGMLQuantizationType.Q5_0, 5), (GGMLQuantizationType.Q5_1, 5)],
 )
 def test_quantized_gguf_stays_quantized(tmp_path, model, qtype, bits):
     path = write_quantized_gguf(tmp_path / f"tiny-{qtype.name}.gguf", model, qtype)
@@ -137,9 +138,14 @@ def test_truncated_gguf(tmp_path, model):
             load(str(path))
 
 
-def test_unsupported_tensor_type(tmp_path, model):
-    path = write_quantized_gguf(tmp_path / "q5.gguf", model, GGMLQuantizationType.Q5_0)
-    with pytest.raises(ModelLoadError, match="unsupported GGUF tensor type Q5_0"):
+def test_unsupported_tensor_type_is_named(tmp_path, model):
+    path = write_quantized_gguf(tmp_path / "iq.gguf", model, GGMLQuantizationType.Q8_0)
+    data = path.read_bytes()
+    type_at = data.index(b"token_embd.weight") + len("token_embd.weight") + 4 + 2 * 8  # n_dims, 2 dims
+    iq4_nl = GGMLQuantizationType.IQ4_NL.to_bytes(4, "little")  # same block size as Q8_0, fewer bytes
+    path.write_bytes(data[:type_at] + iq4_nl + data[type_at + 4 :])
+    with pytest.raises(ModelLoadError, match=r"^iq.gguf: tensor token_embd.weight has GGUF type IQ4_NL, which "
+                       r"entropix-mlx cannot load \(it loads BF16, F16, F32, Q2_K"):
         load(str(path))
 
 
@@ -226,3 +232,75 @@ def test_catalog_member_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="checksum mismatch"):
         catalog.fetch("fake")
     assert list(home.iterdir()) == []
+
+
+# --- Damaged GGUF metadata: refused before any layer is built, in one line ---------------------
+
+
+def damaged_gguf(tmp_path, model, metadata=None, tensors=None):
+    return str(write_quantized_gguf(tmp_path / "bad.gguf", model, metadata=metadata, tensors=tensors))
+
+
+@pytest.mark.parametrize(
+    "metadata,message",
+    [
+        ({"llama.block_count": 10**6},
+         "bad.gguf: llama.block_count is 1000000 but the file holds tensors for 2 blocks; the file is damaged"),
+        ({"llama.block_count": None}, "bad.gguf: the GGUF metadata lacks llama.block_count; the file is incomplete"),
+        ({"llama.attention.head_count": 0},
+         "bad.gguf: llama.attention.head_count is 0, not a positive integer; the file is damaged"),
+        ({"llama.attention.head_count_kv": 3},
+         "bad.gguf: llama.attention.head_count_kv 3 does not divide llama.attention.head_count 4; "
+         "the file is damaged"),
+        ({"llama.embedding_length": 128},
+         "bad.gguf: tensor token_embd.weight has shape [64, 260], but the llama.* metadata implies "
+         "[128, 260]; the file is inconsistent"),
+        ({"general.alignment": 0},
+         "bad.gguf: general.alignment is 0, not a power of two; the file is damaged"),
+    ],
+)  # fmt: skip
+def test_damaged_metadata_is_one_clear_line(tmp_path, model, metadata, message):
+    with pytest.raises(ModelLoadError) as error:
+        load(damaged_gguf(tmp_path, model, metadata=metadata))
+    assert str(error.value) == message
+
+
+def test_million_blocks_are_refused_before_any_layer_is_built(tmp_path, model, monkeypatch):
+    import entropix_mlx.loading.gguf as gguf_loader
+
+    monkeypatch.setattr(gguf_loader, "Model", lambda args: pytest.fail("a model was built"))
+    with pytest.raises(ModelLoadError, match="block_count is 1000000"):
+        load(damaged_gguf(tmp_path, model, metadata={"llama.block_count": 10**6}))
+
+
+def test_extra_or_missing_tensor_is_named(tmp_path, model):
+    extra = {"blk.0.attn_gate.weight": np.zeros((64, 64), np.float32)}
+    with pytest.raises(ModelLoadError) as error:
+        load(damaged_gguf(tmp_path, model, tensors=extra))
+    assert str(error.value) == "bad.gguf: unexpected tensor blk.0.attn_gate.weight, which a llama model does not have"
+    with pytest.raises(ModelLoadError) as error:
+        load(damaged_gguf(tmp_path, model, tensors={"blk.1.ffn_up.weight": None}))
+    assert str(error.value) == "bad.gguf: the file has no blk.1.ffn_up.weight tensor; it is incomplete"
+
+
+def test_unknown_gguf_version_is_refused(tmp_path, model):
+    path = write_float_gguf(tmp_path / "v99.gguf", model)
+    data = bytearray(path.read_bytes())
+    data[4:8] = (99).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError) as error:
+        load(str(path))
+    assert str(error.value) == (
+        "v99.gguf is GGUF version 99, which entropix-mlx cannot read (versions 2 and 3 are); "
+        "re-export it with a current llama.cpp"
+    )
+
+
+def test_nan_weights_are_refused_naming_the_tensor(tmp_path, model):
+    norm = np.ones(64, np.float32)
+    norm[7] = np.nan
+    with pytest.raises(ModelLoadError) as error:
+        load(damaged_gguf(tmp_path, model, tensors={"blk.1.ffn_norm.weight": norm}))
+    assert str(error.value) == (
+        "bad.gguf: tensor blk.1.ffn_norm.weight holds NaN or infinite values; the file is damaged, fetch it again"
+    )

@@ -113,17 +113,24 @@ def write_float_gguf(path: Path, model: Model, architecture: str = "llama") -> P
     return path
 
 
-def write_quantized_gguf(path: Path, model: Model, qtype_2d=None) -> Path:
-    """A GGUF written by llama.cpp's own `gguf` package, 2-D weights quantized (Q8_0 default)."""
+def write_quantized_gguf(path: Path, model: Model, qtype_2d=None, metadata=None, tensors=None) -> Path:
+    """A GGUF written by llama.cpp's own `gguf` package, 2-D weights quantized (Q8_0 default).
+
+    `metadata` overrides keys (a value of None drops the key); `tensors` adds or replaces
+    tensors (numpy, GGUF names; None drops one): for tests of damaged files.
+    """
     import gguf
     from gguf.quants import quantize
 
     qtype_2d = qtype_2d or gguf.GGMLQuantizationType.Q8_0
     writer = gguf.GGUFWriter(str(path), "llama")
-    for key, value in model_metadata(model.args).items():
-        if key == "general.architecture":
+    keys = {**model_metadata(model.args), **(metadata or {})}
+    for key, value in keys.items():
+        if key == "general.architecture" or value is None:
             continue
-        if isinstance(value, str):
+        if isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, str):
             writer.add_string(key, value)
         elif isinstance(value, list):
             writer.add_array(key, value)
@@ -135,7 +142,10 @@ def write_quantized_gguf(path: Path, model: Model, qtype_2d=None) -> Path:
             writer.add_float32(key, value.item())
         else:
             writer.add_uint32(key, value.item())
-    for name, w in gguf_tensors(model).items():
+    all_tensors = {**gguf_tensors(model), **(tensors or {})}
+    for name, w in all_tensors.items():
+        if w is None:
+            continue
         if w.ndim == 2:
             writer.add_tensor(name, quantize(w, qtype_2d), raw_dtype=qtype_2d)
         else:

@@ -38,8 +38,8 @@ def convert(
 ) -> Path:
     """Convert `src` (anything `load` takes) into the new MLX folder `dst`.
 
-    Layers that are still float are quantized to `bits` (4 or 8; None keeps them float);
-    layers that already are quantized (a GGUF's Q4/Q8 tensors) are kept exactly.
+    A float model's layers are quantized to `bits` (4 or 8; None keeps them float); a model
+    that is quantized already (a quantized GGUF) is written exactly as loaded.
     """
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
@@ -47,7 +47,7 @@ def convert(
     if bits not in (None, 4, 8):
         raise ModelLoadError(f"bits must be 4 or 8, not {bits}")
     model, tokenizer, info = load(src, log=log)
-    if bits:
+    if bits and info.quantization == "float":
         nn.quantize(model, group_size=group_size, bits=bits)
     log(f"Writing {dst}")
     dst.mkdir(parents=True, exist_ok=True)

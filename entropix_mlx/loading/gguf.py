@@ -1,7 +1,9 @@
 """GGUF (llama architecture) -> ModelArgs, weights under this project's names, tokenizer.
 
-Q4_0, Q4_1 and Q8_0 tensors stay quantized (MLX affine, group 32; bits per tensor read from
-the shapes); F32, F16 and BF16 load as they are; any other tensor type is refused.
+The file is read through one memory map (`gguf_file`), one tensor at a time, and its
+metadata is checked against the tensors present before any layer is built. `gguf_quants` turns
+each tensor into MLX arrays without loss: quantized layers (bits and group read back off the
+shapes) where MLX's affine quantization holds the block type exactly, float32 otherwise.
 
 RoPE layout: llama.cpp stores the rows of the Q and K projections permuted for its
 interleaved ("traditional") RoPE. We undo that permutation on load (rows of weight, scales
@@ -9,34 +11,20 @@ and biases alike), so the model uses the same half-split RoPE as Hugging Face an
 and a converted folder is the same weights for both.
 """
 
-import struct
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+import numpy as np
+from gguf import GGMLQuantizationType
 
 from ..model.llama import Model, ModelArgs
 from .errors import ModelLoadError
+from .gguf_file import GGUFFile, TensorInfo
+from .gguf_quants import DENSE_TYPES, FLOAT_TYPES, GROUP_SIZE, SUPPORTED_TYPES, tensor_arrays
 from .gguf_tokenizer import tokenizer_from_gguf_metadata
 
-GGUF_MAGIC = b"GGUF"
-GROUP_SIZE = 32
-SUPPORTED_TYPES = {
-    GGMLQuantizationType.F32,
-    GGMLQuantizationType.F16,
-    GGMLQuantizationType.BF16,
-    GGMLQuantizationType.Q4_0,
-    GGMLQuantizationType.Q4_1,
-    GGMLQuantizationType.Q8_0,
-}
-_SCALAR_FORMATS = {
-    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
-    GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
-    GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?", GGUFValueType.UINT64: "<Q",
-    GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
-}  # fmt: skip
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
@@ -51,123 +39,136 @@ _LAYER_NAMES = {
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 
-class _HeaderReader:
-    """Walks a GGUF header just far enough to list tensor names, types and extents."""
-
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def take(self, fmt: str):
-        (value,) = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return value
-
-    def string(self) -> bytes:
-        n = self.take("<Q")
-        self.pos += n
-        return self.data[self.pos - n : self.pos]
-
-    def skip_value(self, vtype: int):
-        vtype = GGUFValueType(vtype)
-        if vtype == GGUFValueType.STRING:
-            self.string()
-        elif vtype == GGUFValueType.ARRAY:
-            item_type, count = self.take("<I"), self.take("<Q")
-            if item_type in (GGUFValueType.STRING, GGUFValueType.ARRAY):
-                for _ in range(count):
-                    self.skip_value(item_type)
-            else:
-                self.pos += count * struct.calcsize(_SCALAR_FORMATS[GGUFValueType(item_type)])
-        else:
-            self.pos += struct.calcsize(_SCALAR_FORMATS[vtype])
+_REQUIRED_KEYS = ("embedding_length", "block_count", "feed_forward_length", "attention.head_count")
+_OPTIONAL_TENSORS = {"output.weight", "rope_freqs.weight"}
 
 
-def read_tensor_types(path: Path) -> Dict[str, GGMLQuantizationType]:
-    """Tensor name -> GGML type, after checking the file is a complete GGUF."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-        if head != GGUF_MAGIC:
-            raise ModelLoadError(f"{path} is not a GGUF file (no GGUF header); check the file")
-        data = head + f.read()
-    reader = _HeaderReader(data)
-    reader.pos = 4
-    try:
-        version, n_tensors, n_kv = reader.take("<I"), reader.take("<Q"), reader.take("<Q")
-        alignment = GROUP_SIZE
-        for _ in range(n_kv):
-            key, vtype = reader.string(), reader.take("<I")
-            if key == b"general.alignment":
-                alignment = reader.take("<I")
-            else:
-                reader.skip_value(vtype)
-        infos = []
-        for _ in range(n_tensors):
-            name = reader.string().decode()
-            shape = [reader.take("<Q") for _ in range(reader.take("<I"))]
-            infos.append((name, shape, reader.take("<I"), reader.take("<Q")))
-    except (struct.error, ValueError, KeyError):
-        raise ModelLoadError(f"{path} is truncated or corrupt (unreadable GGUF header); fetch it again") from None
-    data_start = -(-reader.pos // alignment) * alignment
-    types = {}
-    for name, shape, type_id, offset in infos:
-        try:
-            ggml_type = GGMLQuantizationType(type_id)
-        except ValueError:
-            raise ModelLoadError(f"{path}: tensor {name} has unknown GGML type id {type_id}") from None
-        block, block_bytes = GGML_QUANT_SIZES[ggml_type]
-        n_elements = 1
-        for d in shape:
-            n_elements *= d
-        if data_start + offset + n_elements // block * block_bytes > len(data):
-            raise ModelLoadError(f"{path} is truncated (tensor {name} runs past the end); fetch it again")
-        types[name] = ggml_type
-    return types
+def check_tensor_types(name: str, tensors: Iterable[TensorInfo]):
+    for t in tensors:
+        if t.qtype not in SUPPORTED_TYPES:
+            raise ModelLoadError(
+                f"{name}: tensor {t.name} has GGUF type {t.qtype.name}, which entropix-mlx cannot "
+                f"load (it loads {', '.join(sorted(q.name for q in SUPPORTED_TYPES))}); re-quantize with "
+                "llama.cpp (e.g. to Q4_K_M) or use the model's MLX / Hugging Face folder"
+            )
 
 
-def check_tensor_types(path: Path, types: Dict[str, GGMLQuantizationType]):
-    unsupported = sorted({t.name for t in types.values() if t not in SUPPORTED_TYPES})
-    if unsupported:
+def _positive_int(name: str, metadata: dict, key: str, default=None) -> int:
+    value = metadata.get(f"llama.{key}", default)
+    if value is None:
+        raise ModelLoadError(f"{name}: the GGUF metadata lacks llama.{key}; the file is incomplete")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ModelLoadError(
-            f"{path.name}: unsupported GGUF tensor type {', '.join(unsupported)}; supported are "
-            "Q4_0, Q4_1, Q8_0, F16, BF16 and F32 (re-quantize with llama.cpp, e.g. to Q4_0 or Q8_0, "
-            "or use the model's MLX / Hugging Face folder)"
+            f"{name}: llama.{key} is {value!r}, not a positive integer; the file is damaged"
         )
+    return value
 
 
-def _scalar(metadata, key, default=None):
-    value = metadata.get(key, default)
-    return value.item() if isinstance(value, mx.array) else value
+def args_from_metadata(
+    name: str, metadata: dict, shapes: Dict[str, tuple], rope_freqs=None
+) -> ModelArgs:
+    """ModelArgs from the `llama.*` keys, checked against the tensor shapes (GGUF order) present.
 
-
-def args_from_metadata(metadata: dict, weights: Dict[str, mx.array]) -> ModelArgs:
+    Everything is checked before a layer is built, so a bad key can neither crash deep in MLX
+    nor make a million layers.
+    """
     arch = metadata.get("general.architecture")
     if arch != "llama":
         raise ModelLoadError(
             f"GGUF architecture {arch!r} is not supported; entropix-mlx runs llama-architecture models"
         )
-
-    def get(key, default=None):
-        return _scalar(metadata, f"llama.{key}", default)
-
-    n_heads = get("attention.head_count")
-    vocab_size = get("vocab_size") or weights["token_embd.weight"].shape[0]
-    rope_scaling = None
-    if get("rope.scaling.type") == "linear":
-        rope_scaling = {"type": "linear", "factor": get("rope.scaling.factor")}
-    return ModelArgs(
-        hidden_size=get("embedding_length"),
-        num_hidden_layers=get("block_count"),
-        intermediate_size=get("feed_forward_length"),
+    hidden, n_layers, ffn, n_heads = (_positive_int(name, metadata, k) for k in _REQUIRED_KEYS)
+    n_kv_heads = _positive_int(name, metadata, "attention.head_count_kv", n_heads)
+    if n_heads % n_kv_heads:
+        raise ModelLoadError(
+            f"{name}: llama.attention.head_count_kv {n_kv_heads} does not divide "
+            f"llama.attention.head_count {n_heads}; the file is damaged"
+        )
+    head_dim = _positive_int(name, metadata, "attention.key_length", max(hidden // n_heads, 1))
+    _check_block_count(name, n_layers, shapes)
+    if "token_embd.weight" not in shapes:
+        raise ModelLoadError(f"{name}: the file has no token_embd.weight tensor; it is incomplete")
+    context = metadata.get("llama.context_length")
+    args = ModelArgs(
+        hidden_size=hidden,
+        num_hidden_layers=n_layers,
+        intermediate_size=ffn,
         num_attention_heads=n_heads,
-        num_key_value_heads=get("attention.head_count_kv", n_heads),
-        head_dim=get("attention.key_length"),
-        vocab_size=vocab_size,
-        rms_norm_eps=get("attention.layer_norm_rms_epsilon", 1e-5),
-        rope_theta=get("rope.freq_base", 10000.0),
-        rope_scaling=rope_scaling,
-        max_position_embeddings=get("context_length"),
-        tie_word_embeddings="output.weight" not in weights,
+        num_key_value_heads=n_kv_heads,
+        head_dim=head_dim,
+        vocab_size=metadata.get("llama.vocab_size") or shapes["token_embd.weight"][-1],
+        rms_norm_eps=metadata.get("llama.attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=metadata.get("llama.rope.freq_base", 10000.0),
+        rope_scaling=_rope_scaling(name, metadata, rope_freqs, context),
+        max_position_embeddings=context,
+        tie_word_embeddings="output.weight" not in shapes,
     )
+    _check_shapes(name, args, shapes)
+    return args
+
+
+def _check_block_count(name: str, n_layers: int, shapes: Dict[str, tuple]):
+    blocks = {n.split(".")[1] for n in shapes if n.startswith("blk.")}
+    if len(blocks) != n_layers or blocks != {str(i) for i in range(len(blocks))}:
+        raise ModelLoadError(
+            f"{name}: llama.block_count is {n_layers} but the file holds tensors for {len(blocks)} "
+            "blocks; the file is damaged"
+        )
+
+
+def _rope_scaling(name: str, metadata: dict, rope_freqs, context: Optional[int]) -> Optional[dict]:
+    """Llama 3.1+ `rope_freqs` (divisors of each rotary frequency) as mlx-lm's RoPE scaling.
+
+    mlx-lm's "longrope" multiplies each wavelength base^(2i/d) by its factor, the same as
+    dividing the frequency; with the original context equal to the context it scales nothing
+    else, so our model and mlx-lm (on a converted folder) run the file as llama.cpp does.
+    """
+    if rope_freqs is not None:
+        if not context:
+            raise ModelLoadError(
+                f"{name}: has rope_freqs.weight but no llama.context_length; the file is incomplete"
+            )
+        if not (np.isfinite(rope_freqs).all() and (rope_freqs > 0).all()):
+            raise ModelLoadError(
+                f"{name}: rope_freqs.weight must hold positive finite factors; the file is damaged"
+            )
+        factors = rope_freqs.astype(float).tolist()
+        return {"type": "longrope", "long_factor": factors, "short_factor": factors,
+                "original_max_position_embeddings": context}  # fmt: skip
+    if metadata.get("llama.rope.scaling.type") == "linear":
+        return {"type": "linear", "factor": metadata.get("llama.rope.scaling.factor")}
+    return None
+
+
+def expected_shapes(args: ModelArgs) -> Dict[str, tuple]:
+    """Every tensor a llama GGUF of these args may hold -> its shape (GGUF order, row length first)."""
+    h, f, vocab = args.hidden_size, args.intermediate_size, args.vocab_size
+    q, kv = args.num_attention_heads * args.head_dim, args.num_key_value_heads * args.head_dim
+    layer = {"attn_norm": (h,), "ffn_norm": (h,), "attn_q": (h, q), "attn_k": (h, kv),
+             "attn_v": (h, kv), "attn_output": (q, h), "ffn_gate": (h, f), "ffn_up": (h, f),
+             "ffn_down": (f, h)}  # fmt: skip
+    shapes = {"token_embd.weight": (h, vocab), "output_norm.weight": (h,), "output.weight": (h, vocab),
+              "rope_freqs.weight": (args.head_dim // 2,)}  # fmt: skip
+    for i in range(args.num_hidden_layers):
+        shapes.update({f"blk.{i}.{k}.weight": s for k, s in layer.items()})
+    return shapes
+
+
+def _check_shapes(name: str, args: ModelArgs, shapes: Dict[str, tuple]):
+    expected = expected_shapes(args)
+    for tensor, shape in shapes.items():
+        if tensor not in expected:
+            raise ModelLoadError(
+                f"{name}: unexpected tensor {tensor}, which a llama model does not have"
+            )
+        if shape != expected[tensor]:
+            raise ModelLoadError(
+                f"{name}: tensor {tensor} has shape {list(shape)}, but the llama.* metadata implies "
+                f"{list(expected[tensor])}; the file is inconsistent"
+            )
+    missing = [t for t in expected if t not in shapes and t not in _OPTIONAL_TENSORS]
+    if missing:
+        raise ModelLoadError(f"{name}: the file has no {missing[0]} tensor; it is incomplete")
 
 
 def project_name(gguf_name: str) -> str:
@@ -185,19 +186,6 @@ def unpermute_rows(x: mx.array, n_heads: int) -> mx.array:
     return x.swapaxes(1, 2).reshape(rows, *x.shape[3:])
 
 
-def convert_weights(weights: Dict[str, mx.array], args: ModelArgs) -> Dict[str, mx.array]:
-    out = {}
-    for name, w in weights.items():
-        if name == "rope_freqs.weight":
-            continue
-        if ".attn_q." in name:
-            w = unpermute_rows(w, args.num_attention_heads)
-        elif ".attn_k." in name:
-            w = unpermute_rows(w, args.num_key_value_heads)
-        out[project_name(name)] = w
-    return out
-
-
 def quantize_like(model: nn.Module, weights: Dict[str, mx.array], default_group_size: int):
     """Make quantized layers where the weights are quantized, with bits read off the shapes."""
 
@@ -212,22 +200,61 @@ def quantize_like(model: nn.Module, weights: Dict[str, mx.array], default_group_
     nn.quantize(model, group_size=default_group_size, class_predicate=predicate)
 
 
-def load_gguf(path: Path) -> Tuple[Model, object, ModelArgs, str]:
-    """Load a llama GGUF file -> (model, tokenizer, args, quantization description)."""
-    types = read_tensor_types(path)
-    check_tensor_types(path, types)
-    weights, metadata = mx.load(str(path), return_metadata=True)
-    args = args_from_metadata(metadata, weights)
-    if "rope_freqs.weight" in weights:
-        raise ModelLoadError(
-            f"{path.name} uses per-frequency RoPE factors (Llama 3.1+ GGUF), which are not "
-            "supported yet; use the model's MLX / Hugging Face folder instead"
+def read_weights(gguf: GGUFFile, args: ModelArgs) -> Dict[str, mx.array]:
+    """Every tensor but rope_freqs as MLX arrays under this project's names, one at a time."""
+    weights = {}
+    for t in gguf.tensors.values():
+        if t.name == "rope_freqs.weight":
+            continue
+        shape = t.shape[::-1]
+        arrays = tensor_arrays(
+            gguf.tensor_bytes(t), t.qtype, shape, f"{gguf.path.name}: tensor {t.name}"
         )
-    weights = convert_weights(weights, args)
+        for leaf, w in arrays.items():
+            if ".attn_q." in t.name:
+                w = unpermute_rows(w, args.num_attention_heads)
+            elif ".attn_k." in t.name:
+                w = unpermute_rows(w, args.num_key_value_heads)
+            weights[project_name(f"{t.name.rsplit('.', 1)[0]}.{leaf}")] = mx.eval(w) or w
+        gguf.release(t)
+    return weights
+
+
+def read_rope_freqs(gguf: GGUFFile) -> Optional[np.ndarray]:
+    t = gguf.tensors.get("rope_freqs.weight")
+    if t is None:
+        return None
+    label = f"{gguf.path.name}: tensor {t.name}"
+    return np.array(tensor_arrays(gguf.tensor_bytes(t), t.qtype, t.shape[::-1], label)["weight"])
+
+
+def describe(tensors: Iterable[TensorInfo]) -> str:
+    """`Q4_K/Q6_K (Q6_K as float32, exact)`: the quantized types, and which of them became float."""
+    kinds = sorted({t.qtype.name for t in tensors if t.qtype not in FLOAT_TYPES})
+    dense = [k for k in kinds if GGMLQuantizationType[k] in DENSE_TYPES]
+    return "/".join(kinds) + (f" ({'/'.join(dense)} as float32, exact)" if dense else "") or "float"
+
+
+def check_gguf(gguf: GGUFFile) -> ModelArgs:
+    """The model's args, after checking the tensor types and the metadata against the tensors."""
+    check_tensor_types(gguf.path.name, gguf.tensors.values())
+    shapes = {name: t.shape for name, t in gguf.tensors.items()}
+    return args_from_metadata(gguf.path.name, gguf.metadata, shapes, read_rope_freqs(gguf))
+
+
+def build_model(gguf: GGUFFile, args: ModelArgs) -> Model:
+    weights = read_weights(gguf, args)
     model = Model(args)
     quantize_like(model, weights, GROUP_SIZE)
     model.load_weights(list(model.sanitize(weights).items()), strict=True)
     mx.eval(model.parameters())
-    tokenizer = tokenizer_from_gguf_metadata(metadata)
-    kinds = sorted({t.name for t in types.values() if t.name.startswith("Q")})
-    return model, tokenizer, args, "/".join(kinds) or "float"
+    return model
+
+
+def load_gguf(path: Path) -> Tuple[Model, object, ModelArgs, str]:
+    """Load a llama GGUF file -> (model, tokenizer, args, quantization description)."""
+    gguf = GGUFFile(path)
+    args = check_gguf(gguf)
+    # The tokenizer first: its temporary memory is free again before the weights arrive.
+    tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
+    return build_model(gguf, args), tokenizer, args, describe(gguf.tensors.values())

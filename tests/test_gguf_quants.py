@@ -1,0 +1,102 @@
+"""GGUF block types against gguf-py's reference dequantization (bit-identical to ggml's)."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize
+
+from entropix_mlx.loading.errors import ModelLoadError
+from entropix_mlx.loading.gguf_quants import AFFINE_TYPES, DENSE_TYPES, pack, tensor_arrays
+
+# Byte offsets of each block type's float16 scale fields (d, and dmin / m where there is one).
+F16_FIELDS = {
+    T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
+    T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
+}  # fmt: skip
+ROWS, ROW_LENGTH = 6, 512
+
+
+def random_blocks(qtype: T, seed: int = 0) -> np.ndarray:
+    """Random bytes in every bit field, with finite, varied float16 scales: `[ROWS, row_bytes]`."""
+    rng = np.random.default_rng(seed)
+    block, block_bytes = GGML_QUANT_SIZES[qtype]
+    blocks = rng.integers(0, 256, (ROWS * ROW_LENGTH // block, block_bytes), dtype=np.uint8)
+    for offset in F16_FIELDS[qtype]:
+        d = (rng.standard_normal(len(blocks)) * 10.0 ** rng.integers(-4, 1, len(blocks))).astype(
+            np.float16
+        )
+        blocks[:, offset : offset + 2] = d.view(np.uint8).reshape(-1, 2)
+    return blocks.reshape(ROWS, -1)
+
+
+def loaded_values(arrays) -> np.ndarray:
+    if "scales" not in arrays:
+        return np.array(arrays["weight"])
+    bits = arrays["weight"].shape[-1] * 32 // ROW_LENGTH
+    return np.array(mx.dequantize(arrays["weight"], arrays["scales"].astype(mx.float32),
+                                  arrays["biases"].astype(mx.float32), group_size=32, bits=bits))  # fmt: skip
+
+
+@pytest.mark.parametrize("qtype", sorted(AFFINE_TYPES, key=lambda t: t.name))
+def test_affine_types_stay_quantized_and_exact(qtype):
+    raw = random_blocks(qtype)
+    arrays = tensor_arrays(raw, qtype, (ROWS, ROW_LENGTH), "t")
+    bits = AFFINE_TYPES[qtype][0]
+    assert arrays["weight"].dtype == mx.uint32 and arrays["weight"].shape == (
+        ROWS,
+        ROW_LENGTH * bits // 32,
+    )
+    assert arrays["scales"].shape == (ROWS, ROW_LENGTH // 32)
+    np.testing.assert_array_equal(loaded_values(arrays), dequantize(raw, qtype))
+
+
+@pytest.mark.parametrize("qtype", sorted(DENSE_TYPES, key=lambda t: t.name))
+def test_sixteen_value_sub_block_types_become_exact_float32(qtype):
+    raw = random_blocks(qtype)
+    arrays = tensor_arrays(raw, qtype, (ROWS, ROW_LENGTH), "t")
+    assert set(arrays) == {"weight"} and arrays["weight"].dtype == mx.float32
+    np.testing.assert_array_equal(loaded_values(arrays), dequantize(raw, qtype))
+
+
+def test_legacy_scales_stay_float16_k_quant_scales_float32():
+    assert (
+        tensor_arrays(random_blocks(T.Q4_1), T.Q4_1, (ROWS, ROW_LENGTH), "t")["scales"].dtype
+        == mx.float16
+    )
+    assert (
+        tensor_arrays(random_blocks(T.Q4_K), T.Q4_K, (ROWS, ROW_LENGTH), "t")["scales"].dtype
+        == mx.float32
+    )
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+def test_pack_matches_mlx_quantize(bits):
+    w = mx.random.normal((4, 256), key=mx.random.key(bits))
+    packed, scales, biases = mx.quantize(w, group_size=32, bits=bits)
+    values = np.array(mx.dequantize(packed, scales, biases, group_size=32, bits=bits))
+    codes = np.rint(
+        (values - np.repeat(np.array(biases), 32, 1)) / np.repeat(np.array(scales), 32, 1)
+    )
+    np.testing.assert_array_equal(pack(codes.astype(np.uint8), bits), np.array(packed))
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K, T.Q8_0])
+def test_nan_scale_is_refused_naming_the_tensor(qtype):
+    raw = random_blocks(qtype)
+    offset = F16_FIELDS[qtype][0]
+    raw.reshape(-1, GGML_QUANT_SIZES[qtype][1])[3, offset : offset + 2] = np.array(
+        [np.nan], np.float16
+    ).view(np.uint8)
+    with pytest.raises(
+        ModelLoadError, match=r"^x.gguf: tensor blk.0.attn_q.weight holds NaN or infinite values; "
+    ):
+        tensor_arrays(raw, qtype, (ROWS, ROW_LENGTH), "x.gguf: tensor blk.0.attn_q.weight")
+
+
+def test_nan_float_tensor_is_refused():
+    raw = np.ones(8, np.float32)
+    raw[5] = np.nan
+    with pytest.raises(ModelLoadError, match="tensor output_norm.weight holds NaN"):
+        tensor_arrays(raw.view(np.uint8), T.F32, (8,), "tensor output_norm.weight")

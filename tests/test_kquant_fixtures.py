@@ -1,0 +1,107 @@
+"""llama.cpp's own K-quant GGUFs of a tiny Llama-3.1-style model (with rope_freqs) against
+llama.cpp's logits and greedy tokens on exactly the same weights (../shared/testdata/kquant)."""
+
+import json
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from entropix_mlx.loading import load
+
+from .conftest import REPO
+from .conftest import testdata_path as shared_file
+
+# The fixture README: a float32 forward pass over exactly dequantized weights matches to ~1e-3
+# (an independent numpy one: 1.5e-4 .. 3.2e-4); float16 weights alone would move it 0.14.
+LOGITS_ATOL = 2e-3
+FTYPES = ["Q4_K_M", "Q5_K_M"]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return np.load(shared_file("kquant/reference.npz"))
+
+
+@pytest.fixture(scope="module", params=FTYPES)
+def loaded(request, reference):
+    ftype = request.param
+    return ftype, *load(str(shared_file(f"kquant/{reference[f'{ftype}__file']}")))
+
+
+def greedy(model, ids, n):
+    cache = model.make_cache()
+    logits = model(mx.array(ids)[None], cache=cache, last_only=True)
+    tokens = []
+    for _ in range(n):
+        tokens.append(int(mx.argmax(logits[0, -1]).item()))
+        logits = model(mx.array([[tokens[-1]]]), cache=cache)
+    return tokens
+
+
+@pytest.mark.parametrize("prompt", ["P1", "P2"])
+def test_logits_argmax_and_greedy_tokens_match_llama_cpp(loaded, reference, prompt):
+    ftype, model, _, info = loaded
+    assert info.quantization == f"{ftype[:4]}/Q6_K (Q6_K as float32, exact)"
+    assert (
+        model.layers[0].self_attn.q_proj.bits == int(ftype[1])
+        and model.model.embed_tokens.weight.dtype == mx.float32
+    )
+    key = f"{ftype}__{prompt}"
+    ids = reference[f"{key}__ids"].tolist()
+    logits = np.array(model(mx.array(ids)[None])[0])
+    np.testing.assert_allclose(
+        logits[-8:], reference[f"{key}__last8_logits"], rtol=0, atol=LOGITS_ATOL
+    )
+    np.testing.assert_array_equal(logits.argmax(-1), reference[f"{key}__argmax"])
+    assert greedy(model, ids, 16) == reference[f"{key}__greedy16"].tolist()
+
+
+def test_tokenizer_and_chat_template_from_the_gguf(loaded, reference):
+    ftype, _, tokenizer, _ = loaded
+    assert tokenizer.encode(str(reference["P1__text"])) == reference[f"{ftype}__P1__ids"].tolist()
+    messages = [{"role": "user", "content": str(reference["P2__user_message"])}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == str(reference["P2__text"])
+    assert tokenizer.encode(text) == reference[f"{ftype}__P2__ids"].tolist()
+    assert 2 in tokenizer.eos_token_ids
+
+
+def test_converted_folder_gives_the_same_logits_in_mlx_lm(loaded, reference, tmp_path):
+    from mlx_lm import load as mlx_lm_load
+
+    from entropix_mlx.loading.convert import convert
+
+    ftype, ours, _, _ = loaded
+    folder = convert(str(shared_file(f"kquant/{reference[f'{ftype}__file']}")), tmp_path / "mlx")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["rope_scaling"]["type"] == "longrope" and config["quantization"]["bits"] == int(
+        ftype[1]
+    )
+    theirs, _ = mlx_lm_load(str(folder))
+    ids = mx.array(reference[f"{ftype}__P1__ids"])[None]
+    np.testing.assert_allclose(np.array(theirs(ids)), np.array(ours(ids)), rtol=0, atol=1e-4)
+
+
+MEASURE_PEAK = """
+import os, resource, sys
+from pathlib import Path
+from entropix_mlx.loading.gguf import GGUFFile, build_model, check_gguf
+gguf = GGUFFile(Path(sys.argv[1]))
+args = check_gguf(gguf)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+build_model(gguf, args)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - before) * 1024 / os.path.getsize(sys.argv[1]))
+"""
+
+
+@pytest.mark.real_model
+def test_default_model_weights_peak_below_1_3x_the_file(default_model):
+    """Resident memory that reading the weights adds, in a fresh process (tokenizer excluded)."""
+    path = default_model[2].path
+    out = subprocess.run([sys.executable, "-c", MEASURE_PEAK, str(path)], capture_output=True, text=True,
+                         cwd=REPO, check=True)  # fmt: skip
+    assert float(out.stdout) <= 1.3, out.stdout
