@@ -76,20 +76,24 @@ def make_sampler(name: str = "entropix", config: Optional[SamplerConfig] = None,
     raise GenerationError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def step_outputs(model, cache, sampler: SamplerStep, inputs: mx.array, prev: mx.array, key, with_scores: bool):
+def step_outputs(model, cache, sampler: SamplerStep, inputs: mx.array, prev: mx.array, key, with_scores: bool,
+                 top_logprobs: int = 0):
     """Lazily, for each row of `inputs` [B, L]: the next token, its log-probability, strategy and
-    sampler info. `key` is one key or one per row ([B, 2])."""
+    sampler info. `key` is one key or one per row ([B, 2]). With `top_logprobs` k > 0 the info
+    also holds the k most likely tokens, "top_ids" [B, k], and their "top_logprobs"."""
     out = model(inputs, cache, return_scores=with_scores, last_only=True)
     logits, scores = out if with_scores else (out, None)
     logits = logits[:, -1, :].astype(mx.float32)
     token, strategy, info = sampler(logits, scores, prev, key)
-    return token, token_logprob(logits, token), strategy, info
-
-
-def token_logprob(logits: mx.array, token: mx.array) -> mx.array:
-    """log p(token) per row under the untempered distribution of `logits` [B, V]."""
-    chosen = mx.take_along_axis(logits, token[:, None].astype(mx.int32), axis=-1)[:, 0]
-    return chosen - mx.logsumexp(logits, axis=-1)
+    log_total = mx.logsumexp(logits, axis=-1, keepdims=True)
+    logprob = mx.take_along_axis(logits, token[:, None].astype(mx.int32), axis=-1) - log_total
+    if top_logprobs:
+        top_ids = mx.argpartition(-logits, kth=top_logprobs - 1, axis=-1)[:, :top_logprobs]
+        top = mx.take_along_axis(logits, top_ids, axis=-1) - log_total
+        order = mx.argsort(-top, axis=-1)
+        info = {**info, "top_ids": mx.take_along_axis(top_ids, order, axis=-1),
+                "top_logprobs": mx.take_along_axis(top, order, axis=-1)}
+    return token, logprob[:, 0], strategy, info
 
 
 def prefill(model, tokens: mx.array, cache: List[Any], step_size: Optional[int] = None) -> List[Any]:
