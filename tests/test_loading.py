@@ -206,7 +206,7 @@ def test_catalog_fetch_verifies_and_reuses(tmp_path, monkeypatch):
     assert path.read_bytes() == b"GGUF weights" and catalog.verify("fake")
     monkeypatch.setitem(catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "url": "file:///gone"}))
     assert catalog.fetch("fake") == path  # reused, not downloaded again
-    assert sorted(p.name for p in path.parent.iterdir()) == ["model.gguf"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [".model.gguf.verified", "model.gguf"]
 
 
 def test_catalog_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
