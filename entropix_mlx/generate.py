@@ -180,7 +180,8 @@ def check_prompt(prompt_ids: Sequence[int], context_length: Optional[int], max_t
 
 def check_seed(seed: Optional[int]):
     """A seed is None or in [0, 2**64), the range of MLX's random keys."""
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+    bad_type = isinstance(seed, bool) or not isinstance(seed, int)
+    if seed is not None and (bad_type or not 0 <= seed < 2**64):
         raise GenerationError(f"seed must be a whole number in [0, 2**64), not {seed!r}")
 
 

@@ -85,11 +85,13 @@ def record_problem(record: dict) -> Optional[str]:
     if not isinstance(record["text"], str):
         return f"text must be a string, got {record['text']!r}"
     if record["strategy"] is not None and record["strategy"] not in STRATEGIES:
-        return f"strategy must be one of {', '.join(STRATEGIES)} or null, got {record['strategy']!r}"
+        choices = ", ".join(STRATEGIES)
+        return f"strategy must be one of {choices} or null, got {record['strategy']!r}"
     for name in ("logprob", *METRICS, *PARAMETERS):
         value = record[name]
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
             return f"{name} must be a number or null, got {value!r}"
     if record["finish_reason"] not in (None, "stop", "length"):
-        return f"finish_reason must be \"stop\", \"length\" or null, got {record['finish_reason']!r}"
+        reason = record["finish_reason"]
+        return f'finish_reason must be "stop", "length" or null, got {reason!r}'
     return None

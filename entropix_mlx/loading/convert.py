@@ -53,7 +53,9 @@ def convert(
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ModelLoadError(f"cannot create {dst.parent} ({e.strerror or e}); choose another folder") from None
+        raise ModelLoadError(
+            f"cannot create {dst.parent} ({e.strerror or e}); choose another place"
+        ) from None
     # Written under a temporary name and renamed at the end: an interrupted run leaves no folder.
     with files.replacing(dst, folder=True) as tmp:
         write_folder(tmp, model, tokenizer, info)
@@ -68,7 +70,9 @@ def check_destination(dst: Path):
         raise ModelLoadError(f"{dst} already exists and is not empty; choose a new folder")
     parent = next(p for p in dst.absolute().parents if p.exists())
     if not parent.is_dir():
-        raise ModelLoadError(f"cannot write {dst}: {parent} is a file, not a folder; choose another place")
+        raise ModelLoadError(
+            f"cannot write {dst}: {parent} is a file, not a folder; choose another place"
+        )
 
 
 def write_folder(folder: Path, model: nn.Module, tokenizer, info):

@@ -17,9 +17,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
 # The config.json keys ModelArgs reads: (type, required); all numbers must be positive.
 CONFIG_FIELDS = {
-    "hidden_size": (int, True), "num_hidden_layers": (int, True), "intermediate_size": (int, True),
-    "num_attention_heads": (int, True), "vocab_size": (int, True), "num_key_value_heads": (int, False),
-    "head_dim": (int, False), "max_position_embeddings": (int, False), "rms_norm_eps": (float, False),
+    "hidden_size": (int, True), "num_hidden_layers": (int, True),
+    "intermediate_size": (int, True), "num_attention_heads": (int, True),
+    "vocab_size": (int, True), "num_key_value_heads": (int, False), "head_dim": (int, False),
+    "max_position_embeddings": (int, False), "rms_norm_eps": (float, False),
     "rope_theta": (float, False), "tie_word_embeddings": (bool, False),
 }  # fmt: skip
 
@@ -46,7 +47,9 @@ def read_config(folder: Path) -> dict:
     for key, (kind, required) in CONFIG_FIELDS.items():
         problem = config_problem(config.get(key), kind, required)
         if problem:
-            raise ModelLoadError(f"{key} in {config_path} {problem}; fix or re-download config.json")
+            raise ModelLoadError(
+                f"{key} in {config_path} {problem}; fix or re-download config.json"
+            )
     return config
 
 
@@ -128,7 +131,9 @@ def load_folder(folder: Path, quantize: Optional[int] = None):
         tokenizer = load_tokenizer(folder, eos_token_ids=eos if isinstance(eos, list) else None)
     except Exception as e:  # json and tokenizers report a malformed file with bare errors
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelLoadError(f"cannot read the tokenizer files in {folder} ({reason}); fix or re-download them") from None
+        raise ModelLoadError(
+            f"cannot read the tokenizer files in {folder} ({reason}); fix or re-download them"
+        ) from None
     return model, tokenizer, args, description
 
 
