@@ -193,11 +193,6 @@ def status(name: str) -> str:
     return "fetched" if is_intact(path, entry.member_sha256) else "corrupt"
 
 
-def verify(name: str) -> bool:
-    """True when the fetched file of a catalog model still has its recorded sha256."""
-    return status(name) == "fetched"
-
-
 def lookup(name: str) -> CatalogEntry:
     if name not in CATALOG:
         raise ModelLoadError(f"unknown catalog model {name!r}; known: {', '.join(CATALOG)}")
