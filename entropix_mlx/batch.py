@@ -24,6 +24,7 @@ from .generate import (
     StopMatcher,
     TokenStep,
     check_prompt,
+    check_seed,
     make_sampler,
     prefill,
     prompt_token_ids,
@@ -119,6 +120,7 @@ class BatchGenerator:
         that do not read the attention scores."""
         if not len(prompt_ids):
             raise GenerationError("the prompt is empty; give some text to continue")
+        check_seed(seed)
         if len(self) >= self.max_batch_size:
             raise GenerationError(
                 f"the batch is full ({self.max_batch_size} rows); wait for a row to finish"
@@ -271,6 +273,8 @@ def stream_batch_generate(
     `max_tokens` tokens ("length").
     """
     checked = check_prompts(tokenizer, model, prompts, max_tokens)
+    if seed is not None:
+        check_seed(seed + len(prompts) - 1)  # the last row's seed
     with_scores = sampler == "entropix" or callable(sampler)
     step = make_sampler(sampler, config, tokenizer) if isinstance(sampler, str) else sampler
     base = seed if seed is not None else time.time_ns() % (1 << 30)

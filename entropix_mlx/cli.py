@@ -86,6 +86,12 @@ class GenerationSession:
     """A loaded model with its sampler settings, ready to stream answers."""
 
     def __init__(self, model, sampler, max_tokens, seed, verbose, config_file, **overrides):
+        from .generate import GenerationError, check_seed
+
+        try:
+            check_seed(seed)  # before the slow load
+        except GenerationError as e:
+            raise click.ClickException(str(e)) from None
         self.model, self.tokenizer, self.info = load_model(model)
         renamed = {"temp": overrides.pop("temp"), "pause_token": overrides.pop("pause_token")}
         self.config = sampler_config(self.info.sampler_preset, config_file, {**overrides, **renamed})
@@ -170,21 +176,19 @@ def models_list():
     """Show the catalog and whether each model is fetched."""
     folder = catalog_lib.models_dir()
     for name, entry in CATALOG.items():
-        here = (folder / entry.filename).is_file()
-        mark = "fetched" if here else "not fetched"
+        mark = catalog_lib.status(name)
         default = " (default)" if name == DEFAULT_MODEL else ""
-        click.echo(f"{name}{default}  [{mark}]\n    {entry.description}")
+        fix = f" (replace it: entropix-mlx models fetch {name})" if mark == "corrupt" else ""
+        click.echo(f"{name}{default}  [{mark}]{fix}\n    {entry.description}")
     click.echo(f"\nModels folder: {folder}")
 
 
 @models.command("fetch")
 @click.argument("name", default=DEFAULT_MODEL)
 def models_fetch(name):
-    """Download and verify a catalog model (default: the embedded one)."""
+    """Download and verify a catalog model (default: the embedded one); replaces a corrupt copy."""
     try:
-        path = catalog_lib.fetch(name, log=echo_err)
-        if not catalog_lib.verify(name):
-            raise ModelLoadError(f"{path} does not match its recorded sha256; delete it and fetch again")
+        path = catalog_lib.fetch(name, log=echo_err, replace_corrupt=True)
     except ModelLoadError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{name}: {path} (sha256 verified)")
@@ -221,12 +225,11 @@ def generate(prompt, no_chat_template, trace, color, completions, system, **opti
     from .generate import GenerationError, encode_prompt
     from .trace import TraceWriter
 
-    if prompt == "-":
-        prompt = sys.stdin.read()
-    if not prompt.strip():
-        raise click.ClickException("the prompt is empty; pass text with --prompt (or '-' for stdin)")
+    prompt = read_prompt(prompt)
     if completions > 1 and trace:
         raise click.ClickException("--trace records one completion; use it without -n")
+    if trace:
+        check_output_folder(Path(trace), "--trace")
     session = GenerationSession(**options)
     try:
         ids = encode_prompt(session.tokenizer, prompt, system, chat_template=not no_chat_template)
@@ -241,8 +244,7 @@ def generate(prompt, no_chat_template, trace, color, completions, system, **opti
             click.echo(f"--- completion {i + 1} of {completions} ---")
             click.echo("".join(styled(r, color) for r in responses))
         return
-    with open(trace, "w", encoding="utf-8") if trace else nullcontext() as trace_file:
-        writer = TraceWriter(trace_file) if trace_file else None
+    with TraceWriter(trace) if trace else nullcontext() as writer:
 
         def on_response(response):
             click.echo(styled(response, color), nl=False)
@@ -252,6 +254,29 @@ def generate(prompt, no_chat_template, trace, color, completions, system, **opti
 
         session.stream(ids, on_response)
     click.echo()
+
+
+def read_prompt(prompt: str) -> str:
+    """The --prompt text ('-' reads standard input), checked to be UTF-8 and not blank."""
+    if prompt == "-":
+        data = sys.stdin.buffer.read()
+        try:
+            prompt = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise click.ClickException(
+                f"the prompt on standard input is not UTF-8 (byte 0x{data[e.start]:02x} at offset "
+                f"{e.start}); convert it to UTF-8"
+            ) from None
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # undecodable argv bytes arrive as lone surrogates
+        raise click.ClickException(
+            f"--prompt is not UTF-8 (byte 0x{ord(prompt[e.start]) - 0xDC00:02x} at character "
+            f"{e.start}); pass UTF-8 text"
+        ) from None
+    if not prompt.strip():
+        raise click.ClickException("the prompt is empty; pass text with --prompt (or '-' for stdin)")
+    return prompt
 
 
 @main.command()

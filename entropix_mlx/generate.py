@@ -228,6 +228,13 @@ def check_prompt(prompt_ids: Sequence[int], context_length: Optional[int], max_t
     return min(max_tokens, context_length - len(prompt_ids)) if context_length else max_tokens
 
 
+def check_seed(seed: Optional[int]):
+    """A seed is None or in [0, 2**64), the range of MLX's random keys."""
+    bad_type = isinstance(seed, bool) or not isinstance(seed, int)
+    if seed is not None and (bad_type or not 0 <= seed < 2**64):
+        raise GenerationError(f"seed must be a whole number in [0, 2**64), not {seed!r}")
+
+
 def prompt_token_ids(tokenizer, prompt: Prompt) -> List[int]:
     """Raw text is encoded as is, a message list through the chat template; ids pass through."""
     if isinstance(prompt, str):
@@ -260,6 +267,7 @@ def stream_generate(
     prompt_ids = prompt_token_ids(tokenizer, prompt)
     context_length = getattr(getattr(model, "args", None), "max_position_embeddings", None)
     max_tokens = check_prompt(prompt_ids, context_length if max_kv_size is None else None, max_tokens)
+    check_seed(seed)
     with_scores = sampler == "entropix" or callable(sampler)
     if isinstance(sampler, str):
         sampler = make_sampler(sampler, config, tokenizer)

@@ -253,6 +253,8 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", chat(entropix={"top_k": 1000}), 400, "invalid_value", "entropix", "top_k"),
     ("/v1/chat/completions", chat(entropix={"warp": 9}), 400, "invalid_value", "entropix", "unknown sampler"),
     ("/v1/chat/completions", chat(entropix=[1]), 400, "invalid_type", "entropix", "must be an object, not array"),
+    ("/v1/chat/completions", chat(entropix={"low_ent": 5.0, "med_ent": 3.0}), 400, "invalid_value", "entropix",
+     "invalid 'entropix' settings: thresholds out of order: low_ent (5.0) must be below med_ent (3.0)"),
     ("/v1/chat/completions", chat(model="gpt-4"), 404, "model_not_found", "model", "not served"),
     ("/v1/chat/completions", chat(max_tokens=0), 422, "invalid_value", "max_tokens", ">= 1"),
     ("/v1/chat/completions", chat(temperature=-0.5), 422, "invalid_value", "temperature", ">= 0"),

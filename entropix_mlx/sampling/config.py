@@ -79,6 +79,12 @@ class SamplerConfig:
         _check_range("n_adaptive_samples", self.n_adaptive_samples, 1, math.inf, "must be >= 1")
         if self.pause_token_id is not None:
             _check_range("pause_token_id", self.pause_token_id, 0, math.inf, "must be >= 0")
+        for lower, higher in _ORDERED_THRESHOLDS:
+            if not getattr(self, lower) < getattr(self, higher):
+                raise ValueError(
+                    f"thresholds out of order: {lower} ({getattr(self, lower)!r}) must be below "
+                    f"{higher} ({getattr(self, higher)!r})"
+                )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SamplerConfig":
@@ -109,6 +115,8 @@ class SamplerConfig:
 
 
 _INT_FIELDS = {"top_k", "n_adaptive_samples", "pause_token_id"}
+# Each family of strategy thresholds must rise: low_ent < med_ent < high_ent, low_vent < high_vent.
+_ORDERED_THRESHOLDS = (("low_ent", "med_ent"), ("med_ent", "high_ent"), ("low_vent", "high_vent"))
 
 
 def _check_text(name, value):
