@@ -213,7 +213,8 @@ def quantize_like(model: nn.Module, weights: Dict[str, mx.array], default_group_
 
 
 def load_gguf(path: Path) -> Tuple[Model, object, ModelArgs, str]:
-    """Load a llama GGUF file -> (model, tokenizer, args, quantization description)."""
+    """Load a llama GGUF file -> (model, tokenizer, args, quantization description); the model's
+    conversions are left lazy (`load` evaluates them)."""
     types = read_tensor_types(path)
     check_tensor_types(path, types)
     weights, metadata = mx.load(str(path), return_metadata=True)
@@ -227,7 +228,6 @@ def load_gguf(path: Path) -> Tuple[Model, object, ModelArgs, str]:
     model = Model(args)
     quantize_like(model, weights, GROUP_SIZE)
     model.load_weights(list(model.sanitize(weights).items()), strict=True)
-    mx.eval(model.parameters())
     tokenizer = tokenizer_from_gguf_metadata(metadata)
     kinds = sorted({t.name for t in types.values() if t.name.startswith("Q")})
     return model, tokenizer, args, "/".join(kinds) or "float"
