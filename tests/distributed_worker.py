@@ -1,7 +1,8 @@
 """One rank of the 2-rank parity test (run under `mlx.launch`, or alone for the reference).
 
 `python distributed_worker.py MODEL OUT_DIR MAX_TOKENS [PAUSE_TOKEN]` writes `rank<r>.json`:
-greedy and Entropix tokens, strategies and metrics of a fixed prompt, and this rank's memory.
+greedy and Entropix tokens, strategies and metrics of a fixed prompt, the final layer's
+attention scores of the prompt, and this rank's memory.
 """
 
 import json
@@ -47,8 +48,10 @@ def main(model_path: str, out_dir: str, max_tokens: int, pause_token: str = "...
         "active_bytes": mx.get_active_memory(),
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
+    _, scores = model(mx.array([PROMPT_IDS]), return_scores=True)  # all heads, in head order
     config = SamplerConfig(pause_token=pause_token)
     result = {s: run(model, tokenizer, s, max_tokens, config) for s in ("greedy", "entropix")}
+    result["scores"] = scores.tolist()
     out.write_text(json.dumps({"size": group.size(), "memory": memory, **result}))
 
 
