@@ -9,11 +9,13 @@ picks each token and broadcasts it, so ranks stay in step even where their hardw
 logits differently (a 4-byte collective per token).
 """
 
+import pickle
 from math import gcd
-from typing import Optional
+from typing import Any, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.nn.layers.distributed import shard_linear
 
 from .model.llama import Model, ModelArgs
@@ -121,3 +123,18 @@ def rank0_decides(sampler, group: Optional[mx.distributed.Group] = None):
         return (mx.distributed.all_sum(mine, group=group), *rest)
 
     return step
+
+
+def share(obj: Any, group: Optional[mx.distributed.Group] = None) -> Any:
+    """Rank 0's `obj` on every rank (the others pass None); every rank must call it in step.
+
+    Pickled: the ranks of one `mlx.launch` job trust each other.
+    """
+    group = group or world()
+    if group.size() == 1:
+        return obj
+    data = pickle.dumps(obj) if group.rank() == 0 else b""
+    size = mx.distributed.all_sum(len(data), group=group).item()
+    mine = mx.array(np.frombuffer(data, np.uint8)) if data else mx.zeros(size, mx.uint8)
+    received = np.array(mx.distributed.all_sum(mine, group=group))  # rank 0 must run it too
+    return obj if group.rank() == 0 else pickle.loads(received.tobytes())
