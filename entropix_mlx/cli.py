@@ -1,11 +1,11 @@
 """The `entropix-mlx` command line: a thin front over the library."""
 
+import contextlib
 import functools
 import os
 import sys
 import tomllib
 from collections import Counter
-import contextlib
 from contextlib import nullcontext
 from pathlib import Path
 
