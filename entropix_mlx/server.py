@@ -447,7 +447,7 @@ class GenerationWorker:
             mx.clear_streams()
 
     def _run_job(self, job: Job):
-        # Follower ranks cannot be told to stop mid-way: with several ranks each request runs to its end.
+        # Followers cannot be told to stop mid-way: with several ranks a request runs to its end.
         cancelled = job.cancelled if distributed.world().size() == 1 else threading.Event()
         try:
             distributed.share(job.request)
