@@ -1,4 +1,4 @@
-"""Decode speed, memory and traffic per rank of the tensor-parallel Llama (`entropix_mlx.distributed`).
+"""Decode speed, memory and traffic per rank of the tensor-parallel Llama (entropix_mlx.distributed).
 
     python benchmarks/bench_distributed.py MODEL [--tokens 32]            # one process
     mlx.launch --backend ring --hosts 127.0.0.1 -n 2 --python $(which python) \\

@@ -40,7 +40,8 @@ def main(model_path: str, out_dir: str, max_tokens: int, pause_token: str = "...
     except ModelLoadError as e:
         out.write_text(json.dumps({"error": str(e)}))
         return
-    layer_bytes = sum(v.nbytes for _, v in tree_flatten([layer.parameters() for layer in model.layers]))
+    layers = [layer.parameters() for layer in model.layers]
+    layer_bytes = sum(v.nbytes for _, v in tree_flatten(layers))
     all_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     memory = {
         "layer_bytes": layer_bytes,

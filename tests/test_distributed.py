@@ -123,6 +123,7 @@ def test_shard_problems_name_every_width_that_does_not_divide():
 def test_quantized_groups_must_stay_whole_on_each_rank():
     model = tiny_model()  # attention width 64: 32 per rank, half a group of 64
     nn.quantize(model, group_size=64, bits=4)
-    with pytest.raises(ShardingError, match=r"attention width 64 / 2 ranks \(not whole groups of 64\)"):
+    message = r"attention width 64 / 2 ranks \(not whole groups of 64\)"
+    with pytest.raises(ShardingError, match=message):
         check_shardable(model, 2)
     check_shardable(model, 1)
