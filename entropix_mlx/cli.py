@@ -1,6 +1,8 @@
 """The `entropix-mlx` command line: a thin front over the library."""
 
+import contextlib
 import functools
+import os
 import sys
 import tomllib
 from collections import Counter
@@ -17,7 +19,16 @@ STRATEGY_COLORS = {"argmax": "white", "pause": "yellow", "branch": "cyan", "resa
 
 
 def echo_err(message: str):
-    click.echo(message, err=True)
+    if is_rank0():
+        click.echo(message, err=True)
+
+
+@functools.cache
+def is_rank0() -> bool:
+    """False on the follower ranks of an `mlx.launch` job, which print nothing but errors."""
+    from .distributed import world
+
+    return world().rank() == 0
 
 
 def load_model(name: str):
@@ -164,6 +175,8 @@ def color_legend() -> str:
 @click.version_option(package_name="entropix-mlx")
 def main():
     """Entropy-aware text generation with MLX."""
+    if not is_rank0():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
 
 
 @main.group()
@@ -331,6 +344,10 @@ def serve(model, host, port, max_tokens_limit):
         if (e.name or "").split(".")[0] not in ("starlette", "uvicorn"):
             raise
         raise click.ClickException("the server needs its optional extra: pip install 'entropix-mlx[server]'") from None
+    if not is_rank0():  # under mlx.launch: rank 0 listens, the others run its requests with it
+        with contextlib.suppress(KeyboardInterrupt):
+            server.follow(*load_model(model)[:2])
+        return
     try:
         server.check_can_listen(host, port)
     except OSError as e:

@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tup
 
 import mlx.core as mx
 
+from .distributed import rank0_decides
 from .sampling import (
     PARAMETERS,
     STRATEGIES,
@@ -131,7 +132,7 @@ def generate_step(
     the current token.
     `with_scores=False` skips the attention scores (the plain samplers do not use them).
     """
-    sampler = sampler or make_greedy_sampler()
+    sampler = rank0_decides(sampler or make_greedy_sampler())
     cache = prompt_cache if prompt_cache is not None else model.make_cache(max_kv_size)
     key = mx.random.key(seed if seed is not None else time.time_ns() % (1 << 31))
 

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from . import distributed
 from .generate import SAMPLERS, StopMatcher, encode_prompt, stream_generate
 from .loading import ModelInfo
 from .sampling import SamplerConfig, resolve_pause_token
@@ -411,18 +412,30 @@ class GenerationWorker:
                     self._run_job(job)
                     self.current = None
         finally:
+            distributed.share(None)  # releases follower ranks (a no-op in one process)
             # MLX needs each thread's streams destroyed before the interpreter exits.
             mx.clear_streams()
 
     def _run_job(self, job: Job):
+        # Followers cannot be told to stop mid-way: with several ranks a request runs to its end.
+        cancelled = job.cancelled if distributed.world().size() == 1 else threading.Event()
         try:
-            for event in generation_events(self.model, self.tokenizer, job.request, job.cancelled):
+            distributed.share(job.request)
+            for event in generation_events(self.model, self.tokenizer, job.request, cancelled):
                 job.deliver(event)
             if job.cancelled.is_set():
                 job.deliver(Failure(503, "the generation was cancelled"))
         except Exception as e:  # the server must outlive any one request
             log.exception("generation failed")
             job.deliver(Failure(500, f"generation failed: {e}"))
+
+
+def follow(model, tokenizer):
+    """A follower rank under `mlx.launch`: run each request rank 0 shares until it shares None."""
+    while (request := distributed.share(None)) is not None:
+        with contextlib.suppress(Exception):  # the same input fails on rank 0, which reports it
+            for _ in generation_events(model, tokenizer, request, threading.Event()):
+                pass
 
 
 # --- Responses -------------------------------------------------------------------------

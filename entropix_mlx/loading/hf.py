@@ -93,7 +93,7 @@ def quantization_predicate(quantization: dict, weights: Dict[str, mx.array]):
 def build_model(
     config: dict, weights: Dict[str, mx.array], quantize: Optional[int] = None
 ) -> Tuple[Model, ModelArgs, str]:
-    """Model from a config dict and checkpoint weights; float weights optionally quantized."""
+    """Model (lazy) from a config dict and checkpoint weights; float weights optionally quantized."""
     try:
         args = ModelArgs.from_dict(config)
     except ValueError as e:  # heads that do not divide
@@ -116,7 +116,6 @@ def build_model(
             raise ModelLoadError(f"quantize must be 4 or 8 bits, not {quantize}")
         nn.quantize(model, group_size=64, bits=quantize)
         description = f"MLX {quantize}-bit (group 64, quantized on load)"
-    mx.eval(model.parameters())
     return model, args, description
 
 
