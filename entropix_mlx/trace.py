@@ -25,19 +25,16 @@ from .sampling import STRATEGIES
 FIELDS = ("index", "token", "text", "logprob", "strategy", *METRICS, *PARAMETERS, "finish_reason")
 
 
-def trace_record(index: int, response: GenerationResponse) -> dict:
-    record = {
-        "index": index,
-        "token": response.token,
-        "text": response.text,
-        "logprob": response.logprob,
-        "strategy": response.strategy,
-    }
-    record.update({k: response.metrics.get(k) for k in METRICS})
-    record.update({k: response.params.get(k) for k in PARAMETERS})
+def trace_record(index: int, step, text: str, finish_reason: Optional[str]) -> dict:
+    """The record of one generated token: `step` is a TokenStep or GenerationResponse (token,
+    logprob, strategy, metrics, params); `text` the text it added."""
+    record = {"index": index, "token": step.token, "text": text, "logprob": step.logprob,
+              "strategy": step.strategy}
+    record.update({k: step.metrics.get(k) for k in METRICS})
+    record.update({k: step.params.get(k) for k in PARAMETERS})
     if record["top_k"] is not None:
         record["top_k"] = int(record["top_k"])
-    record["finish_reason"] = response.finish_reason
+    record["finish_reason"] = finish_reason
     return record
 
 
@@ -57,7 +54,7 @@ class TraceWriter:
     def write(self, response: GenerationResponse):
         if self.stream is None:
             self.stream = open(self.path, "w", encoding="utf-8")
-        self.stream.write(json.dumps(trace_record(self.count, response), ensure_ascii=False) + "\n")
+        self.stream.write(json.dumps(trace_record(self.count, response, response.text, response.finish_reason), ensure_ascii=False) + "\n")
         self.stream.flush()
         self.count += 1
 

@@ -14,6 +14,9 @@ from typing import Any, Mapping, Optional, Union
 # One sorted candidate set of this many tokens serves every strategy, so no
 # top_k (configured or derived) can exceed it.
 MAX_CANDIDATES = 100
+# Adaptive sampling draws this many candidates per token at most: each draw costs a pass over
+# the candidate set, and a request must not be able to hold the worker for long.
+MAX_ADAPTIVE_SAMPLES = 64
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ class SamplerConfig:
         _check_range("top_p", self.top_p, 0.0, 1.0, "must be in (0, 1]", low_open=True)
         _check_range("top_k", self.top_k, 1, MAX_CANDIDATES, f"must be in [1, {MAX_CANDIDATES}]")
         _check_range("min_p", self.min_p, 0.0, 1.0, "must be in [0, 1)", high_open=True)
-        _check_range("n_adaptive_samples", self.n_adaptive_samples, 1, math.inf, "must be >= 1")
+        _check_range("n_adaptive_samples", self.n_adaptive_samples, 1, MAX_ADAPTIVE_SAMPLES,
+                     f"must be in [1, {MAX_ADAPTIVE_SAMPLES}]")
         if self.pause_token_id is not None:
             _check_range("pause_token_id", self.pause_token_id, 0, math.inf, "must be >= 0")
         for lower, higher in _ORDERED_THRESHOLDS:
