@@ -15,6 +15,7 @@ from .batch import MAX_BATCH_SIZE
 from .loading import CATALOG, DEFAULT_MODEL, ModelLoadError
 from .loading import catalog as catalog_lib
 
+CHAT_PROMPT_CACHE_BYTES = 256 * 2**20  # the conversation's KV states, kept between turns
 STRATEGY_COLORS = {"argmax": "white", "pause": "yellow", "branch": "cyan", "resample": "magenta", "adaptive": "green"}
 
 
@@ -108,20 +109,28 @@ class GenerationSession:
         self.config = sampler_config(self.info.sampler_preset, config_file, {**overrides, **renamed})
         self.sampler, self.max_tokens, self.seed, self.verbose = sampler, max_tokens, seed, verbose
 
-    def stream(self, prompt_ids, on_response):
+    def stream(self, prompt_ids, on_response, prompt_cache=None):
+        """Stream one answer; with a PromptCache, only the tokens it does not hold are prefilled,
+        and the answer's state is kept there for the next turn."""
         from .generate import GenerationError, stream_generate
 
-        strategies = Counter()
+        cache, rest = prompt_cache.fetch(prompt_ids) if prompt_cache else (None, prompt_ids)
+        if prompt_cache and cache is None:
+            cache = self.model.make_cache()
+        strategies, tokens = Counter(), list(prompt_ids)
         response = None
         try:
             for response in stream_generate(
-                self.model, self.tokenizer, prompt_ids, sampler=self.sampler, config=self.config,
-                max_tokens=self.max_tokens, seed=self.seed,
+                self.model, self.tokenizer, rest, sampler=self.sampler, config=self.config,
+                max_tokens=self.max_tokens, seed=self.seed, prompt_cache=cache,
             ):  # fmt: skip
                 strategies[response.strategy] += 1
+                tokens.append(response.token)
                 on_response(response)
         except (GenerationError, ValueError) as e:
             raise click.ClickException(str(e)) from None
+        if prompt_cache:
+            prompt_cache.store(tokens, cache)
         if self.verbose and response is not None:
             report(response, strategies)
         return response
@@ -297,8 +306,10 @@ def read_prompt(prompt: str) -> str:
 def chat(system, **options):
     """An interactive chat: /reset clears the history, /quit ends; Ctrl-C stops an answer."""
     from .generate import encode_prompt
+    from .prompt_cache import PromptCache
 
     session = GenerationSession(**options)
+    prompt_cache = PromptCache(CHAT_PROMPT_CACHE_BYTES)
     history = []
     echo_err("Chat with the model. /reset clears the history, /quit (or Ctrl-D) ends.")
     while True:
@@ -321,6 +332,7 @@ def chat(system, **options):
             session.stream(
                 encode_prompt(session.tokenizer, history, system),
                 lambda r: (answer.append(r.text), click.echo(r.text, nl=False), sys.stdout.flush()),
+                prompt_cache,
             )
         except KeyboardInterrupt:
             echo_err(" [stopped]")

@@ -215,18 +215,21 @@ def encode_prompt(
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
 
-def check_prompt(prompt_ids: Sequence[int], context_length: Optional[int], max_tokens: int) -> int:
-    """Validate a prompt against the context window; the `max_tokens` that still fits."""
+def check_prompt(prompt_ids: Sequence[int], context_length: Optional[int], max_tokens: int,
+                 cached: int = 0) -> int:
+    """Validate a prompt (after `cached` tokens already in the KV cache) against the context
+    window; the `max_tokens` that still fits."""
     if len(prompt_ids) == 0:
         raise GenerationError("the prompt is empty; give some text to continue")
     if max_tokens < 1:
         raise GenerationError(f"max_tokens must be >= 1, not {max_tokens}")
-    if context_length and len(prompt_ids) >= context_length:
+    length = cached + len(prompt_ids)
+    if context_length and length >= context_length:
         raise GenerationError(
-            f"the prompt has {len(prompt_ids)} tokens but the model's context window is "
+            f"the prompt has {length} tokens but the model's context window is "
             f"{context_length}; shorten the prompt"
         )
-    return min(max_tokens, context_length - len(prompt_ids)) if context_length else max_tokens
+    return min(max_tokens, context_length - length) if context_length else max_tokens
 
 
 def check_seed(seed: Optional[int]):
@@ -267,7 +270,8 @@ def stream_generate(
     """
     prompt_ids = prompt_token_ids(tokenizer, prompt)
     context_length = getattr(getattr(model, "args", None), "max_position_embeddings", None)
-    max_tokens = check_prompt(prompt_ids, context_length if max_kv_size is None else None, max_tokens)
+    cached = prompt_cache[0].offset if prompt_cache else 0
+    max_tokens = check_prompt(prompt_ids, context_length if max_kv_size is None else None, max_tokens, cached)
     check_seed(seed)
     with_scores = sampler == "entropix" or callable(sampler)
     if isinstance(sampler, str):
