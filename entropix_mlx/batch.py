@@ -96,7 +96,8 @@ class BatchGenerator:
     `insert` queues a row; the next `next()` prefills every queued row in one padded batch,
     merges them into the running batch and returns one token per row. A row leaves after its
     EOS or `max_tokens` token, or when `remove`d. Like `generate_step`, the next forward pass
-    is queued before the host reads the current tokens.
+    is queued before the host reads the current tokens (so a row that stops at EOS or is
+    removed for a stop string has cost one pass more than it used).
     """
 
     def __init__(self, model, *, prefill_step_size: Optional[int] = None,
@@ -160,18 +161,18 @@ class BatchGenerator:
             self._admit()
         if not self.rows:
             return []
-        current = self.outputs
-        self.outputs, self.keys = self._decode(self.cache, self.rows, self.keys, current[0])
-        results, keep = [], []
-        tops = top_logprobs(current[3], self.rows)
-        for i, (row, step, top) in enumerate(zip(self.rows, to_token_steps(*current), tops)):
+        rows, current = self.rows, self.outputs
+        # A row at its last token leaves before the next forward pass is queued: it needs none.
+        self._keep([i for i, row in enumerate(rows) if row.generated + 1 < row.max_tokens])
+        if self.rows:
+            self.outputs, self.keys = self._decode(self.cache, self.rows, self.keys, self.outputs[0])
+        results = []
+        for row, step, top in zip(rows, to_token_steps(*current), top_logprobs(current[3], rows)):
             row.generated += 1
             finish = "stop" if step.token in row.eos_ids else None
             finish = finish or ("length" if row.generated >= row.max_tokens else None)
             results.append(RowStep(row.uid, step, finish, top))
-            if finish is None:
-                keep.append(i)
-        self._keep(keep)
+        self.remove([r.uid for r in results if r.finish_reason == "stop"])
         self._steps += 1
         if self._steps % 256 == 0:
             mx.clear_cache()
