@@ -1,0 +1,109 @@
+"""The system's OpenBLAS under MLX's CPU backend on Linux, loaded before MLX is first imported.
+
+MLX's Linux wheel links netlib's reference BLAS (float32 matmul at a few GFLOP/s). A library
+loaded with `RTLD_GLOBAL` before `mlx.core` comes first in symbol lookup, so MLX's BLAS and
+LAPACK calls resolve to it; loaded after, it changes nothing. So this module runs first in
+`entropix_mlx/__init__.py` and imports nothing that imports mlx.
+
+`ENTROPIX_MLX_OPENBLAS=0` turns it off; a path there picks the library to load.
+"""
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+SWITCH = "ENTROPIX_MLX_OPENBLAS"
+OFF_VALUES = ("0", "off", "false", "no")
+INSTALL_HINT = "apt-get install libopenblas0-pthread (Debian/Ubuntu), dnf install openblas-threads (Fedora)"
+# The pthread builds first: they use every core, as MLX's own CPU threads expect no OpenMP.
+KNOWN_PATHS = (
+    "/usr/lib/*/openblas-pthread/libopenblas.so.0",
+    "/usr/lib64/libopenblasp.so.0",
+    "/usr/lib/*/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib/libopenblas.so.0",
+)
+
+
+@dataclass(frozen=True)
+class BlasStatus:
+    """Whether MLX's BLAS calls go to the system's OpenBLAS in this process, and why (not)."""
+
+    active: bool
+    library: Optional[str]  # the OpenBLAS file found (loaded when active)
+    detail: str  # one line for people: the build loaded, or why none was
+
+    def describe(self) -> str:
+        return f"CPU BLAS: {self.detail}"
+
+
+def candidates():
+    """OpenBLAS files to try, best first: the known paths, then what `ctypes.util` finds."""
+    for pattern in KNOWN_PATHS:
+        yield from sorted(glob.glob(pattern))
+    for name in ("openblasp", "openblas"):
+        found = ctypes.util.find_library(name)
+        if found:
+            yield found
+
+
+def open_openblas(path: str, mode: int = ctypes.RTLD_LOCAL) -> Optional[ctypes.CDLL]:
+    """The library at `path` if it loads here and is OpenBLAS (it has `openblas_get_config`)."""
+    try:
+        lib = ctypes.CDLL(path, mode=mode)
+        lib.openblas_get_config.restype = ctypes.c_char_p
+    except (OSError, AttributeError):  # another architecture, a broken link, not OpenBLAS
+        return None
+    return lib
+
+
+def find_openblas(requested: Optional[str] = None) -> Optional[str]:
+    """The first candidate that loads (`requested`, a path, alone if given); None if none does."""
+    for path in [requested] if requested else candidates():
+        if open_openblas(path) is not None:
+            return path
+    return None
+
+
+def _mlx_already_on_cpu() -> bool:
+    """mlx.core was imported first and runs on the CPU (where BLAS speed matters)."""
+    core = sys.modules.get("mlx.core")
+    return core is not None and core.default_device() == core.cpu
+
+
+def _too_late(path: Optional[str]) -> BlasStatus:
+    """mlx.core is loaded already: OpenBLAS would change nothing now (warn if it mattered)."""
+    why = "mlx was imported before entropix_mlx, so MLX's BLAS calls are already bound"
+    if path is not None and _mlx_already_on_cpu():
+        warnings.warn(
+            f"entropix_mlx could not apply the system OpenBLAS ({path}): {why}. Import entropix_mlx "
+            f"before mlx for fast float32 matmuls on the CPU (or set {SWITCH}=0 to silence this).",
+            RuntimeWarning, stacklevel=2,
+        )  # fmt: skip
+    return BlasStatus(False, path, f"MLX's bundled reference BLAS ({why})")
+
+
+def apply() -> BlasStatus:
+    """Load the system OpenBLAS globally if it can still take effect; say what happened."""
+    if not sys.platform.startswith("linux"):
+        return BlasStatus(False, None, f"MLX's own (the system OpenBLAS is loaded on Linux only, not {sys.platform})")
+    setting = os.environ.get(SWITCH, "").strip()
+    if setting.lower() in OFF_VALUES:
+        return BlasStatus(False, None, f"MLX's bundled reference BLAS ({SWITCH}={setting} turns OpenBLAS off)")
+    if "mlx.core" in sys.modules:
+        return _too_late(setting or next(candidates(), None))
+    path = find_openblas(setting or None)
+    if path is None:
+        why = f"{SWITCH}={setting} is not an OpenBLAS library" if setting else f"no system OpenBLAS; {INSTALL_HINT}"
+        return BlasStatus(False, None, f"MLX's bundled reference BLAS ({why})")
+    lib = open_openblas(path, ctypes.RTLD_GLOBAL)
+    config = lib.openblas_get_config().decode(errors="replace").strip()
+    return BlasStatus(True, path, f"{config} ({path}), loaded before MLX")
+
+
+STATUS = apply()
