@@ -46,7 +46,7 @@ def convert(
         raise ModelLoadError(f"{dst} already exists and is not empty; choose a new folder")
     if bits not in (None, 4, 8):
         raise ModelLoadError(f"bits must be 4 or 8, not {bits}")
-    model, tokenizer, info = load(src, log=log)
+    model, tokenizer, info = load(src, log=log, cpu_dtype="quantized")  # the weights as stored
     if bits:
         nn.quantize(model, group_size=group_size, bits=bits)
     log(f"Writing {dst}")
