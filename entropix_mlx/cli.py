@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from .loading import CATALOG, DEFAULT_MODEL, ModelLoadError
+from . import cpu_blas
+from .loading import CATALOG, CPU_DTYPES, DEFAULT_MODEL, ModelLoadError
 from .loading import catalog as catalog_lib
 
 STRATEGY_COLORS = {"argmax": "white", "pause": "yellow", "branch": "cyan", "resample": "magenta", "adaptive": "green"}
@@ -19,11 +20,15 @@ def echo_err(message: str):
     click.echo(message, err=True)
 
 
-def load_model(name: str):
+CPU_DTYPE_HELP = ("CPU backend weights: auto = float32 when the system OpenBLAS is loaded and they fit "
+                  "the memory budget (README, 'Linux CPU'); float32; quantized = as stored.")
+
+
+def load_model(name: str, cpu_dtype: str = "auto"):
     from .loading import load
 
     try:
-        return load(name, log=echo_err)
+        return load(name, log=echo_err, cpu_dtype=cpu_dtype)
     except ModelLoadError as e:
         raise click.ClickException(str(e)) from None
 
@@ -77,6 +82,8 @@ def sampler_options(command):
                      help="A TOML file of SamplerConfig settings (overrides the model's preset)."),
         click.option("--pause-token", help='Text of the pause token (default "...").'),
         click.option("--verbose", "-v", is_flag=True, help="Speed, peak memory and strategy histogram."),
+        click.option("--cpu-dtype", type=click.Choice(CPU_DTYPES), default="auto", show_default=True,
+                     help=CPU_DTYPE_HELP),
     ]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
@@ -84,8 +91,11 @@ def sampler_options(command):
 class GenerationSession:
     """A loaded model with its sampler settings, ready to stream answers."""
 
-    def __init__(self, model, sampler, max_tokens, seed, verbose, config_file, **overrides):
-        self.model, self.tokenizer, self.info = load_model(model)
+    def __init__(self, model, sampler, max_tokens, seed, verbose, config_file, cpu_dtype, **overrides):
+        self.model, self.tokenizer, self.info = load_model(model, cpu_dtype)
+        if verbose:
+            echo_err(f"{cpu_blas.STATUS.describe()}\nWeights: {self.info.weight_dtype} "
+                     f"(stored as {self.info.quantization})")
         renamed = {"temp": overrides.pop("temp"), "pause_token": overrides.pop("pause_token")}
         self.config = sampler_config(self.info.sampler_preset, config_file, {**overrides, **renamed})
         self.sampler, self.max_tokens, self.seed, self.verbose = sampler, max_tokens, seed, verbose
@@ -148,7 +158,7 @@ def models_list():
         mark = "fetched" if here else "not fetched"
         default = " (default)" if name == DEFAULT_MODEL else ""
         click.echo(f"{name}{default}  [{mark}]\n    {entry.description}")
-    click.echo(f"\nModels folder: {folder}")
+    click.echo(f"\nModels folder: {folder}\n{cpu_blas.STATUS.describe()}")
 
 
 @models.command("fetch")
@@ -304,8 +314,9 @@ def parse_prompt_lengths(ctx, param, value):
               help="Smoke test: one 32-token prompt, 8 tokens, 1 repeat (flags you give still win).")
 @click.option("--pause-token", help="Text of Entropix's pause token (default: the model's preset).")
 @click.option("--no-cold", is_flag=True, help="Skip the first-use runs with an empty MLX compile cache.")
+@click.option("--cpu-dtype", type=click.Choice(CPU_DTYPES), default="auto", show_default=True, help=CPU_DTYPE_HELP)
 @click.pass_context
-def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pause_token, no_cold):
+def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pause_token, no_cold, cpu_dtype):
     """Benchmark entropix-mlx against mlx-lm on the same weights: speed, memory, sampler cost."""
     import json
 
@@ -318,7 +329,7 @@ def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pau
     if json_file:
         check_output_folder(json_file, "--json")
     make = BenchSettings.quick if quick else BenchSettings
-    settings = make(model=model, pause_token=pause_token, cold_compile=not no_cold, **given)
+    settings = make(model=model, pause_token=pause_token, cold_compile=not no_cold, cpu_dtype=cpu_dtype, **given)
     try:
         result = run_benchmark(settings, log=echo_err)
     except ValueError as e:  # BenchError, ModelLoadError, GenerationError

@@ -6,6 +6,10 @@ LAPACK calls resolve to it; loaded after, it changes nothing. So this module run
 `entropix_mlx/__init__.py` and imports nothing that imports mlx.
 
 `ENTROPIX_MLX_OPENBLAS=0` turns it off; a path there picks the library to load.
+
+OpenBLAS picks its kernels by CPU model, and a virtual CPU that hides its model gets the
+generic ones (`Prescott`, 5-10x slower here). Unless `OPENBLAS_CORETYPE` is set, it is set
+from the CPU's instruction-set flags (x86-64 only), as OpenBLAS itself maps known models.
 """
 
 import ctypes
@@ -27,6 +31,12 @@ KNOWN_PATHS = (
     "/usr/lib/*/libopenblas.so.0",
     "/usr/lib64/libopenblas.so.0",
     "/usr/lib/libopenblas.so.0",
+)
+CORETYPE = "OPENBLAS_CORETYPE"
+CORE_BY_FLAGS = (  # the first whose flags the CPU has
+    ({"avx512_bf16", "avx512bw", "avx512vl"}, "Cooperlake"),
+    ({"avx512f", "avx512bw", "avx512vl"}, "SkylakeX"),
+    ({"avx2", "fma"}, "Haswell"),
 )
 
 
@@ -70,6 +80,17 @@ def find_openblas(requested: Optional[str] = None) -> Optional[str]:
     return None
 
 
+def core_from_flags(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
+    """The OpenBLAS core type for this x86-64 CPU's flags, or None (unknown, or not x86-64)."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return None
+    flags = set(line.partition(":")[2].split())
+    return next((core for needed, core in CORE_BY_FLAGS if needed <= flags), None)
+
+
 def _mlx_already_on_cpu() -> bool:
     """mlx.core was imported first and runs on the CPU (where BLAS speed matters)."""
     core = sys.modules.get("mlx.core")
@@ -97,6 +118,9 @@ def apply() -> BlasStatus:
         return BlasStatus(False, None, f"MLX's bundled reference BLAS ({SWITCH}={setting} turns OpenBLAS off)")
     if "mlx.core" in sys.modules:
         return _too_late(setting or next(candidates(), None))
+    core = None if os.environ.get(CORETYPE) else core_from_flags()
+    if core:  # OpenBLAS reads it once, when it is first loaded (by find_openblas)
+        os.environ[CORETYPE] = core
     path = find_openblas(setting or None)
     if path is None:
         why = f"{SWITCH}={setting} is not an OpenBLAS library" if setting else f"no system OpenBLAS; {INSTALL_HINT}"
