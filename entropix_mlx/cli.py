@@ -20,8 +20,8 @@ def echo_err(message: str):
     click.echo(message, err=True)
 
 
-CPU_DTYPE_HELP = ("CPU backend weights: auto = float32 when the system OpenBLAS is loaded and they fit "
-                  "the memory budget (README, 'Linux CPU'); float32; quantized = as stored.")
+CPU_DTYPE_HELP = ("CPU backend weights: auto = float32 when the system OpenBLAS is loaded and "
+                  "they fit the memory budget (README, 'Linux CPU'); or float32, or quantized.")
 
 
 def load_model(name: str, cpu_dtype: str = "auto"):
@@ -82,8 +82,8 @@ def sampler_options(command):
                      help="A TOML file of SamplerConfig settings (overrides the model's preset)."),
         click.option("--pause-token", help='Text of the pause token (default "...").'),
         click.option("--verbose", "-v", is_flag=True, help="Speed, peak memory and strategy histogram."),
-        click.option("--cpu-dtype", type=click.Choice(CPU_DTYPES), default="auto", show_default=True,
-                     help=CPU_DTYPE_HELP),
+        click.option("--cpu-dtype", type=click.Choice(CPU_DTYPES), default="auto",
+                     show_default=True, help=CPU_DTYPE_HELP),
     ]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
@@ -91,7 +91,8 @@ def sampler_options(command):
 class GenerationSession:
     """A loaded model with its sampler settings, ready to stream answers."""
 
-    def __init__(self, model, sampler, max_tokens, seed, verbose, config_file, cpu_dtype, **overrides):
+    def __init__(self, model, sampler, max_tokens, seed, verbose, config_file, cpu_dtype,
+                 **overrides):
         self.model, self.tokenizer, self.info = load_model(model, cpu_dtype)
         if verbose:
             echo_err(f"{cpu_blas.STATUS.describe()}\nWeights: {self.info.weight_dtype} "
@@ -314,7 +315,8 @@ def parse_prompt_lengths(ctx, param, value):
               help="Smoke test: one 32-token prompt, 8 tokens, 1 repeat (flags you give still win).")
 @click.option("--pause-token", help="Text of Entropix's pause token (default: the model's preset).")
 @click.option("--no-cold", is_flag=True, help="Skip the first-use runs with an empty MLX compile cache.")
-@click.option("--cpu-dtype", type=click.Choice(CPU_DTYPES), default="auto", show_default=True, help=CPU_DTYPE_HELP)
+@click.option("--cpu-dtype", type=click.Choice(CPU_DTYPES), default="auto", show_default=True,
+              help=CPU_DTYPE_HELP)
 @click.pass_context
 def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pause_token, no_cold, cpu_dtype):
     """Benchmark entropix-mlx against mlx-lm on the same weights: speed, memory, sampler cost."""
@@ -329,7 +331,8 @@ def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pau
     if json_file:
         check_output_folder(json_file, "--json")
     make = BenchSettings.quick if quick else BenchSettings
-    settings = make(model=model, pause_token=pause_token, cold_compile=not no_cold, cpu_dtype=cpu_dtype, **given)
+    settings = make(model=model, pause_token=pause_token, cold_compile=not no_cold,
+                    cpu_dtype=cpu_dtype, **given)
     try:
         result = run_benchmark(settings, log=echo_err)
     except ValueError as e:  # BenchError, ModelLoadError, GenerationError

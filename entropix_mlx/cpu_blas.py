@@ -23,8 +23,8 @@ from typing import Optional
 
 SWITCH = "ENTROPIX_MLX_OPENBLAS"
 OFF_VALUES = ("0", "off", "false", "no")
-INSTALL_HINT = "apt-get install libopenblas0-pthread (Debian/Ubuntu), dnf install openblas-threads (Fedora)"
-# The pthread builds first: they use every core, as MLX's own CPU threads expect no OpenMP.
+INSTALL_HINT = "apt-get install libopenblas0-pthread (Debian/Ubuntu; Fedora: openblas-threads)"
+# The pthread builds first: an OpenMP build can clash with another OpenMP runtime in the process.
 KNOWN_PATHS = (
     "/usr/lib/*/openblas-pthread/libopenblas.so.0",
     "/usr/lib64/libopenblasp.so.0",
@@ -102,20 +102,26 @@ def _too_late(path: Optional[str]) -> BlasStatus:
     why = "mlx was imported before entropix_mlx, so MLX's BLAS calls are already bound"
     if path is not None and _mlx_already_on_cpu():
         warnings.warn(
-            f"entropix_mlx could not apply the system OpenBLAS ({path}): {why}. Import entropix_mlx "
-            f"before mlx for fast float32 matmuls on the CPU (or set {SWITCH}=0 to silence this).",
+            f"entropix_mlx could not apply the system OpenBLAS ({path}): {why}. Import "
+            f"entropix_mlx before mlx for fast float32 matmuls on the CPU (or set {SWITCH}=0 "
+            "to silence this).",
             RuntimeWarning, stacklevel=2,
         )  # fmt: skip
     return BlasStatus(False, path, f"MLX's bundled reference BLAS ({why})")
 
 
+def _bundled(why: str) -> BlasStatus:
+    return BlasStatus(False, None, f"MLX's bundled reference BLAS ({why})")
+
+
 def apply() -> BlasStatus:
     """Load the system OpenBLAS globally if it can still take effect; say what happened."""
     if not sys.platform.startswith("linux"):
-        return BlasStatus(False, None, f"MLX's own (the system OpenBLAS is loaded on Linux only, not {sys.platform})")
+        detail = f"MLX's own (OpenBLAS is loaded on Linux, not {sys.platform})"
+        return BlasStatus(False, None, detail)
     setting = os.environ.get(SWITCH, "").strip()
     if setting.lower() in OFF_VALUES:
-        return BlasStatus(False, None, f"MLX's bundled reference BLAS ({SWITCH}={setting} turns OpenBLAS off)")
+        return _bundled(f"{SWITCH}={setting} turns OpenBLAS off")
     if "mlx.core" in sys.modules:
         return _too_late(setting or next(candidates(), None))
     core = None if os.environ.get(CORETYPE) else core_from_flags()
@@ -123,8 +129,8 @@ def apply() -> BlasStatus:
         os.environ[CORETYPE] = core
     path = find_openblas(setting or None)
     if path is None:
-        why = f"{SWITCH}={setting} is not an OpenBLAS library" if setting else f"no system OpenBLAS; {INSTALL_HINT}"
-        return BlasStatus(False, None, f"MLX's bundled reference BLAS ({why})")
+        return _bundled(f"{SWITCH}={setting} is not an OpenBLAS library" if setting else
+                        f"no system OpenBLAS; {INSTALL_HINT}")  # fmt: skip
     lib = open_openblas(path, ctypes.RTLD_GLOBAL)
     config = lib.openblas_get_config().decode(errors="replace").strip()
     return BlasStatus(True, path, f"{config} ({path}), loaded before MLX")

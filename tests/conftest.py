@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import entropix_mlx  # noqa: F401  first, before mlx: loads the system OpenBLAS (cpu_blas) if present
+import entropix_mlx  # noqa: F401  before mlx: loads the system OpenBLAS (cpu_blas) if present
 
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = REPO.parent / "shared" / "testdata"

@@ -60,21 +60,24 @@ def test_quick_bench_writes_documented_json(tiny_gguf, home, tmp_path):
 def test_float32_weights_run_against_mlx_lm_on_both_forms(home, tmp_path):
     from gguf import GGMLQuantizationType
 
-    q4 = write_quantized_gguf(tmp_path / "tiny-q4.gguf", tiny_model(seed=5), GGMLQuantizationType.Q4_1)
+    q4 = tmp_path / "tiny-q4.gguf"
+    write_quantized_gguf(q4, tiny_model(seed=5), GGMLQuantizationType.Q4_1)
     out = tmp_path / "bench.json"
-    args = ["bench", "--quick", "--no-cold", "--cpu-dtype", "float32", "--model", str(q4), "--pause-token", ".",
-            "--json", str(out)]  # fmt: skip
+    args = ["bench", "--quick", "--no-cold", "--cpu-dtype", "float32", "--model", str(q4),
+            "--pause-token", ".", "--json", str(out)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["settings"]["weight_dtype"] == "float32" and report["settings"]["cpu_dtype"] == "float32"
+    settings = report["settings"]
+    assert settings["weight_dtype"] == "float32" and settings["cpu_dtype"] == "float32"
     rows = {row["label"]: row for row in report["rows"]}
-    assert list(rows) == ["mlx-lm greedy", "mlx-lm sampled", "mlx-lm float32 greedy", "mlx-lm float32 sampled",
-                          "entropix-mlx float32 greedy", "entropix-mlx float32 standard",
-                          "entropix-mlx float32 entropix"]  # fmt: skip
+    assert list(rows) == ["mlx-lm greedy", "mlx-lm sampled", "mlx-lm float32 greedy",
+                          "mlx-lm float32 sampled", "entropix-mlx float32 greedy",
+                          "entropix-mlx float32 standard", "entropix-mlx float32 entropix"]
     ours = rows["entropix-mlx float32 greedy"]
     assert ours["baseline"] == "mlx-lm float32 greedy" and ours["reference"] == "mlx-lm greedy"
-    assert set(ours["reference_ratios"]) == FIGURES and not rows["mlx-lm float32 greedy"]["reference_ratios"]
+    assert set(ours["reference_ratios"]) == FIGURES
+    assert not rows["mlx-lm float32 greedy"]["reference_ratios"]
     # float32 weights take more memory than the 4-bit ones, and as much as mlx-lm's float32 copy
     assert rows["mlx-lm float32 greedy"]["figures"]["peak_memory_mb"]["median"] > \
         rows["mlx-lm greedy"]["figures"]["peak_memory_mb"]["median"]
@@ -110,7 +113,8 @@ def test_prompt_is_real_text_cut_to_length(tiny_gguf):
 def test_ratios_and_goals_from_samples():
     class Row:
         def __init__(self, engine, sampler, baseline):
-            self.engine, self.sampler, self.baseline, self.reference = engine, sampler, baseline, None
+            self.engine, self.sampler, self.baseline = engine, sampler, baseline
+            self.reference = None
             self.label = f"{engine} {sampler}"
 
     contenders = [Row("mlx-lm", "sampled", None), Row("entropix-mlx", "entropix", "mlx-lm sampled")]

@@ -59,7 +59,7 @@ def random_logits(vocab_size: int) -> mx.array:
 
 def mlx_lm_contenders(name: str, log: Callable[[str], None] = lambda msg: None,
                       weights: str = "") -> List[Contender]:
-    """mlx-lm's greedy and sampled rows on the MLX copy of `name`'s weights (dequantized: FLOAT32)."""
+    """mlx-lm's greedy and sampled rows on the MLX copy of `name` (FLOAT32: dequantized)."""
     import mlx_lm
     from mlx_lm.generate import generate_step as mlx_lm_generate_step
     from mlx_lm.sample_utils import make_sampler as mlx_lm_make_sampler
@@ -142,5 +142,9 @@ def our_contenders(name: str, pause_token: Optional[str] = None, log: Callable[[
         reference = row_label(MLX_LM, baseline_sampler) if weights else None
         return Contender(OURS, sampler_name, baseline, run, sampler_step, size, weights, reference)
 
-    contenders = [contender("greedy", "greedy"), contender("standard", "sampled"), contender("entropix", "sampled")]
+    contenders = [
+        contender("greedy", "greedy"),
+        contender("standard", "sampled"),
+        contender("entropix", "sampled"),
+    ]
     return contenders, tokenizer, info

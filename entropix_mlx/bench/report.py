@@ -18,9 +18,10 @@ GOALS = (
 )
 # Ours on float32 weights (the CPU policy) against mlx-lm on the stored, quantized ones.
 REFERENCE_GOALS = (
-    ("float32 prefill / mlx-lm prefill on the stored weights", ("greedy", "standard", "entropix"), "prefill_tps",
-     ">=", 10.0),
-    ("float32 greedy decode / mlx-lm greedy decode on the stored weights", ("greedy",), "decode_tps", ">=", 1.3),
+    ("float32 prefill / mlx-lm prefill on the stored weights", ("greedy", "standard", "entropix"),
+     "prefill_tps", ">=", 10.0),
+    ("float32 greedy decode / mlx-lm greedy decode on the stored weights", ("greedy",),
+     "decode_tps", ">=", 1.3),
 )  # fmt: skip
 COLD_GOAL = ("first-use (cold compile cache) entropix decode / mlx-lm sampled decode", ">=", 0.95)
 
@@ -83,7 +84,8 @@ def evaluate_goals(rows: List[dict], cold_compile: dict = None) -> List[dict]:
         goals.append(_goal(name, direction, target, checks))
     for name, samplers, figure, direction, target in REFERENCE_GOALS:
         checks = [
-            {"row": f"{row['prompt_tokens']} tok {row['label']}", "value": row["reference_ratios"][figure]}
+            {"row": f"{row['prompt_tokens']} tok {row['label']}",
+             "value": row["reference_ratios"][figure]}
             for row in rows
             if row["reference_ratios"] and row["sampler"] in samplers
         ]

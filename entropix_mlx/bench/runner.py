@@ -65,7 +65,8 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda m
     """Measure every contender at every prompt length; the report as a JSON-ready dict."""
     settings.check()
     machine = machine_info()
-    ours, tokenizer, info = our_contenders(settings.model, settings.pause_token, log, settings.cpu_dtype)
+    ours, tokenizer, info = our_contenders(settings.model, settings.pause_token, log,
+                                           settings.cpu_dtype)
     settings.check(info.context_length)
     prompts = {n: benchmark_prompt(tokenizer, n) for n in settings.prompt_lengths}
     contenders = mlx_lm_contenders(settings.model, log)
@@ -78,7 +79,9 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda m
     with _progress_bar(total, progress) as bar:
         warm_up(contenders, prompts, settings, bar)
         samples = collect(contenders, prompts, settings, bar)
-        cold = cold_compile_runs(settings, min(prompts), ours[0].weights, bar) if settings.cold_compile else None
+        cold = None
+        if settings.cold_compile:
+            cold = cold_compile_runs(settings, min(prompts), ours[0].weights, bar)
     machine["load_average_end"] = load_average()
 
     rows = build_rows(samples, contenders, settings.prompt_lengths)
@@ -136,7 +139,8 @@ def cold_compile_runs(settings: BenchSettings, prompt_length: int, weights: str,
     for engine, sampler in COLD_CONTENDERS:
         bar.set_description(f"cold compile cache: {engine} {sampler}")
         result = measure_cold_compile(engine, sampler, settings.model, settings.pause_token,
-                                      prompt_length, settings.gen_tokens, settings.cpu_dtype, weights)
+                                      prompt_length, settings.gen_tokens, settings.cpu_dtype,
+                                      weights)
         runs.append({"engine": engine, "sampler": sampler, **result})
         bar.update()
     return cold_compile_section(runs, prompt_length, settings.gen_tokens)

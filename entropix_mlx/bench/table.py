@@ -66,8 +66,9 @@ def reference_lines(rows: List[dict]) -> List[str]:
     lines = ["Ours on float32 weights / mlx-lm on the stored weights (CPU weight policy):"]
     for r in compared:
         q = r["reference_ratios"]
-        lines.append(f"  {r['prompt_tokens']} tok {r['label']} / {r['reference']}: prefill {q['prefill_tps']:.2f}×, "
-                     f"decode {q['decode_tps']:.2f}×, peak memory {q['peak_memory_mb']:.2f}×")
+        lines.append(f"  {r['prompt_tokens']} tok {r['label']} / {r['reference']}: "
+                     f"prefill {q['prefill_tps']:.2f}×, decode {q['decode_tps']:.2f}×, "
+                     f"peak memory {q['peak_memory_mb']:.2f}×")
     return lines
 
 

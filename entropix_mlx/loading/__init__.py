@@ -12,7 +12,9 @@ from .errors import ModelLoadError
 from .gguf import load_gguf
 from .hf import load_folder, snapshot_path
 
-__all__ = ["load", "resolve", "ModelInfo", "ModelLoadError", "DEFAULT_MODEL", "CATALOG", "CPU_DTYPES"]
+__all__ = [
+    "load", "resolve", "ModelInfo", "ModelLoadError", "DEFAULT_MODEL", "CATALOG", "CPU_DTYPES",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class ModelInfo:
     args: ModelArgs
     quantization: str
     sampler_preset: Dict[str, object] = field(default_factory=dict)
-    weight_dtype: str = "as stored"  # what the layers run in: "quantized", "float32", "float16", ...
+    weight_dtype: str = "as stored"  # what the layers run in: "quantized", "float32", ...
 
     @property
     def context_length(self) -> Optional[int]:
