@@ -87,7 +87,9 @@ def read_model(folder: Path, quantize: Optional[int] = None):
             f"{folder} has no model*.safetensors weight files; download the weights too"
         ) from None
     except RuntimeError as e:  # MLX reports a corrupt file with a bare RuntimeError
-        raise ModelLoadError(f"cannot read the weights in {folder} ({e}); re-download them") from None
+        raise ModelLoadError(
+            f"cannot read the weights in {folder} ({e}); re-download them"
+        ) from None
     except KeyError as e:  # mlx-lm indexes the quantization settings it expects
         raise ModelLoadError(f"config.json lacks the quantization setting {e}; fix it") from None
     except ValueError as e:
