@@ -207,7 +207,8 @@ def read_fields(body: dict, fields: Dict[str, Field]) -> Dict[str, Any]:
     for name, spec in fields.items():
         value = values[name] = get_field(body, name, spec.type, spec.default)
         if value is not None and not spec.ok(value):
-            raise APIError(422, f"'{name}' {spec.rule}, got {value!r}", param=name, code="invalid_value")
+            raise APIError(422, f"'{name}' {spec.rule}, got {value!r}", param=name,
+                           code="invalid_value")  # fmt: skip
     return values
 
 
@@ -489,8 +490,9 @@ class ModelServer:
         self.name = str(info.name)
         self.vocab_size = info.args.vocab_size
         self.max_tokens_limit, self.max_body_bytes = max_tokens_limit, max_body_bytes
-        choices = Field("integer", 1, lambda v: 1 <= v <= max_concurrency,
-                        f"must be in [1, {max_concurrency}] (choices are rows of one batch)")  # fmt: skip
+        rows = max_concurrency
+        choices = Field("integer", 1, lambda v: 1 <= v <= rows,
+                        f"must be in [1, {rows}] (choices are rows of one batch)")  # fmt: skip
         self.chat_fields = {**CHAT_FIELDS, "n": choices}
         self.completion_fields = {**COMPLETION_FIELDS, "n": choices}
         self.worker = GenerationWorker(model, tokenizer, max_concurrency, max_queue, prompt_cache_bytes)
@@ -516,7 +518,8 @@ class ModelServer:
         fields = read_fields(body, self.chat_fields)
         settings = self.generation_settings(body, fields, chat_top_logprobs(fields))
         prompt_ids = await run_in_threadpool(self._encode_chat, messages)
-        return await self._answer(request, prompt_ids, "messages", settings, CHAT, options(fields, model))
+        answer = options(fields, model)
+        return await self._answer(request, prompt_ids, "messages", settings, CHAT, answer)
 
     async def completions(self, request: Request):
         body = await read_json_body(request, self.max_body_bytes)
@@ -524,10 +527,12 @@ class ModelServer:
         fields = read_fields(body, self.completion_fields)
         settings = self.generation_settings(body, fields, fields["logprobs"])
         prompt_ids = prompt if isinstance(prompt, list) else await run_in_threadpool(self._encode_text, prompt)
-        return await self._answer(request, prompt_ids, "prompt", settings, COMPLETION, options(fields, model))
+        answer = options(fields, model)
+        return await self._answer(request, prompt_ids, "prompt", settings, COMPLETION, answer)
 
-    def generation_settings(self, body: dict, fields: Dict[str, Any], top_logprobs: Optional[int]) -> dict:
-        """GenerationRequest's arguments but the prompt, from the checked `fields` and the `stop` of `body`."""
+    def generation_settings(self, body: dict, fields: Dict[str, Any],
+                            top_logprobs: Optional[int]) -> dict:  # fmt: skip
+        """GenerationRequest's arguments but the prompt: checked `fields`, `stop` of `body`."""
         sampler = fields["sampler"]
         if sampler not in SAMPLERS:
             raise APIError(400, f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}",
@@ -538,7 +543,8 @@ class ModelServer:
         limit = self.max_tokens_limit
         max_tokens = min(fields["max_tokens"] or fields["max_completion_tokens"] or limit, limit)
         return dict(sampler=sampler, config=config, max_tokens=max_tokens, seed=fields["seed"],
-                    stop=parse_stop(body), trace=fields["trace"], n=fields["n"], top_logprobs=top_logprobs)
+                    stop=parse_stop(body), trace=fields["trace"], n=fields["n"],
+                    top_logprobs=top_logprobs)  # fmt: skip
 
     def _encode_chat(self, messages) -> List[int]:
         try:
