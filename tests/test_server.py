@@ -576,7 +576,7 @@ def test_real_concurrent_streams_each_get_their_own_answer(server, openai_client
     assert answers == alone
     assert len(set(alone.values())) == len(prompts)  # distinct answers, so a mix-up would show
     # The event loop stays free: /health does not wait for the four generations.
-    assert health_wait < bound, f"/health took {health_wait:.2f} s (> {bound:.2f} s) while generating"
+    assert health_wait < bound, f"/health took {health_wait:.2f} s (> {bound:.2f}) while generating"
 
 
 def time_to_first_token(client) -> float:
