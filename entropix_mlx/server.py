@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import uvicorn
 from starlette.applications import Starlette
@@ -167,9 +167,54 @@ def _with_article(noun: str) -> str:
     return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
-def check_range(name: str, value, ok: bool, rule: str):
-    if value is not None and not ok:
-        raise APIError(422, f"'{name}' {rule}, got {value!r}", param=name, code="invalid_value")
+@dataclass(frozen=True)
+class Field:
+    """A scalar request field: its JSON type, its value when absent or null, and a rule the
+    value must meet (a 422 saying `'name' <rule>, got <value>` otherwise)."""
+
+    type: str
+    default: Any = None
+    ok: Callable[[Any], bool] = lambda value: True
+    rule: str = ""
+
+
+def in_range(low: int, high: int) -> dict:
+    return dict(ok=lambda v: low <= v <= high, rule=f"must be in [{low}, {high}]")
+
+
+# The scalar fields of both APIs: JSON type, value when absent or null, rule a value must meet.
+FIELDS = {
+    "stream": Field("boolean", False),
+    "stream_options": Field("object", {}),
+    "max_tokens": Field("integer", None, lambda v: v >= 1, "must be >= 1"),
+    "max_completion_tokens": Field("integer", None, lambda v: v >= 1, "must be >= 1"),
+    "temperature": Field("number", None, lambda v: v >= 0, "must be >= 0"),
+    "top_p": Field("number", None, lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "entropix": Field("object", {}),
+    "sampler": Field("string", "entropix"),
+    "seed": Field("integer", None, lambda v: 0 <= v < 2**64, "must be in [0, 2**64)"),
+    "trace": Field("boolean", False),
+}  # fmt: skip
+# Chat's `logprobs` is a switch and `top_logprobs` the count; the completions API's is the count.
+CHAT_FIELDS = {**FIELDS, "logprobs": Field("boolean", False),
+               "top_logprobs": Field("integer", **in_range(0, MAX_TOP_LOGPROBS))}  # fmt: skip
+COMPLETION_FIELDS = {**FIELDS, "logprobs": Field("integer", **in_range(0, MAX_COMPLETION_LOGPROBS))}
+
+
+def read_fields(body: dict, fields: Dict[str, Field]) -> Dict[str, Any]:
+    """The value of each of `fields` in `body`, checked against its type and rule."""
+    values = {}
+    for name, spec in fields.items():
+        value = values[name] = get_field(body, name, spec.type, spec.default)
+        if value is not None and not spec.ok(value):
+            raise APIError(422, f"'{name}' {spec.rule}, got {value!r}", param=name,
+                           code="invalid_value")  # fmt: skip
+    return values
+
+
+def options(fields: Dict[str, Any], model: str) -> RequestOptions:
+    include_usage = get_field(fields["stream_options"], "include_usage", "boolean", False)
+    return RequestOptions(fields["stream"], include_usage, model)
 
 
 def parse_model(body: dict, served: str) -> str:
@@ -178,13 +223,6 @@ def parse_model(body: dict, served: str) -> str:
         raise APIError(404, f"the model {name!r} is not served here; use {served!r} (see GET /v1/models)",
                        param="model", code="model_not_found")  # fmt: skip
     return served
-
-
-def parse_options(body: dict, served: str) -> RequestOptions:
-    model = parse_model(body, served)
-    stream_options = get_field(body, "stream_options", "object", {})
-    include_usage = get_field(stream_options, "include_usage", "boolean", False)
-    return RequestOptions(get_field(body, "stream", "boolean", False), include_usage, model)
 
 
 def parse_stop(body: dict) -> Tuple[str, ...]:
@@ -197,66 +235,21 @@ def parse_stop(body: dict) -> Tuple[str, ...]:
     return tuple(stops or ())
 
 
-def parse_max_tokens(body: dict, limit: int) -> int:
-    """The requested max_tokens (or the chat API's max_completion_tokens), capped at `limit`."""
-    name = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
-    value = get_field(body, name, "integer")
-    check_range(name, value, value is None or value >= 1, "must be >= 1")
-    return min(value or limit, limit)
-
-
-def parse_sampler_config(body: dict, info: ModelInfo) -> SamplerConfig:
+def parse_sampler_config(fields: Dict[str, Any], info: ModelInfo) -> SamplerConfig:
     """The model's preset, then `temperature` / `top_p`, then the `entropix` overrides."""
-    temperature = get_field(body, "temperature", "number")
-    top_p = get_field(body, "top_p", "number")
-    check_range("temperature", temperature, temperature is None or temperature >= 0, "must be >= 0")
-    check_range("top_p", top_p, top_p is None or 0 < top_p <= 1, "must be in (0, 1]")
-    aliases = {"temp": temperature, "top_p": top_p}
-    overrides = get_field(body, "entropix", "object", {})
-    settings = {**{k: v for k, v in aliases.items() if v is not None}, **overrides}
+    aliases = {"temp": fields["temperature"], "top_p": fields["top_p"]}
+    settings = {**{k: v for k, v in aliases.items() if v is not None}, **fields["entropix"]}
     try:
         return info.sampler_config(**settings)
     except (TypeError, ValueError) as e:
         raise APIError(400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value") from None
 
 
-def parse_n(body: dict, limit: int) -> int:
-    n = get_field(body, "n", "integer", 1)
-    check_range("n", n, 1 <= n <= limit, f"must be in [1, {limit}] (choices are rows of one batch)")
-    return n
-
-
-def parse_chat_logprobs(body: dict) -> Optional[int]:
-    """Chat's `logprobs` (bool) and `top_logprobs` (0-20): None, or how many alternatives."""
-    wanted = get_field(body, "logprobs", "boolean", False)
-    top = get_field(body, "top_logprobs", "integer")
-    check_range("top_logprobs", top, top is None or 0 <= top <= MAX_TOP_LOGPROBS,
-                f"must be in [0, {MAX_TOP_LOGPROBS}]")
-    if top is not None and not wanted:
+def chat_top_logprobs(fields: Dict[str, Any]) -> Optional[int]:
+    """Chat's `logprobs` (bool) and `top_logprobs`: None, or how many alternatives."""
+    if fields["top_logprobs"] is not None and not fields["logprobs"]:
         raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value")
-    return (top or 0) if wanted else None
-
-
-def parse_completion_logprobs(body: dict) -> Optional[int]:
-    """The completions API's `logprobs` (0-5 alternatives): None when absent."""
-    top = get_field(body, "logprobs", "integer")
-    check_range("logprobs", top, top is None or 0 <= top <= MAX_COMPLETION_LOGPROBS,
-                f"must be in [0, {MAX_COMPLETION_LOGPROBS}]")
-    return top
-
-
-def parse_sampler(body: dict) -> str:
-    sampler = get_field(body, "sampler", "string", "entropix")
-    if sampler not in SAMPLERS:
-        raise APIError(400, f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}",
-                       param="sampler", code="invalid_value")  # fmt: skip
-    return sampler
-
-
-def parse_seed(body: dict) -> Optional[int]:
-    seed = get_field(body, "seed", "integer")
-    check_range("seed", seed, seed is None or 0 <= seed < 2**64, "must be in [0, 2**64)")
-    return seed
+    return (fields["top_logprobs"] or 0) if fields["logprobs"] else None
 
 
 def parse_messages(body: dict) -> List[Dict[str, str]]:
@@ -497,7 +490,11 @@ class ModelServer:
         self.name = str(info.name)
         self.vocab_size = info.args.vocab_size
         self.max_tokens_limit, self.max_body_bytes = max_tokens_limit, max_body_bytes
-        self.max_concurrency = max_concurrency
+        rows = max_concurrency
+        choices = Field("integer", 1, lambda v: 1 <= v <= rows,
+                        f"must be in [1, {rows}] (choices are rows of one batch)")  # fmt: skip
+        self.chat_fields = {**CHAT_FIELDS, "n": choices}
+        self.completion_fields = {**COMPLETION_FIELDS, "n": choices}
         self.worker = GenerationWorker(model, tokenizer, max_concurrency, max_queue, prompt_cache_bytes)
         self.created = int(time.time())
 
@@ -517,29 +514,37 @@ class ModelServer:
 
     async def chat_completions(self, request: Request):
         body = await read_json_body(request, self.max_body_bytes)
-        options, messages = parse_options(body, self.name), parse_messages(body)
-        settings = self.generation_settings(body, parse_chat_logprobs(body))
+        model, messages = parse_model(body, self.name), parse_messages(body)
+        fields = read_fields(body, self.chat_fields)
+        settings = self.generation_settings(body, fields, chat_top_logprobs(fields))
         prompt_ids = await run_in_threadpool(self._encode_chat, messages)
-        return await self._answer(request, prompt_ids, "messages", settings, CHAT, options)
+        answer = options(fields, model)
+        return await self._answer(request, prompt_ids, "messages", settings, CHAT, answer)
 
     async def completions(self, request: Request):
         body = await read_json_body(request, self.max_body_bytes)
-        options, prompt = parse_options(body, self.name), parse_prompt(body, self.vocab_size)
-        settings = self.generation_settings(body, parse_completion_logprobs(body))
+        model, prompt = parse_model(body, self.name), parse_prompt(body, self.vocab_size)
+        fields = read_fields(body, self.completion_fields)
+        settings = self.generation_settings(body, fields, fields["logprobs"])
         prompt_ids = prompt if isinstance(prompt, list) else await run_in_threadpool(self._encode_text, prompt)
-        return await self._answer(request, prompt_ids, "prompt", settings, COMPLETION, options)
+        answer = options(fields, model)
+        return await self._answer(request, prompt_ids, "prompt", settings, COMPLETION, answer)
 
-    def generation_settings(self, body: dict, top_logprobs: Optional[int]) -> dict:
-        """The validated sampling fields of `body`: GenerationRequest's arguments but the prompt."""
-        sampler = parse_sampler(body)
-        config = parse_sampler_config(body, self.info)
+    def generation_settings(self, body: dict, fields: Dict[str, Any],
+                            top_logprobs: Optional[int]) -> dict:  # fmt: skip
+        """GenerationRequest's arguments but the prompt: checked `fields`, `stop` of `body`."""
+        sampler = fields["sampler"]
+        if sampler not in SAMPLERS:
+            raise APIError(400, f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}",
+                           param="sampler", code="invalid_value")  # fmt: skip
+        config = parse_sampler_config(fields, self.info)
         if sampler == "entropix":
             check_pause_token(config, self.tokenizer, self.vocab_size)
-        return dict(
-            sampler=sampler, config=config, max_tokens=parse_max_tokens(body, self.max_tokens_limit),
-            seed=parse_seed(body), stop=parse_stop(body), trace=get_field(body, "trace", "boolean", False),
-            n=parse_n(body, self.max_concurrency), top_logprobs=top_logprobs,
-        )
+        limit = self.max_tokens_limit
+        max_tokens = min(fields["max_tokens"] or fields["max_completion_tokens"] or limit, limit)
+        return dict(sampler=sampler, config=config, max_tokens=max_tokens, seed=fields["seed"],
+                    stop=parse_stop(body), trace=fields["trace"], n=fields["n"],
+                    top_logprobs=top_logprobs)  # fmt: skip
 
     def _encode_chat(self, messages) -> List[int]:
         try:

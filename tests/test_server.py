@@ -553,6 +553,7 @@ def test_real_stop_string_ends_the_answer(openai_client, france):
 def test_real_concurrent_streams_each_get_their_own_answer(server, openai_client):
     prompts = ["One, two,", "Red, green,", "Monday,", "Cats and"]
     alone = {p: completion_text(openai_client, p, max_tokens=4) for p in prompts}
+    bound = served_within(openai_client)
     answers, errors = {}, []
 
     def stream(prompt):
@@ -574,7 +575,8 @@ def test_real_concurrent_streams_each_get_their_own_answer(server, openai_client
     assert not errors, errors
     assert answers == alone
     assert len(set(alone.values())) == len(prompts)  # distinct answers, so a mix-up would show
-    assert health_wait < 1.0, f"/health took {health_wait:.2f} s while generating"  # the event loop stays free
+    # The event loop stays free: /health does not wait for the four generations.
+    assert health_wait < bound, f"/health took {health_wait:.2f} s (> {bound:.2f}) while generating"
 
 
 def time_to_first_token(client) -> float:
