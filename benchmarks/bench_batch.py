@@ -1,10 +1,11 @@
 """Batched decoding: total generated tokens per second at B rows, against mlx-lm's batch loop.
 
     python benchmarks/bench_batch.py [--batch-sizes 1,4,8,16] [--gen-tokens 32] [--repeats 2]
-                                     [--model NAME] [--json FILE]
+                                     [--model NAME] [--cpu-dtype quantized|float32] [--json FILE]
 
 Both engines run the very same weights (a GGUF is converted for mlx-lm without re-quantizing,
-as `entropix-mlx bench` does) on the same B prompts of different lengths (real prose), greedy,
+as `entropix-mlx bench` does; with `--cpu-dtype float32` both are dequantized to float32 by the
+same function, and the system OpenBLAS, loaded by entropix_mlx, serves both) on the same B prompts of different lengths (real prose), greedy,
 for `--gen-tokens` tokens per row that never stop at EOS. mlx-lm runs its `BatchGenerator`
 (the loop under `mlx_lm.batch_generate`); ours runs `BatchGenerator` with the greedy and the
 Entropix sampler (the model's preset). Rows take turns within each repeat; figures are medians.
@@ -22,15 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-import mlx.core as mx
-
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # when not installed
+import entropix_mlx  # noqa: E402, F401 - first: it loads the system OpenBLAS before mlx
+import mlx.core as mx  # noqa: E402
 from entropix_mlx.batch import BatchGenerator  # noqa: E402
 from entropix_mlx.bench.machine import machine_info  # noqa: E402
 from entropix_mlx.bench.same_weights import mlx_lm_folder  # noqa: E402
 from entropix_mlx.bench.text import TEXT  # noqa: E402
 from entropix_mlx.generate import make_sampler  # noqa: E402
 from entropix_mlx.loading import DEFAULT_MODEL, load  # noqa: E402
+from entropix_mlx.loading.cpu_weights import dequantize_model  # noqa: E402
 
 
 def make_prompts(tokenizer, batch: int, base_length: int):
@@ -96,12 +98,15 @@ def main(argv=None):
     parser.add_argument("--gen-tokens", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cpu-dtype", choices=("quantized", "float32"), default="quantized")
     parser.add_argument("--json", type=Path)
     opts = parser.parse_args(argv)
     import mlx_lm
 
-    model, tokenizer, info = load(opts.model)
+    model, tokenizer, info = load(opts.model, cpu_dtype=opts.cpu_dtype)
     theirs, _ = mlx_lm.load(str(mlx_lm_folder(opts.model)))
+    if opts.cpu_dtype == "float32":
+        dequantize_model(theirs)
     entropix = make_sampler("entropix", info.sampler_config(), tokenizer)
     arms = {
         "mlx-lm greedy": lambda prompts: run_mlx_lm(theirs, prompts, opts.gen_tokens),
@@ -130,6 +135,7 @@ def main(argv=None):
             print_row(row, results)
     if opts.json:
         report = {"machine": machine_info(), "model": opts.model, "quantization": info.quantization,
+                  "weight_dtype": info.weight_dtype,
                   "settings": vars(opts) | {"json": str(opts.json)}, "results": results}
         opts.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -11,8 +11,15 @@ from typing import Dict, Optional, Sequence, Union
 import mlx.core as mx
 import numpy as np
 
+from .errors import CalibrationError
 from .generate import encode_prompt, make_sampler, stream_generate
-from .sampling import STRATEGIES, SamplerConfig, choose_strategy, logits_entropy_varentropy, resolve_pause_token
+from .sampling import (
+    STRATEGIES,
+    SamplerConfig,
+    choose_strategy,
+    logits_entropy_varentropy,
+    resolve_pause_token,
+)
 
 # Pairs of the same kind, so the alternating split puts one of each kind in each half.
 DEFAULT_PROMPTS = (
@@ -81,7 +88,7 @@ def read_prompts(path: Union[str, Path]) -> list[str]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if len(prompts) < 2:
-        raise ValueError(
+        raise CalibrationError(
             f"{path} holds {len(prompts)} prompt(s); give at least 2, one per line "
             "(half calibrate, half are held out)"
         )
@@ -124,7 +131,7 @@ def fit_thresholds(sample: MetricSample, target: Dict[str, float] = TARGET_MIX) 
     """The five thresholds that give `target`'s strategy mix on `sample`, solved in order (see RULE)."""
     check_target(target)
     if len(sample) < 10:
-        raise ValueError(f"calibration needs at least 10 tokens, got {len(sample)}; use more prompts or --max-tokens")
+        raise CalibrationError(f"calibration needs at least 10 tokens, got {len(sample)}; use more prompts or --max-tokens")
     ent, vent = sample.entropy, sample.varentropy
     n = len(ent)
     low_ent, low_vent = _argmax_corner(ent, vent, target["argmax"])
@@ -181,9 +188,9 @@ def _ordered(ent: Dict[str, float], vent: Dict[str, float]) -> Dict[str, float]:
 def check_target(target: Dict[str, float]):
     """A target mix names every strategy with a share in [0, 1]; the shares add up to 1."""
     if set(target) != set(STRATEGIES):
-        raise ValueError(f"a target mix needs a share for each of {', '.join(STRATEGIES)}; got {', '.join(target)}")
+        raise CalibrationError(f"a target mix needs a share for each of {', '.join(STRATEGIES)}; got {', '.join(target)}")
     if any(not 0 <= share <= 1 for share in target.values()) or abs(sum(target.values()) - 1) > 1e-6:
-        raise ValueError(f"target shares must lie in [0, 1] and add up to 1, got {target}")
+        raise CalibrationError(f"target shares must lie in [0, 1] and add up to 1, got {target}")
 
 
 def strategy_mix(sample: MetricSample, config: SamplerConfig) -> Dict[str, float]:
@@ -203,11 +210,11 @@ def parse_target(text: str) -> Dict[str, float]:
         name, _, value = item.partition("=")
         name = name.strip()
         if name not in STRATEGIES:
-            raise ValueError(f"unknown strategy {name!r} in the target mix; use {', '.join(STRATEGIES)}")
+            raise CalibrationError(f"unknown strategy {name!r} in the target mix; use {', '.join(STRATEGIES)}")
         try:
             target[name] = float(value) / 100
         except ValueError:
-            raise ValueError(f"the target share of {name} must be a percentage like {name}=40, got {item!r}") from None
+            raise CalibrationError(f"the target share of {name} must be a percentage like {name}=40, got {item!r}") from None
         named.add(name)
     if "adaptive" not in named:
         target["adaptive"] = round(1 - sum(share for name, share in target.items() if name != "adaptive"), 9)
@@ -251,7 +258,7 @@ def calibrate(model, tokenizer, prompts: Sequence[str] = DEFAULT_PROMPTS, *, max
     config = config or SamplerConfig()
     check_target(target)
     if len(prompts) < 2:
-        raise ValueError(f"calibration needs at least 2 prompts (half are held out), got {len(prompts)}")
+        raise CalibrationError(f"calibration needs at least 2 prompts (half are held out), got {len(prompts)}")
     resolve_pause_token(config, tokenizer)  # fail before the long run, not after it
     fit_prompts, held_prompts = split_prompts(prompts)
     run = dict(max_tokens=max_tokens, seed=seed, config=config, progress=progress)

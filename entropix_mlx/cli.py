@@ -4,16 +4,17 @@ import contextlib
 import functools
 import os
 import sys
-import tomllib
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 
 import click
+import tomllib
 
 from . import cpu_blas
 from .batch import MAX_BATCH_SIZE
-from .loading import CATALOG, CPU_DTYPES, DEFAULT_MODEL, ModelLoadError
+from .errors import ConfigError, EntropixError
+from .loading import CATALOG, CPU_DTYPES, DEFAULT_MODEL
 from .loading import catalog as catalog_lib
 
 CHAT_PROMPT_CACHE_BYTES = 256 * 2**20  # the conversation's KV states, kept between turns
@@ -40,10 +41,7 @@ CPU_DTYPE_HELP = ("CPU backend weights: auto = float32 when the system OpenBLAS 
 def load_model(name: str, cpu_dtype: str = "auto"):
     from .loading import load
 
-    try:
-        return load(name, log=echo_err, cpu_dtype=cpu_dtype)
-    except ModelLoadError as e:
-        raise click.ClickException(str(e)) from None
+    return load(name, log=echo_err, cpu_dtype=cpu_dtype)
 
 
 def check_output_folder(path: Path, option: str):
@@ -68,13 +66,13 @@ def sampler_config(preset: dict, config_file, overrides):
         try:
             settings.update(tomllib.loads(Path(config_file).read_text(encoding="utf-8")))
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise click.ClickException(f"cannot read --config {config_file}: {e}") from None
+            raise ConfigError(f"cannot read --config {config_file}: {e}") from None
     settings.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return SamplerConfig.from_dict(settings)
-    except (TypeError, ValueError) as e:
+    except ConfigError as e:
         source = f"--config {config_file} / flags" if config_file else "sampler flags"
-        raise click.ClickException(f"invalid sampler settings ({source}): {e}") from None
+        raise ConfigError(f"invalid sampler settings ({source}): {e}") from None
 
 
 cpu_dtype_option = click.option("--cpu-dtype", type=click.Choice(CPU_DTYPES), default="auto",
@@ -109,12 +107,9 @@ class GenerationSession:
 
     def __init__(self, model, sampler, max_tokens, seed, verbose, config_file, cpu_dtype,
                  **overrides):
-        from .generate import GenerationError, check_seed
+        from .generate import check_seed
 
-        try:
-            check_seed(seed)  # before the slow load
-        except GenerationError as e:
-            raise click.ClickException(str(e)) from None
+        check_seed(seed)  # before the slow load
         self.model, self.tokenizer, self.info = load_model(model, cpu_dtype)
         if verbose:
             echo_err(f"{cpu_blas.STATUS.describe()}\nWeights: {self.info.weight_dtype} "
@@ -126,23 +121,20 @@ class GenerationSession:
     def stream(self, prompt_ids, on_response, prompt_cache=None):
         """Stream one answer; with a PromptCache, only the tokens it does not hold are prefilled,
         and the answer's state is kept there for the next turn."""
-        from .generate import GenerationError, stream_generate
+        from .generate import stream_generate
 
         cache, rest = prompt_cache.fetch(prompt_ids) if prompt_cache else (None, prompt_ids)
         if prompt_cache and cache is None:
             cache = self.model.make_cache()
         strategies, tokens = Counter(), list(prompt_ids)
         response = None
-        try:
-            for response in stream_generate(
-                self.model, self.tokenizer, rest, sampler=self.sampler, config=self.config,
-                max_tokens=self.max_tokens, seed=self.seed, prompt_cache=cache,
-            ):  # fmt: skip
-                strategies[response.strategy] += 1
-                tokens.append(response.token)
-                on_response(response)
-        except (GenerationError, ValueError) as e:
-            raise click.ClickException(str(e)) from None
+        for response in stream_generate(
+            self.model, self.tokenizer, rest, sampler=self.sampler, config=self.config,
+            max_tokens=self.max_tokens, seed=self.seed, prompt_cache=cache,
+        ):
+            strategies[response.strategy] += 1
+            tokens.append(response.token)
+            on_response(response)
         if prompt_cache:
             prompt_cache.store(tokens, cache)
         if self.verbose and response is not None:
@@ -153,24 +145,20 @@ class GenerationSession:
         """`n` completions of one prompt, decoded as rows of one batch: each row's responses,
         yielded in row order as soon as that row and those before it are done."""
         from .batch import stream_batch_generate
-        from .generate import GenerationError
 
         rows, done, shown = [[] for _ in range(n)], set(), 0
         strategies = Counter()
-        try:
-            for response in stream_batch_generate(
-                self.model, self.tokenizer, [prompt_ids] * n, sampler=self.sampler, config=self.config,
-                max_tokens=self.max_tokens, seed=self.seed,
-            ):  # fmt: skip
-                rows[response.index].append(response)
-                strategies[response.strategy] += 1
-                if response.finish_reason:
-                    done.add(response.index)
-                while shown in done:
-                    yield rows[shown]
-                    shown += 1
-        except (GenerationError, ValueError) as e:
-            raise click.ClickException(str(e)) from None
+        for response in stream_batch_generate(
+            self.model, self.tokenizer, [prompt_ids] * n, sampler=self.sampler, config=self.config,
+            max_tokens=self.max_tokens, seed=self.seed,
+        ):
+            rows[response.index].append(response)
+            strategies[response.strategy] += 1
+            if response.finish_reason:
+                done.add(response.index)
+            while shown in done:
+                yield rows[shown]
+                shown += 1
         if self.verbose:
             report(response, strategies)
 
@@ -194,7 +182,18 @@ def color_legend() -> str:
     return "Strategies: " + " ".join(click.style(name, fg=fg) for name, fg in STRATEGY_COLORS.items())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The one place where the package's errors become `Error: ...` and exit code 1; any other
+    exception is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EntropixError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="entropix-mlx")
 def main():
     """Entropy-aware text generation with MLX."""
@@ -223,10 +222,7 @@ def models_list():
 @click.argument("name", default=DEFAULT_MODEL)
 def models_fetch(name):
     """Download and verify a catalog model (default: the embedded one); replaces a corrupt copy."""
-    try:
-        path = catalog_lib.fetch(name, log=echo_err, replace_corrupt=True)
-    except ModelLoadError as e:
-        raise click.ClickException(str(e)) from None
+    path = catalog_lib.fetch(name, log=echo_err, replace_corrupt=True)
     click.echo(f"{name}: {path} (sha256 verified)")
 
 
@@ -240,10 +236,7 @@ def convert(src, dst, bits, group_size):
     """Convert SRC (a GGUF file, a float folder, a Hub id or a catalog name) to an MLX folder DST."""
     from .loading.convert import convert as convert_model
 
-    try:
-        out = convert_model(src, dst, None if bits == "none" else int(bits), int(group_size), log=echo_err)
-    except ModelLoadError as e:
-        raise click.ClickException(str(e)) from None
+    out = convert_model(src, dst, None if bits == "none" else int(bits), int(group_size), log=echo_err)
     click.echo(f"Wrote {out} (opens with entropix-mlx and with mlx_lm.load)")
 
 
@@ -258,7 +251,7 @@ def convert(src, dst, bits, group_size):
 @sampler_options
 def generate(prompt, no_chat_template, trace, color, completions, system, **options):
     """Generate a completion of a prompt, streaming it as it is made."""
-    from .generate import GenerationError, encode_prompt
+    from .generate import encode_prompt
     from .trace import TraceWriter
 
     prompt = read_prompt(prompt)
@@ -267,10 +260,7 @@ def generate(prompt, no_chat_template, trace, color, completions, system, **opti
     if trace:
         check_output_folder(Path(trace), "--trace")
     session = GenerationSession(**options)
-    try:
-        ids = encode_prompt(session.tokenizer, prompt, system, chat_template=not no_chat_template)
-    except GenerationError as e:
-        raise click.ClickException(str(e)) from None
+    ids = encode_prompt(session.tokenizer, prompt, system, chat_template=not no_chat_template)
     if color:
         echo_err(color_legend())
     if completions > 1:
@@ -436,10 +426,7 @@ def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pau
     make = BenchSettings.quick if quick else BenchSettings
     settings = make(model=model, pause_token=pause_token, cold_compile=not no_cold,
                     cpu_dtype=cpu_dtype, **given)
-    try:
-        result = run_benchmark(settings, log=echo_err)
-    except ValueError as e:  # BenchError, ModelLoadError, GenerationError
-        raise click.ClickException(str(e)) from None
+    result = run_benchmark(settings, log=echo_err)
     click.echo(format_report(result))
     if json_file:
         write_output(json_file, json.dumps(result, indent=2) + "\n", "--json")
@@ -463,7 +450,7 @@ def preset_config(model, config_file, overrides=None):
 @click.option("--title", help="A title for the figure (default: the trace's file name).")
 def plot(trace_file, output, model, config_file, title):
     """Draw a --trace file: the entropy-varentropy plane and a per-token timeline, as a PNG."""
-    from .plot import PlotError, pixel_size, plot_trace, strategy_mismatches
+    from .plot import pixel_size, plot_trace, strategy_mismatches
     from .trace import read_trace
 
     if output.suffix.lower() != ".png":
@@ -473,8 +460,6 @@ def plot(trace_file, output, model, config_file, title):
     try:
         records = read_trace(trace_file)
         plot_trace(records, output, config, title=title or Path(trace_file).name)
-    except (PlotError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot write --output {output}: {e.strerror or e}") from None
     width, height = pixel_size(len(records))
@@ -508,17 +493,14 @@ def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file
     try:
         prompts = calibration.read_prompts(prompts_file) if prompts_file else calibration.DEFAULT_PROMPTS
         target_mix = calibration.parse_target(target) if target else calibration.TARGET_MIX
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise click.ClickException(f"cannot read --prompts {prompts_file}: {e}") from None
     loaded, tokenizer, info = load_model(model)
     config = sampler_config(info.sampler_preset, config_file, {"pause_token": pause_token})
     fit_n, held_n = map(len, calibration.split_prompts(prompts))
     echo_err(f"Calibrating {model} on {fit_n} prompts, checking on {held_n}, up to {max_tokens} tokens each")
-    try:
-        result = calibration.calibrate(loaded, tokenizer, prompts, max_tokens=max_tokens, seed=seed,
-                                       config=config, target=target_mix)  # fmt: skip
-    except ValueError as e:  # GenerationError, a pause token that is not one token, too few tokens
-        raise click.ClickException(str(e)) from None
+    result = calibration.calibrate(loaded, tokenizer, prompts, max_tokens=max_tokens, seed=seed,
+                                   config=config, target=target_mix)
     source = f"the prompts in {Path(prompts_file).name}" if prompts_file else "the built-in prompt set"
     write_output(output, calibration.preset_toml(result, model, source), "--output")
     click.echo(calibration.format_mix_table(result))
@@ -549,16 +531,20 @@ def eval_command(task, samplers, seeds, limit, model, out, config_files, data, m
     from datetime import datetime, timezone
 
     from .evaluation import (
-        ARMS, EvalError, RecordWriter, format_table, load_task, make_arms, parse_seeds, plan, run_eval,
-        summarize, write_summary,
+        ARMS,
+        RecordWriter,
+        format_table,
+        load_task,
+        make_arms,
+        parse_seeds,
+        plan,
+        run_eval,
+        summarize,
+        write_summary,
     )  # fmt: skip
-    from .generate import GenerationError
 
-    try:
-        settings = plan(task, limit, parse_seeds(seeds), max_tokens, quick)
-        task_obj = load_task(task, data, settings.limit, settings.shots)
-    except EvalError as e:
-        raise click.ClickException(str(e)) from None
+    settings = plan(task, limit, parse_seeds(seeds), max_tokens, quick)
+    task_obj = load_task(task, data, settings.limit, settings.shots)
     if task_obj.kind == "choice" and (samplers or config_files or seeds != "0"):
         echo_err(f"{task} is log-likelihood multiple choice: --sampler, --config and --seeds do not apply.")
     loaded, tokenizer, info = load_model(model)
@@ -570,8 +556,6 @@ def eval_command(task, samplers, seeds, limit, model, out, config_files, data, m
         run = run_eval(loaded, tokenizer, task_obj, arms, settings.seeds, max_tokens=settings.max_tokens,
                        batch_size=batch_size, on_record=writer.write if writer else lambda record: None,
                        log=echo_err)
-    except (EvalError, GenerationError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
     finally:
         if writer:
             writer.close()

@@ -3,11 +3,22 @@
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Generator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import mlx.core as mx
 
 from .distributed import rank0_decides
+from .errors import GenerationError
 from .sampling import (
     PARAMETERS,
     STRATEGIES,
@@ -29,10 +40,6 @@ METRICS = (
 )
 Prompt = Union[str, Sequence[Dict[str, str]], Sequence[int]]
 SamplerStep = Callable[[mx.array, mx.array, mx.array, mx.array], Any]
-
-
-class GenerationError(ValueError):
-    """Bad generation input; the message is one line, fit for the user."""
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Optional, Sequence, Union
 
 import mlx.core as mx
 
+from .errors import PlotError
 from .sampling import STRATEGIES, SamplerConfig, choose_strategy
 
 FIX_IT = "pip install 'entropix-mlx[plot]'"
@@ -35,10 +36,6 @@ HEIGHT = PLANE_HEIGHT + TIMELINE_HEIGHT + 0.8
 
 ENT_THRESHOLDS = ("low_ent", "med_ent", "high_ent")
 VENT_THRESHOLDS = ("low_vent", "high_vent")
-
-
-class PlotError(ValueError):
-    """A trace that cannot be drawn, or matplotlib missing; the message says what to do."""
 
 
 def figure_size(n_tokens: int) -> tuple[float, float]:

@@ -14,7 +14,17 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,6 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from .errors import ConfigError
 from .generate import SAMPLERS, encode_prompt
 from .loading import ModelInfo
 from .sampling import SamplerConfig, resolve_pause_token
@@ -241,7 +252,7 @@ def parse_sampler_config(fields: Dict[str, Any], info: ModelInfo) -> SamplerConf
     settings = {**{k: v for k, v in aliases.items() if v is not None}, **fields["entropix"]}
     try:
         return info.sampler_config(**settings)
-    except (TypeError, ValueError) as e:
+    except ConfigError as e:
         raise APIError(400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value") from None
 
 
@@ -315,7 +326,7 @@ def check_unicode(text: str, param: str) -> str:
 def check_pause_token(config: SamplerConfig, tokenizer, vocab_size: int):
     try:
         pause_id = resolve_pause_token(config, tokenizer)
-    except ValueError as e:
+    except ConfigError as e:
         raise APIError(400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value") from None
     if pause_id >= vocab_size:
         raise APIError(400, f"invalid 'entropix' settings: pause_token_id {pause_id} is outside the "

@@ -159,3 +159,23 @@ def test_installed_console_script_generates(default_model, tmp_path):
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     assert 1 <= len(records) <= 6
     assert done.stdout.strip() == "".join(r["text"] for r in records).strip()
+
+
+def test_package_errors_are_one_line_and_bugs_keep_their_traceback(tiny_gguf, monkeypatch):
+    from entropix_mlx.errors import GenerationError
+
+    generate_module = importlib.import_module("entropix_mlx.generate")
+
+    def fails_with(error):
+        def stream(*args, **kwargs):
+            raise error
+            yield
+
+        return stream
+
+    monkeypatch.setattr(generate_module, "stream_generate", fails_with(GenerationError("the prompt is odd")))
+    result = run(*tiny_args(tiny_gguf, "-p", "hello"))
+    assert result.exit_code == 1 and result.output.endswith("Error: the prompt is odd\n")
+    monkeypatch.setattr(generate_module, "stream_generate", fails_with(ValueError("[matmul] shapes differ")))
+    result = run(*tiny_args(tiny_gguf, "-p", "hello"))
+    assert isinstance(result.exception, ValueError) and "Error:" not in result.output

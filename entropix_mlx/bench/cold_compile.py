@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import BenchError
+from ..errors import BenchError
 
 MODULE = "entropix_mlx.bench.cold_compile"
 

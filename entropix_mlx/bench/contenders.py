@@ -10,11 +10,11 @@ from typing import Callable, Iterator, List, Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from ..errors import BenchError, ConfigError
 from ..generate import generate_step, make_sampler
 from ..loading import ModelLoadError, load
 from ..loading.cpu_weights import dequantize_model
 from ..sampling import SamplerConfig
-from .errors import BenchError
 from .same_weights import mlx_lm_folder
 
 MLX_LM, OURS = "mlx-lm", "entropix-mlx"
@@ -99,7 +99,7 @@ def entropix_config(preset: dict, pause_token: Optional[str]) -> SamplerConfig:
         settings["pause_token"] = pause_token
     try:
         return SamplerConfig.from_dict(settings)
-    except (TypeError, ValueError) as e:
+    except ConfigError as e:
         raise BenchError(f"invalid Entropix settings: {e}") from None
 
 
@@ -117,7 +117,7 @@ def our_contenders(name: str, pause_token: Optional[str] = None, log: Callable[[
             "standard": make_sampler("standard", standard),
             "entropix": make_sampler("entropix", entropix_config(info.sampler_preset, pause_token), tokenizer),
         }
-    except ValueError as e:
+    except ConfigError as e:
         raise BenchError(f"{e} (see --pause-token)") from None
 
     def contender(sampler_name, baseline_sampler):

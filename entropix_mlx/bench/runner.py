@@ -9,13 +9,20 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import mlx.core as mx
 
+from ..errors import BenchError
 from ..generate import default_prefill_step_size
 from ..loading import DEFAULT_MODEL
 from .cold_compile import measure_cold_compile
 from .contenders import (
-    MLX_LM, OURS, SAMPLED, SEED, Contender, entropix_config, mlx_lm_contenders, our_contenders,
+    MLX_LM,
+    OURS,
+    SAMPLED,
+    SEED,
+    Contender,
+    entropix_config,
+    mlx_lm_contenders,
+    our_contenders,
 )  # fmt: skip
-from .errors import BenchError
 from .machine import load_average, machine_info
 from .measure import measure_generation, measure_step_us
 from .report import FIGURES, build_rows, cold_compile_section, evaluate_goals

@@ -1,9 +1,17 @@
 """Paired evaluation of the samplers on arithmetic, GSM8K and ARC (`entropix-mlx eval`)."""
 
+from ..errors import EvalError
 from .answers import extract_answer, same_number
 from .arms import ARMS, CONTROL_TEMPERATURE, Arm, make_arms
-from .errors import EvalError
-from .report import ITEMS_FILE, SCHEMA, SUMMARY_FILE, RecordWriter, format_table, summarize, write_summary
+from .report import (
+    ITEMS_FILE,
+    SCHEMA,
+    SUMMARY_FILE,
+    RecordWriter,
+    format_table,
+    summarize,
+    write_summary,
+)
 from .runner import EvalRun, item_seed, run_eval
 from .settings import parse_seeds, plan
 from .stats import mcnemar_exact, paired_counts, wilson_interval

@@ -3,9 +3,9 @@
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
+from ..errors import EvalError
 from ..generate import SAMPLERS
 from ..sampling import SamplerConfig
-from .errors import EvalError
 
 ARMS = ("greedy", "standard", "entropix")
 BASELINES = ("greedy", "standard")  # every other arm is compared against each one present

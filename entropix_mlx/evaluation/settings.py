@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .errors import EvalError
+from ..errors import EvalError
 
 QUICK_ITEMS = {"gsm8k": 2}  # 3 for the others
 QUICK_MAX_TOKENS = {"arith": 6, "gsm8k": 16}

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..errors import EntropixError, EvalError
 from ..jsonl import read_records
-from .errors import EvalError
 
 TASKS = ("arith", "gsm8k", "arc-easy", "arc-challenge")
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
@@ -153,7 +153,7 @@ def data_file(data: Optional[Path], key: str) -> Path:
 def read_items(path: Path, fields: Sequence[str], limit: Optional[int]) -> List[dict]:
     try:
         rows = read_records(path, fields, "an item", limit)
-    except ValueError as e:
+    except EntropixError as e:
         raise EvalError(str(e)) from None
     if not rows:
         raise EvalError(f"{path} holds no items")

@@ -7,11 +7,11 @@ from typing import Callable, Dict, Optional, Tuple
 import mlx.core as mx
 
 from .. import distributed
+from ..errors import ModelLoadError
 from ..model.llama import Model, ModelArgs
 from ..sampling.config import SamplerConfig
 from .catalog import CATALOG, DEFAULT_MODEL, fetch
 from .cpu_weights import CPU_DTYPES, apply_cpu_weight_policy, check_cpu_dtype
-from .errors import ModelLoadError
 from .gguf import load_gguf
 from .hf import load_folder, snapshot_path
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional
 
 from .. import files
+from ..errors import ModelLoadError
 from ..presets import read_preset
-from .errors import ModelLoadError
 
 CHUNK = 1 << 20
 

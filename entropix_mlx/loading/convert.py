@@ -9,8 +9,8 @@ import mlx.nn as nn
 from mlx_lm.utils import save_config, save_model
 
 from .. import files
+from ..errors import ModelLoadError
 from . import load
-from .errors import ModelLoadError
 
 
 def quantization_config(model: nn.Module) -> Optional[dict]:

@@ -14,7 +14,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 from .. import cpu_blas
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 CPU_DTYPES = ("auto", "float32", "quantized")
 BUDGET_ENV = "ENTROPIX_MLX_FLOAT32_BUDGET_MB"

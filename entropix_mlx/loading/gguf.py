@@ -19,10 +19,16 @@ import mlx.nn as nn
 import numpy as np
 from gguf import GGMLQuantizationType
 
+from ..errors import ModelLoadError
 from ..model.llama import Model, ModelArgs
-from .errors import ModelLoadError
 from .gguf_file import GGUFFile, TensorInfo
-from .gguf_quants import DENSE_TYPES, FLOAT_TYPES, GROUP_SIZE, SUPPORTED_TYPES, tensor_arrays
+from .gguf_quants import (
+    DENSE_TYPES,
+    FLOAT_TYPES,
+    GROUP_SIZE,
+    SUPPORTED_TYPES,
+    tensor_arrays,
+)
 from .gguf_tokenizer import tokenizer_from_gguf_metadata
 
 _LAYER_NAMES = {

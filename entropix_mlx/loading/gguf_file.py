@@ -15,7 +15,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4  # ggml's GGML_MAX_DIMS

@@ -26,7 +26,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from gguf.quants import Q4_K, dequantize
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 GROUP_SIZE = 32
 FLOAT_TYPES = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16}

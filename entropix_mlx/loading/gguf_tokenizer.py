@@ -27,7 +27,7 @@ from tokenizers import (
 )
 from transformers import PreTrainedTokenizerFast
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 __all__ = ["UnsupportedTokenizerError", "build_backend_tokenizer", "tokenizer_from_gguf_metadata"]
 

@@ -11,8 +11,8 @@ from typing import Optional
 import mlx.nn as nn
 from mlx_lm.utils import load_config, load_model, load_tokenizer
 
+from ..errors import ModelLoadError
 from ..model.llama import Model, ModelArgs
-from .errors import ModelLoadError
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")

@@ -6,10 +6,13 @@ import dataclasses
 import json
 import math
 import numbers
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
+
+import tomllib
+
+from ..errors import ConfigError
 
 # One sorted candidate set of this many tokens serves every strategy, so no
 # top_k (configured or derived) can exceed it.
@@ -85,17 +88,17 @@ class SamplerConfig:
             _check_range("pause_token_id", self.pause_token_id, 0, math.inf, "must be >= 0")
         for lower, higher in _ORDERED_THRESHOLDS:
             if not getattr(self, lower) < getattr(self, higher):
-                raise ValueError(
+                raise ConfigError(
                     f"thresholds out of order: {lower} ({getattr(self, lower)!r}) must be below "
                     f"{higher} ({getattr(self, higher)!r})"
                 )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SamplerConfig":
-        """Build a config from a flat mapping; unknown keys raise ValueError."""
+        """Build a config from a flat mapping; unknown keys raise ConfigError."""
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"unknown sampler setting(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown sampler setting(s): {', '.join(unknown)}")
         return cls(**values)
 
     @classmethod
@@ -125,28 +128,28 @@ _ORDERED_THRESHOLDS = (("low_ent", "med_ent"), ("med_ent", "high_ent"), ("low_ve
 
 def _check_text(name, value):
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
 
 
 def _check_int(name, value, optional=False):
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
 
 
 def _check_number(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ConfigError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ConfigError(f"{name} must be finite, got {value!r}")
 
 
 def _check_range(name, value, low, high, rule, low_open=False, high_open=False):
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
-        raise ValueError(f"{name} {rule}, got {value!r}")
+        raise ConfigError(f"{name} {rule}, got {value!r}")
 
 
 def _toml_value(value):

@@ -7,6 +7,7 @@ from typing import Union
 
 import mlx.core as mx
 
+from ..errors import ConfigError
 from .config import MAX_CANDIDATES, SamplerConfig
 from .metrics import logsumexp
 
@@ -138,6 +139,6 @@ def make_greedy_sampler():
 
 def _check_standard(temperature, top_p, top_k, min_p):
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+        raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     # Reuse SamplerConfig's checks so errors read the same everywhere.
     SamplerConfig(temp=temperature, top_p=top_p, min_p=min_p)
