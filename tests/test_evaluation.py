@@ -415,3 +415,11 @@ def test_cli_data_tasks_on_made_up_data(tiny_gguf, tmp_path, task):
     else:
         assert len(records) == 2 and all(r["tokens"] <= 16 for r in records)
         assert summary["arms"][0]["answers"] == 2
+
+
+def test_an_installed_package_asks_for_data(monkeypatch, tmp_path):
+    from entropix_mlx.evaluation import tasks
+
+    monkeypatch.setattr(tasks, "CHECKOUT", tmp_path / "site-packages")
+    with pytest.raises(EvalError, match=r"^the gsm8k data has no default outside a source checkout; pass --data FOLDER$"):
+        load_task("gsm8k", limit=1)

@@ -15,7 +15,9 @@ from ..errors import EntropixError, EvalError
 from ..jsonl import read_records
 
 TASKS = ("arith", "gsm8k", "arc-easy", "arc-challenge")
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
+CHECKOUT = Path(__file__).resolve().parents[2]
+# In a source checkout only: an installed package has no shared/ beside it, so there --data is needed.
+DEFAULT_DATA_DIR = CHECKOUT.parent / "shared" / "evaldata"
 ARITH_SEED = 0
 ARITH_ITEMS = 200
 GSM8K_SHOTS = 8
@@ -140,7 +142,11 @@ def level_3(rng: random.Random) -> Tuple[int, str, int]:
 
 def data_file(data: Optional[Path], key: str) -> Path:
     """The file for `key` in the data folder; a file given as `data` stands for the task's items."""
-    data = Path(data).expanduser() if data is not None else DEFAULT_DATA_DIR
+    if data is None:
+        if not (CHECKOUT / "pyproject.toml").is_file():
+            raise EvalError(f"the {key} data has no default outside a source checkout; pass --data FOLDER")
+        data = DEFAULT_DATA_DIR
+    data = Path(data).expanduser()
     if data.is_file():
         path = data if key in ("gsm8k", "arc-easy", "arc-challenge") else data.parent / DATA_FILES[key]
     else:
