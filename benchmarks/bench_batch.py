@@ -24,15 +24,18 @@ import time
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # when not installed
+# isort: off
 import entropix_mlx  # noqa: E402, F401 - first: it loads the system OpenBLAS before mlx
 import mlx.core as mx  # noqa: E402
+
+# isort: on
 from entropix_mlx.batch import BatchGenerator  # noqa: E402
 from entropix_mlx.bench.machine import machine_info  # noqa: E402
 from entropix_mlx.bench.same_weights import mlx_lm_folder  # noqa: E402
 from entropix_mlx.bench.text import TEXT  # noqa: E402
-from entropix_mlx.generate import make_sampler  # noqa: E402
 from entropix_mlx.loading import DEFAULT_MODEL, load  # noqa: E402
 from entropix_mlx.loading.cpu_weights import dequantize_model  # noqa: E402
+from entropix_mlx.sampling import make_sampler  # noqa: E402
 
 
 def make_prompts(tokenizer, batch: int, base_length: int):

@@ -97,7 +97,7 @@ def bench_growing(batch, vocab, heads, length, n_steps):
 
 def print_fixed(rows):
     names = list(rows[0]["us"])
-    print(f"\nFixed L: microseconds per step (median); ratio = / mlx-lm")
+    print("\nFixed L: microseconds per step (median); ratio = / mlx-lm")
     print(f"{'V':>7} {'B':>2}  " + "  ".join(f"{n:>26}" for n in names))
     for row in rows:
         base = row["us"][names[0]]

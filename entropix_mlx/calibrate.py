@@ -12,12 +12,13 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import CalibrationError
-from .generate import encode_prompt, make_sampler, stream_generate
+from .generate import encode_prompt, stream_generate
 from .sampling import (
     STRATEGIES,
     SamplerConfig,
     choose_strategy,
     logits_entropy_varentropy,
+    make_sampler,
     resolve_pause_token,
 )
 

@@ -16,6 +16,7 @@ from .batch import MAX_BATCH_SIZE
 from .errors import ConfigError, EntropixError
 from .loading import CATALOG, CPU_DTYPES, DEFAULT_MODEL
 from .loading import catalog as catalog_lib
+from .sampling import SAMPLERS
 
 CHAT_PROMPT_CACHE_BYTES = 256 * 2**20  # the conversation's KV states, kept between turns
 STRATEGY_COLORS = {"argmax": "white", "pause": "yellow", "branch": "cyan", "resample": "magenta", "adaptive": "green"}
@@ -87,7 +88,7 @@ def sampler_options(command):
         click.option("--system", help="A system message for the chat template."),
         click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True),
         click.option("--seed", type=int, help="Random seed (same seed, same text)."),
-        click.option("--sampler", type=click.Choice(["entropix", "standard", "greedy"]), default="entropix",
+        click.option("--sampler", type=click.Choice(SAMPLERS), default="entropix",
                      show_default=True),
         click.option("--temp", type=float, help="Base temperature (default 0.666)."),
         click.option("--top-p", type=float, help="Base top-p (default 0.9)."),

@@ -20,24 +20,14 @@ import mlx.core as mx
 from .distributed import rank0_decides
 from .errors import GenerationError
 from .sampling import (
+    METRICS,
     PARAMETERS,
     STRATEGIES,
     SamplerConfig,
-    make_entropix_sampler,
     make_greedy_sampler,
-    make_standard_sampler,
-    resolve_pause_token,
+    make_sampler,
 )
 
-SAMPLERS = ("entropix", "standard", "greedy")
-METRICS = (
-    "logits_entropy",
-    "logits_varentropy",
-    "attn_entropy",
-    "attn_varentropy",
-    "agreement",
-    "interaction_strength",
-)
 Prompt = Union[str, Sequence[Dict[str, str]], Sequence[int]]
 SamplerStep = Callable[[mx.array, mx.array, mx.array, mx.array], Any]
 
@@ -69,19 +59,6 @@ class GenerationResponse:
     generation_tps: float
     peak_memory: float  # GB
     finish_reason: Optional[str] = None  # "stop", "length" or None while generating
-
-
-def make_sampler(name: str = "entropix", config: Optional[SamplerConfig] = None, tokenizer=None) -> SamplerStep:
-    """The sampler step for `name` (entropix, standard or greedy) with `config`'s settings."""
-    config = config or SamplerConfig()
-    if name == "entropix":
-        pause_id = resolve_pause_token(config, tokenizer) if tokenizer is not None else config.pause_token_id
-        return make_entropix_sampler(config, pause_token_id=pause_id)
-    if name == "standard":
-        return make_standard_sampler(config.temp, config.top_p, config.top_k, config.min_p)
-    if name == "greedy":
-        return make_greedy_sampler()
-    raise GenerationError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
 def step_outputs(model, cache, sampler: SamplerStep, inputs: mx.array, prev: mx.array, key, with_scores: bool,

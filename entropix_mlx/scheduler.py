@@ -22,9 +22,9 @@ import mlx.core as mx
 
 from . import distributed
 from .batch import BatchGenerator, RowStep, row_text
-from .generate import StopMatcher, make_sampler
+from .generate import StopMatcher
 from .prompt_cache import PromptCache
-from .sampling import SamplerConfig
+from .sampling import SamplerConfig, make_sampler
 from .trace import trace_record
 
 log = logging.getLogger("entropix_mlx.server")

@@ -35,9 +35,9 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from .errors import ConfigError
-from .generate import SAMPLERS, encode_prompt
+from .generate import encode_prompt
 from .loading import ModelInfo
-from .sampling import SamplerConfig, resolve_pause_token
+from .sampling import SAMPLERS, SamplerConfig, resolve_pause_token
 from .scheduler import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_QUEUE,

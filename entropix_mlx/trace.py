@@ -18,9 +18,9 @@ import numbers
 from pathlib import Path
 from typing import List, Optional, Union
 
-from .generate import METRICS, PARAMETERS, GenerationResponse
+from .generate import GenerationResponse
 from .jsonl import read_records
-from .sampling import STRATEGIES
+from .sampling import METRICS, PARAMETERS, STRATEGIES
 
 FIELDS = ("index", "token", "text", "logprob", "strategy", *METRICS, *PARAMETERS, "finish_reason")
 

@@ -3,10 +3,15 @@
 import mlx.core as mx
 import pytest
 
-from entropix_mlx.batch import MAX_BATCH_SIZE, BatchGenerator, batch_generate, stream_batch_generate
-from entropix_mlx.generate import GenerationError, make_sampler, stream_generate
+from entropix_mlx.batch import (
+    MAX_BATCH_SIZE,
+    BatchGenerator,
+    batch_generate,
+    stream_batch_generate,
+)
+from entropix_mlx.generate import GenerationError, stream_generate
 from entropix_mlx.loading import load
-from entropix_mlx.sampling import SamplerConfig
+from entropix_mlx.sampling import SamplerConfig, make_sampler
 
 from .tiny import tiny_model, write_float_gguf
 

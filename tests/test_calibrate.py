@@ -1,9 +1,8 @@
 """Calibration: the threshold rule on synthetic metrics, end to end on a tiny model, and the shipped preset."""
 
-import tomllib
-
 import numpy as np
 import pytest
+import tomllib
 from click.testing import CliRunner
 
 from entropix_mlx.calibrate import (

@@ -14,7 +14,6 @@ import pytest
 
 from entropix_mlx.distributed import ShardingError, check_shardable, shard_problems
 from entropix_mlx.loading import DEFAULT_MODEL
-
 from entropix_mlx.loading.convert import convert
 
 from .tiny import tiny_args, tiny_model, write_float_gguf, write_quantized_gguf

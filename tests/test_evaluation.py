@@ -10,8 +10,24 @@ from scipy import stats as scipy_stats
 
 from entropix_mlx import cli
 from entropix_mlx.evaluation import (
-    EvalError, EvalRun, Item, Task, arith_items, extract_answer, format_table, item_seed, load_task, make_arms,
-    mcnemar_exact, paired_counts, parse_seeds, plan, run_eval, same_number, summarize, wilson_interval,
+    EvalError,
+    EvalRun,
+    Item,
+    Task,
+    arith_items,
+    extract_answer,
+    format_table,
+    item_seed,
+    load_task,
+    make_arms,
+    mcnemar_exact,
+    paired_counts,
+    parse_seeds,
+    plan,
+    run_eval,
+    same_number,
+    summarize,
+    wilson_interval,
 )  # fmt: skip
 from entropix_mlx.evaluation.arms import Arm
 from entropix_mlx.evaluation.choice import score_choices

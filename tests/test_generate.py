@@ -5,7 +5,13 @@ import json
 import mlx.core as mx
 import pytest
 
-from entropix_mlx.generate import GenerationError, check_prompt, encode_prompt, generate_step, stream_generate
+from entropix_mlx.generate import (
+    GenerationError,
+    check_prompt,
+    encode_prompt,
+    generate_step,
+    stream_generate,
+)
 from entropix_mlx.loading import load
 from entropix_mlx.sampling import STRATEGIES, SamplerConfig
 from entropix_mlx.trace import FIELDS, TraceWriter, read_trace

@@ -8,7 +8,12 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize
 
 from entropix_mlx.errors import ModelLoadError
-from entropix_mlx.loading.gguf_quants import AFFINE_TYPES, DENSE_TYPES, pack, tensor_arrays
+from entropix_mlx.loading.gguf_quants import (
+    AFFINE_TYPES,
+    DENSE_TYPES,
+    pack,
+    tensor_arrays,
+)
 
 # Byte offsets of each block type's float16 scale fields (d, and dmin / m where there is one).
 F16_FIELDS = {

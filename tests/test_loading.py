@@ -13,7 +13,13 @@ from mlx.utils import tree_flatten
 from entropix_mlx.loading import ModelLoadError, catalog, load
 from entropix_mlx.loading.convert import convert
 
-from .tiny import SPECIAL_TOKENS, tiny_model, write_float_gguf, write_folder, write_quantized_gguf
+from .tiny import (
+    SPECIAL_TOKENS,
+    tiny_model,
+    write_float_gguf,
+    write_folder,
+    write_quantized_gguf,
+)
 
 TOKENS = mx.array([[1, 40, 41, 42, 77, 120, 2, 9]])
 

@@ -11,10 +11,10 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..errors import BenchError, ConfigError
-from ..generate import generate_step, make_sampler
+from ..generate import generate_step
 from ..loading import ModelLoadError, load
 from ..loading.cpu_weights import dequantize_model
-from ..sampling import SamplerConfig
+from ..sampling import SamplerConfig, make_sampler
 from .same_weights import mlx_lm_folder
 
 MLX_LM, OURS = "mlx-lm", "entropix-mlx"

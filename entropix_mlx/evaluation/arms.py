@@ -4,8 +4,7 @@ from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from ..errors import EvalError
-from ..generate import SAMPLERS
-from ..sampling import SamplerConfig
+from ..sampling import SAMPLERS, SamplerConfig
 
 ARMS = ("greedy", "standard", "entropix")
 BASELINES = ("greedy", "standard")  # every other arm is compared against each one present

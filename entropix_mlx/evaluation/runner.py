@@ -12,8 +12,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 from tqdm import tqdm
 
 from ..batch import BatchGenerator, RowStep, row_text
-from ..generate import StopMatcher, check_prompt, make_sampler
-from ..sampling import resolve_pause_token
+from ..generate import StopMatcher, check_prompt
+from ..sampling import make_sampler, resolve_pause_token
 from .answers import extract_answer, same_number
 from .arms import Arm
 from .choice import score_choices
