@@ -11,6 +11,9 @@ Record fields (stable; documented in README.md, "Trace format"):
   temperature, top_p, top_k, min_p
                         the sampling parameters used for this token, null when not applicable
   finish_reason         null, or "stop" / "length" on the last token
+  fork                  null, or on the first token committed after a look-ahead fork (branch_k > 0):
+                        {at, rule, winner, candidates: [{token, logprob, score, scored_tokens, text}]}
+                        (optional when reading: older traces lack it)
 """
 
 import json
@@ -20,7 +23,8 @@ from typing import IO, List, Union
 from .generate import METRICS, PARAMETERS, GenerationResponse
 from .jsonl import read_records
 
-FIELDS = ("index", "token", "text", "logprob", "strategy", *METRICS, *PARAMETERS, "finish_reason")
+FIELDS = ("index", "token", "text", "logprob", "strategy", *METRICS, *PARAMETERS, "finish_reason", "fork")
+OPTIONAL_FIELDS = ("fork",)  # traces written before look-ahead branching lack it
 
 
 def trace_record(index: int, response: GenerationResponse) -> dict:
@@ -36,6 +40,7 @@ def trace_record(index: int, response: GenerationResponse) -> dict:
     if record["top_k"] is not None:
         record["top_k"] = int(record["top_k"])
     record["finish_reason"] = response.finish_reason
+    record["fork"] = response.fork
     return record
 
 
@@ -53,4 +58,5 @@ class TraceWriter:
 
 def read_trace(path: Union[str, Path]) -> List[dict]:
     """The records of a trace file, checked to carry every field."""
-    return read_records(path, FIELDS, "a trace record")
+    required = [name for name in FIELDS if name not in OPTIONAL_FIELDS]
+    return read_records(path, required, "a trace record")

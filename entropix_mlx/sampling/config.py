@@ -14,6 +14,8 @@ from typing import Any, Mapping, Optional, Union
 # One sorted candidate set of this many tokens serves every strategy, so no
 # top_k (configured or derived) can exceed it.
 MAX_CANDIDATES = 100
+MAX_BRANCH_K = 8  # look-ahead forks at most this many candidates (each is a batch row)
+BRANCH_SCORES = ("margin", "logprob")
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,19 @@ class SamplerConfig:
     pause_token: str = "..."
     pause_token_id: Optional[int] = None
 
+    # Look-ahead branching (beyond the original; branch_k 0 keeps the one hotter sample).
+    # Where the branch strategy is chosen, fork the top branch_k candidates, roll each out
+    # for up to branch_horizon tokens or to a boundary, score it by branch_score (see
+    # entropix_mlx/branching.py) and keep the winner; at most max_branch_points forks.
+    branch_k: int = 0
+    branch_horizon: int = 6
+    max_branch_points: int = 4
+    branch_score: str = "margin"
+
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "pause_token":
+            if f.name in _TEXT_FIELDS:
                 _check_text(f.name, value)
             elif f.name in _INT_FIELDS:
                 _check_int(f.name, value, optional=f.name == "pause_token_id")
@@ -79,6 +90,16 @@ class SamplerConfig:
         _check_range("n_adaptive_samples", self.n_adaptive_samples, 1, math.inf, "must be >= 1")
         if self.pause_token_id is not None:
             _check_range("pause_token_id", self.pause_token_id, 0, math.inf, "must be >= 0")
+        if self.branch_k == 1 or not 0 <= self.branch_k <= MAX_BRANCH_K:
+            raise ValueError(
+                f"branch_k must be 0 (no look-ahead) or in [2, {MAX_BRANCH_K}], got {self.branch_k!r}"
+            )
+        _check_range("branch_horizon", self.branch_horizon, 1, math.inf, "must be >= 1")
+        _check_range("max_branch_points", self.max_branch_points, 0, math.inf, "must be >= 0")
+        if self.branch_score not in BRANCH_SCORES:
+            raise ValueError(
+                f"branch_score must be one of {', '.join(BRANCH_SCORES)}, got {self.branch_score!r}"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SamplerConfig":
@@ -108,7 +129,11 @@ class SamplerConfig:
         return self.from_dict({**self.to_dict(), **overrides})
 
 
-_INT_FIELDS = {"top_k", "n_adaptive_samples", "pause_token_id"}
+_INT_FIELDS = {
+    "top_k", "n_adaptive_samples", "pause_token_id", "branch_k", "branch_horizon",
+    "max_branch_points",
+}  # fmt: skip
+_TEXT_FIELDS = {"pause_token", "branch_score"}
 
 
 def _check_text(name, value):
