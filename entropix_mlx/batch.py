@@ -10,13 +10,14 @@ own tokens.
 import dataclasses
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Dict, Generator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache
 
+from .distributed import rank0_decides
 from .generate import (
     GenerationError,
     GenerationResponse,
@@ -25,6 +26,7 @@ from .generate import (
     StopMatcher,
     TokenStep,
     check_prompt,
+    check_seed,
     make_sampler,
     prefill,
     prompt_token_ids,
@@ -45,6 +47,7 @@ class Row:
     with_scores: bool
     max_tokens: int
     eos_ids: frozenset
+    top_logprobs: int = 0
     generated: int = 0
 
 
@@ -55,6 +58,7 @@ class RowStep:
     uid: int
     step: TokenStep
     finish_reason: Optional[str]  # "stop" at an EOS id, "length" at the row's max_tokens
+    top_logprobs: List[Tuple[int, float]] = field(default_factory=list)  # the k likeliest, if asked
     fork: Optional[dict] = None  # a look-ahead fork decided before this token (branching.py)
 
 
@@ -94,14 +98,16 @@ class BatchGenerator:
     `insert` queues a row; the next `next()` prefills every queued row in one padded batch,
     merges them into the running batch and returns one token per row. A row leaves after its
     EOS or `max_tokens` token, or when `remove`d. Like `generate_step`, the next forward pass
-    is queued before the host reads the current tokens.
+    is queued before the host reads the current tokens (so a row that stops at EOS or is
+    removed for a stop string has cost one pass more than it used).
     """
 
     def __init__(self, model, *, prefill_step_size: Optional[int] = None,
-                 max_batch_size: int = MAX_BATCH_SIZE):
+                 max_batch_size: int = MAX_BATCH_SIZE, on_leave: Optional[Callable] = None):
         self.model = model
         self.prefill_step_size = prefill_step_size
         self.max_batch_size = max_batch_size
+        self.on_leave = on_leave  # (uid, the row's KV cache: prompt + generated tokens) as a row leaves
         self.rows: List[Row] = []
         self.pending: List[Tuple[Row, List[int], Optional[List[Any]], mx.array]] = []
         self.cache: Optional[List[BatchKVCache]] = None
@@ -115,26 +121,30 @@ class BatchGenerator:
 
     def insert(self, prompt_ids: Sequence[int], sampler: Optional[SamplerStep] = None, *,
                with_scores: bool = True, seed: Optional[int] = None, max_tokens: int = 256,
-               eos_ids: Sequence[int] = (), prompt_cache: Optional[List[Any]] = None) -> int:
+               eos_ids: Sequence[int] = (), prompt_cache: Optional[List[Any]] = None,
+               top_logprobs: int = 0) -> int:
         """Queue a row continuing `prompt_ids` (after `prompt_cache`'s tokens, if given; that
         cache is copied, not changed); returns its uid. `with_scores=False` is for samplers
-        that do not read the attention scores."""
+        that do not read the attention scores; `top_logprobs` k > 0 reports the k likeliest
+        tokens of every step."""
         if not len(prompt_ids):
             raise GenerationError("the prompt is empty; give some text to continue")
+        check_seed(seed)
         if len(self) >= self.max_batch_size:
             raise GenerationError(
                 f"the batch is full ({self.max_batch_size} rows); wait for a row to finish"
             )
         row = Row(next(self._uids), sampler or make_greedy_sampler(), with_scores, max_tokens,
-                  frozenset(eos_ids))
+                  frozenset(eos_ids), top_logprobs)
         key = mx.random.key(seed if seed is not None else time.time_ns() % (1 << 31))
         self.pending.append((row, [int(t) for t in prompt_ids], prompt_cache, key))
         return row.uid
 
-    def fork(self, prompt_ids: Sequence[int], seeds: Sequence[Optional[int]], sampler=None,
-             **row_options) -> List[int]:
-        """Prefill `prompt_ids` once and continue it as one row per seed; their uids."""
-        cache = self.model.make_cache()
+    def fork(self, prompt_ids: Sequence[int], seeds: Sequence[Optional[int]], sampler=None, *,
+             prompt_cache: Optional[List[Any]] = None, **row_options) -> List[int]:
+        """Prefill `prompt_ids` once (into `prompt_cache` if given, which it extends) and continue
+        it as one row per seed; their uids."""
+        cache = prompt_cache if prompt_cache is not None else self.model.make_cache()
         prefill(self.model, mx.array(prompt_ids[:-1])[None], cache, self.prefill_step_size)
         return [
             self.insert(prompt_ids[-1:], sampler, seed=seed, prompt_cache=cache, **row_options)
@@ -182,17 +192,18 @@ class BatchGenerator:
             self._admit()
         if not self.rows:
             return []
-        current = self.outputs
-        self.outputs, self.keys = self._decode(self.cache, self.rows, self.keys, current[0])
-        results, keep = [], []
-        for i, (row, step) in enumerate(zip(self.rows, to_token_steps(*current))):
+        rows, current = self.rows, self.outputs
+        # A row at its last token leaves before the next forward pass is queued: it needs none.
+        self._keep([i for i, row in enumerate(rows) if row.generated + 1 < row.max_tokens])
+        if self.rows:
+            self.outputs, self.keys = self._decode(self.cache, self.rows, self.keys, self.outputs[0])
+        results = []
+        for row, step, top in zip(rows, to_token_steps(*current), top_logprobs(current[3], rows)):
             row.generated += 1
             finish = "stop" if step.token in row.eos_ids else None
             finish = finish or ("length" if row.generated >= row.max_tokens else None)
-            results.append(RowStep(row.uid, step, finish))
-            if finish is None:
-                keep.append(i)
-        self._keep(keep)
+            results.append(RowStep(row.uid, step, finish, top))
+        self.remove([r.uid for r in results if r.finish_reason == "stop"])
         self._steps += 1
         if self._steps % 256 == 0:
             mx.clear_cache()
@@ -201,9 +212,11 @@ class BatchGenerator:
     def _decode(self, cache, rows: List[Row], keys: mx.array, tokens: mx.array):
         """Queue one forward pass and sampler step for `rows` -> (outputs, their next keys)."""
         split = mx.vmap(mx.random.split)(keys)
-        sampler = partial(sample_rows, [row.sampler for row in rows])
+        sampler = rank0_decides(partial(sample_rows, [row.sampler for row in rows]))
         with_scores = any(row.with_scores for row in rows)
-        outputs = step_outputs(self.model, cache, sampler, tokens[:, None], tokens, split[:, 1], with_scores)
+        top = max(row.top_logprobs for row in rows)
+        outputs = step_outputs(self.model, cache, sampler, tokens[:, None], tokens, split[:, 1], with_scores,
+                               top)
         mx.async_eval(outputs, split)
         return outputs, split[:, 0]
 
@@ -241,6 +254,9 @@ class BatchGenerator:
     def _keep(self, indices: List[int]):
         if len(indices) == len(self.rows):
             return
+        if self.on_leave is not None:
+            for i in sorted(set(range(len(self.rows))) - set(indices)):
+                self.on_leave(self.rows[i].uid, [layer.extract(i) for layer in self.cache])
         self.rows = [self.rows[i] for i in indices]
         if not indices:
             self.cache = self.keys = self.outputs = None
@@ -251,6 +267,14 @@ class BatchGenerator:
         self.keys = self.keys[idx]
         token, logprob, strategy, info = self.outputs
         self.outputs = (token[idx], logprob[idx], strategy[idx], {k: v[idx] for k, v in info.items()})
+
+
+def top_logprobs(info: Dict[str, mx.array], rows: List[Row]) -> List[List[Tuple[int, float]]]:
+    """Per row, its `top_logprobs` likeliest (token, log-probability) pairs of the step."""
+    if "top_ids" not in info:
+        return [[] for _ in rows]
+    ids, values = info["top_ids"].tolist(), info["top_logprobs"].tolist()
+    return [list(zip(i[: row.top_logprobs], v[: row.top_logprobs])) for i, v, row in zip(ids, values, rows)]
 
 
 @dataclass
@@ -302,6 +326,8 @@ def stream_batch_generate(
     `max_tokens` tokens ("length").
     """
     checked = check_prompts(tokenizer, model, prompts, max_tokens)
+    if seed is not None:
+        check_seed(seed + len(prompts) - 1)  # the last row's seed
     with_scores = sampler == "entropix" or callable(sampler)
     step = make_sampler(sampler, config, tokenizer) if isinstance(sampler, str) else sampler
     base = seed if seed is not None else time.time_ns() % (1 << 30)

@@ -1,6 +1,8 @@
 """The `entropix-mlx` command line: a thin front over the library."""
 
+import contextlib
 import functools
+import os
 import sys
 import tomllib
 from collections import Counter
@@ -13,11 +15,21 @@ from .batch import MAX_BATCH_SIZE
 from .loading import CATALOG, DEFAULT_MODEL, ModelLoadError
 from .loading import catalog as catalog_lib
 
+CHAT_PROMPT_CACHE_BYTES = 256 * 2**20  # the conversation's KV states, kept between turns
 STRATEGY_COLORS = {"argmax": "white", "pause": "yellow", "branch": "cyan", "resample": "magenta", "adaptive": "green"}
 
 
 def echo_err(message: str):
-    click.echo(message, err=True)
+    if is_rank0():
+        click.echo(message, err=True)
+
+
+@functools.cache
+def is_rank0() -> bool:
+    """False on the follower ranks of an `mlx.launch` job, which print nothing but errors."""
+    from .distributed import world
+
+    return world().rank() == 0
 
 
 def load_model(name: str):
@@ -86,25 +98,39 @@ class GenerationSession:
     """A loaded model with its sampler settings, ready to stream answers."""
 
     def __init__(self, model, sampler, max_tokens, seed, verbose, config_file, **overrides):
+        from .generate import GenerationError, check_seed
+
+        try:
+            check_seed(seed)  # before the slow load
+        except GenerationError as e:
+            raise click.ClickException(str(e)) from None
         self.model, self.tokenizer, self.info = load_model(model)
         renamed = {"temp": overrides.pop("temp"), "pause_token": overrides.pop("pause_token")}
         self.config = sampler_config(self.info.sampler_preset, config_file, {**overrides, **renamed})
         self.sampler, self.max_tokens, self.seed, self.verbose = sampler, max_tokens, seed, verbose
 
-    def stream(self, prompt_ids, on_response):
+    def stream(self, prompt_ids, on_response, prompt_cache=None):
+        """Stream one answer; with a PromptCache, only the tokens it does not hold are prefilled,
+        and the answer's state is kept there for the next turn."""
         from .generate import GenerationError, stream_generate
 
-        strategies = Counter()
+        cache, rest = prompt_cache.fetch(prompt_ids) if prompt_cache else (None, prompt_ids)
+        if prompt_cache and cache is None:
+            cache = self.model.make_cache()
+        strategies, tokens = Counter(), list(prompt_ids)
         response = None
         try:
             for response in stream_generate(
-                self.model, self.tokenizer, prompt_ids, sampler=self.sampler, config=self.config,
-                max_tokens=self.max_tokens, seed=self.seed,
+                self.model, self.tokenizer, rest, sampler=self.sampler, config=self.config,
+                max_tokens=self.max_tokens, seed=self.seed, prompt_cache=cache,
             ):  # fmt: skip
                 strategies[response.strategy] += 1
+                tokens.append(response.token)
                 on_response(response)
         except (GenerationError, ValueError) as e:
             raise click.ClickException(str(e)) from None
+        if prompt_cache:
+            prompt_cache.store(tokens, cache)
         if self.verbose and response is not None:
             report(response, strategies)
         return response
@@ -158,6 +184,8 @@ def color_legend() -> str:
 @click.version_option(package_name="entropix-mlx")
 def main():
     """Entropy-aware text generation with MLX."""
+    if not is_rank0():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
 
 
 @main.group()
@@ -170,21 +198,19 @@ def models_list():
     """Show the catalog and whether each model is fetched."""
     folder = catalog_lib.models_dir()
     for name, entry in CATALOG.items():
-        here = (folder / entry.filename).is_file()
-        mark = "fetched" if here else "not fetched"
+        mark = catalog_lib.status(name)
         default = " (default)" if name == DEFAULT_MODEL else ""
-        click.echo(f"{name}{default}  [{mark}]\n    {entry.description}")
+        fix = f" (replace it: entropix-mlx models fetch {name})" if mark == "corrupt" else ""
+        click.echo(f"{name}{default}  [{mark}]{fix}\n    {entry.description}")
     click.echo(f"\nModels folder: {folder}")
 
 
 @models.command("fetch")
 @click.argument("name", default=DEFAULT_MODEL)
 def models_fetch(name):
-    """Download and verify a catalog model (default: the embedded one)."""
+    """Download and verify a catalog model (default: the embedded one); replaces a corrupt copy."""
     try:
-        path = catalog_lib.fetch(name, log=echo_err)
-        if not catalog_lib.verify(name):
-            raise ModelLoadError(f"{path} does not match its recorded sha256; delete it and fetch again")
+        path = catalog_lib.fetch(name, log=echo_err, replace_corrupt=True)
     except ModelLoadError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{name}: {path} (sha256 verified)")
@@ -221,12 +247,11 @@ def generate(prompt, no_chat_template, trace, color, completions, system, **opti
     from .generate import GenerationError, encode_prompt
     from .trace import TraceWriter
 
-    if prompt == "-":
-        prompt = sys.stdin.read()
-    if not prompt.strip():
-        raise click.ClickException("the prompt is empty; pass text with --prompt (or '-' for stdin)")
+    prompt = read_prompt(prompt)
     if completions > 1 and trace:
         raise click.ClickException("--trace records one completion; use it without -n")
+    if trace:
+        check_output_folder(Path(trace), "--trace")
     session = GenerationSession(**options)
     try:
         ids = encode_prompt(session.tokenizer, prompt, system, chat_template=not no_chat_template)
@@ -241,8 +266,7 @@ def generate(prompt, no_chat_template, trace, color, completions, system, **opti
             click.echo(f"--- completion {i + 1} of {completions} ---")
             click.echo("".join(styled(r, color) for r in responses))
         return
-    with open(trace, "w", encoding="utf-8") if trace else nullcontext() as trace_file:
-        writer = TraceWriter(trace_file) if trace_file else None
+    with TraceWriter(trace) if trace else nullcontext() as writer:
 
         def on_response(response):
             click.echo(styled(response, color), nl=False)
@@ -254,13 +278,38 @@ def generate(prompt, no_chat_template, trace, color, completions, system, **opti
     click.echo()
 
 
+def read_prompt(prompt: str) -> str:
+    """The --prompt text ('-' reads standard input), checked to be UTF-8 and not blank."""
+    if prompt == "-":
+        data = sys.stdin.buffer.read()
+        try:
+            prompt = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise click.ClickException(
+                f"the prompt on standard input is not UTF-8 (byte 0x{data[e.start]:02x} at offset "
+                f"{e.start}); convert it to UTF-8"
+            ) from None
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # undecodable argv bytes arrive as lone surrogates
+        raise click.ClickException(
+            f"--prompt is not UTF-8 (byte 0x{ord(prompt[e.start]) - 0xDC00:02x} at character "
+            f"{e.start}); pass UTF-8 text"
+        ) from None
+    if not prompt.strip():
+        raise click.ClickException("the prompt is empty; pass text with --prompt (or '-' for stdin)")
+    return prompt
+
+
 @main.command()
 @sampler_options
 def chat(system, **options):
     """An interactive chat: /reset clears the history, /quit ends; Ctrl-C stops an answer."""
     from .generate import encode_prompt
+    from .prompt_cache import PromptCache
 
     session = GenerationSession(**options)
+    prompt_cache = PromptCache(CHAT_PROMPT_CACHE_BYTES)
     history = []
     echo_err("Chat with the model. /reset clears the history, /quit (or Ctrl-D) ends.")
     while True:
@@ -283,6 +332,7 @@ def chat(system, **options):
             session.stream(
                 encode_prompt(session.tokenizer, history, system),
                 lambda r: (answer.append(r.text), click.echo(r.text, nl=False), sys.stdout.flush()),
+                prompt_cache,
             )
         except KeyboardInterrupt:
             echo_err(" [stopped]")
@@ -298,7 +348,13 @@ def chat(system, **options):
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--max-tokens-limit", type=click.IntRange(min=1), default=512, show_default=True,
               help="The most tokens one request may generate; larger max_tokens are capped.")
-def serve(model, host, port, max_tokens_limit):
+@click.option("--max-concurrency", type=click.IntRange(1, MAX_BATCH_SIZE), default=8, show_default=True,
+              help="Rows decoded together (each choice of a request is a row).")
+@click.option("--max-queue", type=click.IntRange(min=0), default=32, show_default=True,
+              help="Requests that may wait for a row; beyond that the server answers 429.")
+@click.option("--prompt-cache-bytes", type=click.IntRange(min=0), default=512 * 2**20, show_default=True,
+              help="Bytes of KV states kept for prompt reuse (0 turns the prompt cache off).")
+def serve(model, host, port, max_tokens_limit, max_concurrency, max_queue, prompt_cache_bytes):
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
     try:
         from . import server
@@ -306,12 +362,19 @@ def serve(model, host, port, max_tokens_limit):
         if (e.name or "").split(".")[0] not in ("starlette", "uvicorn"):
             raise
         raise click.ClickException("the server needs its optional extra: pip install 'entropix-mlx[server]'") from None
+    if not is_rank0():  # under mlx.launch: rank 0 listens, the others run its requests with it
+        from .scheduler import follow
+
+        with contextlib.suppress(KeyboardInterrupt):
+            follow(*load_model(model)[:2], max_concurrency=max_concurrency)
+        return
     try:
         server.check_can_listen(host, port)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
     loaded = load_model(model)
-    app = server.create_app(*loaded, max_tokens_limit=max_tokens_limit)
+    app = server.create_app(*loaded, max_tokens_limit=max_tokens_limit, max_concurrency=max_concurrency,
+                            max_queue=max_queue, prompt_cache_bytes=prompt_cache_bytes)
     echo_err(f"Serving {loaded[2].name} at http://{host}:{port}/v1 (OpenAI-compatible); Ctrl-C stops.")
     server.run(app, host, port)
 

@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tup
 
 import mlx.core as mx
 
+from .distributed import rank0_decides
 from .sampling import (
     PARAMETERS,
     STRATEGIES,
@@ -77,20 +78,24 @@ def make_sampler(name: str = "entropix", config: Optional[SamplerConfig] = None,
     raise GenerationError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def step_outputs(model, cache, sampler: SamplerStep, inputs: mx.array, prev: mx.array, key, with_scores: bool):
+def step_outputs(model, cache, sampler: SamplerStep, inputs: mx.array, prev: mx.array, key, with_scores: bool,
+                 top_logprobs: int = 0):
     """Lazily, for each row of `inputs` [B, L]: the next token, its log-probability, strategy and
-    sampler info. `key` is one key or one per row ([B, 2])."""
+    sampler info. `key` is one key or one per row ([B, 2]). With `top_logprobs` k > 0 the info
+    also holds the k most likely tokens, "top_ids" [B, k], and their "top_logprobs"."""
     out = model(inputs, cache, return_scores=with_scores, last_only=True)
     logits, scores = out if with_scores else (out, None)
     logits = logits[:, -1, :].astype(mx.float32)
     token, strategy, info = sampler(logits, scores, prev, key)
-    return token, token_logprob(logits, token), strategy, info
-
-
-def token_logprob(logits: mx.array, token: mx.array) -> mx.array:
-    """log p(token) per row under the untempered distribution of `logits` [B, V]."""
-    chosen = mx.take_along_axis(logits, token[:, None].astype(mx.int32), axis=-1)[:, 0]
-    return chosen - mx.logsumexp(logits, axis=-1)
+    log_total = mx.logsumexp(logits, axis=-1, keepdims=True)
+    logprob = mx.take_along_axis(logits, token[:, None].astype(mx.int32), axis=-1) - log_total
+    if top_logprobs:
+        top_ids = mx.argpartition(-logits, kth=top_logprobs - 1, axis=-1)[:, :top_logprobs]
+        top = mx.take_along_axis(logits, top_ids, axis=-1) - log_total
+        order = mx.argsort(-top, axis=-1)
+        info = {**info, "top_ids": mx.take_along_axis(top_ids, order, axis=-1),
+                "top_logprobs": mx.take_along_axis(top, order, axis=-1)}
+    return token, logprob[:, 0], strategy, info
 
 
 def prefill(model, tokens: mx.array, cache: List[Any], step_size: Optional[int] = None) -> List[Any]:
@@ -128,7 +133,7 @@ def generate_step(
     the current token.
     `with_scores=False` skips the attention scores (the plain samplers do not use them).
     """
-    sampler = sampler or make_greedy_sampler()
+    sampler = rank0_decides(sampler or make_greedy_sampler())
     cache = prompt_cache if prompt_cache is not None else model.make_cache(max_kv_size)
     key = mx.random.key(seed if seed is not None else time.time_ns() % (1 << 31))
 
@@ -211,18 +216,28 @@ def encode_prompt(
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
 
-def check_prompt(prompt_ids: Sequence[int], context_length: Optional[int], max_tokens: int) -> int:
-    """Validate a prompt against the context window; the `max_tokens` that still fits."""
+def check_prompt(prompt_ids: Sequence[int], context_length: Optional[int], max_tokens: int,
+                 cached: int = 0) -> int:
+    """Validate a prompt (after `cached` tokens already in the KV cache) against the context
+    window; the `max_tokens` that still fits."""
     if len(prompt_ids) == 0:
         raise GenerationError("the prompt is empty; give some text to continue")
     if max_tokens < 1:
         raise GenerationError(f"max_tokens must be >= 1, not {max_tokens}")
-    if context_length and len(prompt_ids) >= context_length:
+    length = cached + len(prompt_ids)
+    if context_length and length >= context_length:
         raise GenerationError(
-            f"the prompt has {len(prompt_ids)} tokens but the model's context window is "
+            f"the prompt has {length} tokens but the model's context window is "
             f"{context_length}; shorten the prompt"
         )
-    return min(max_tokens, context_length - len(prompt_ids)) if context_length else max_tokens
+    return min(max_tokens, context_length - length) if context_length else max_tokens
+
+
+def check_seed(seed: Optional[int]):
+    """A seed is None or in [0, 2**64), the range of MLX's random keys."""
+    bad_type = isinstance(seed, bool) or not isinstance(seed, int)
+    if seed is not None and (bad_type or not 0 <= seed < 2**64):
+        raise GenerationError(f"seed must be a whole number in [0, 2**64), not {seed!r}")
 
 
 def prompt_token_ids(tokenizer, prompt: Prompt) -> List[int]:
@@ -266,7 +281,9 @@ def stream_generate(
         return
     prompt_ids = prompt_token_ids(tokenizer, prompt)
     context_length = getattr(getattr(model, "args", None), "max_position_embeddings", None)
-    max_tokens = check_prompt(prompt_ids, context_length if max_kv_size is None else None, max_tokens)
+    cached = prompt_cache[0].offset if prompt_cache else 0
+    max_tokens = check_prompt(prompt_ids, context_length if max_kv_size is None else None, max_tokens, cached)
+    check_seed(seed)
     with_scores = sampler == "entropix" or callable(sampler)
     if isinstance(sampler, str):
         sampler = make_sampler(sampler, config, tokenizer)

@@ -2,14 +2,16 @@
 
 import json
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 
 def read_records(path: Union[str, Path], fields: Sequence[str], what: str = "a record",
-                 limit: Optional[int] = None) -> List[dict]:
+                 limit: Optional[int] = None,
+                 check: Callable[[dict], Optional[str]] = lambda record: None) -> List[dict]:
     """The objects on the non-blank lines of `path` (the first `limit` of them).
 
-    Raises ValueError naming the file, the line and what is wrong with it.
+    `check` says what is wrong with a record's values (None if nothing). Raises ValueError
+    naming the file, the line and what is wrong with it.
     """
     records = []
     with open(path, encoding="utf-8") as lines:
@@ -27,5 +29,8 @@ def read_records(path: Union[str, Path], fields: Sequence[str], what: str = "a r
             missing = [f for f in fields if f not in record]
             if missing:
                 raise ValueError(f"{path}:{line_no} is not {what} (missing {', '.join(missing)})")
+            problem = check(record)
+            if problem:
+                raise ValueError(f"{path}:{line_no} is not {what} ({problem})")
             records.append(record)
     return records

@@ -1,4 +1,4 @@
-"""An OpenAI-compatible HTTP API over `stream_generate`: one model, one generation worker.
+"""An OpenAI-compatible HTTP API: one model, one generation worker batching the requests.
 
 Routes: POST /v1/chat/completions, POST /v1/completions (streaming as server-sent events
 or not), GET /v1/models, GET /health. Errors are OpenAI-shaped JSON:
@@ -7,33 +7,44 @@ or not), GET /v1/models, GET /health. Errors are OpenAI-shaped JSON:
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import math
-import queue
 import socket
-import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple, Union
 
-import mlx.core as mx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from .generate import SAMPLERS, StopMatcher, encode_prompt, stream_generate
+from .generate import SAMPLERS, encode_prompt
 from .loading import ModelInfo
 from .sampling import SamplerConfig, resolve_pause_token
-from .trace import trace_record
+from .scheduler import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_PROMPT_CACHE_BYTES,
+    Busy,
+    Delta,
+    Failure,
+    Finish,
+    GenerationRequest,
+    GenerationWorker,
+    Job,
+    TokenLogprob,
+)
 
 DEFAULT_MAX_TOKENS_LIMIT = 512
+MAX_TOP_LOGPROBS = 20  # OpenAI's bounds: chat top_logprobs, completions logprobs
+MAX_COMPLETION_LOGPROBS = 5
+RETRY_AFTER_SECONDS = 2
 MAX_BODY_BYTES = 1_000_000
 MODEL_ALIASES = ("default",)
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -48,16 +59,17 @@ class APIError(Exception):
     """A request the server refuses, with the HTTP status and OpenAI error fields."""
 
     def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
-                 type: str = "invalid_request_error"):  # fmt: skip
+                 type: str = "invalid_request_error", headers: Optional[Dict[str, str]] = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 async def on_api_error(request: Request, error: APIError) -> JSONResponse:
@@ -92,19 +104,6 @@ JSON_TYPES = {
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
-    """A validated request, ready for the worker."""
-
-    prompt_ids: List[int]
-    sampler: str
-    config: SamplerConfig
-    max_tokens: int
-    seed: Optional[int] = None
-    stop: Tuple[str, ...] = ()
-    trace: bool = False
-
-
-@dataclass(frozen=True)
 class RequestOptions:
     """How to answer: streaming or not, and the model name to echo."""
 
@@ -121,12 +120,20 @@ async def read_json_body(request: Request, limit: int) -> dict:
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect:
+        log.info("a client disconnected while sending its request body")
+        raise APIError(400, "the client disconnected before its request body arrived",
+                       code="client_disconnected") from None
     try:
         data = json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise APIError(400, "the request body nests JSON too deeply; send a flatter object",
+                       code="invalid_json") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise APIError(400, f"the request body is not valid JSON ({e}); send a JSON object",
                        code="invalid_json") from None  # fmt: skip
@@ -204,8 +211,6 @@ def parse_sampler_config(body: dict, info: ModelInfo) -> SamplerConfig:
     top_p = get_field(body, "top_p", "number")
     check_range("temperature", temperature, temperature is None or temperature >= 0, "must be >= 0")
     check_range("top_p", top_p, top_p is None or 0 < top_p <= 1, "must be in (0, 1]")
-    n = get_field(body, "n", "integer", 1)
-    check_range("n", n, n == 1, "must be 1 (one choice per request)")
     aliases = {"temp": temperature, "top_p": top_p}
     overrides = get_field(body, "entropix", "object", {})
     settings = {**{k: v for k, v in aliases.items() if v is not None}, **overrides}
@@ -213,6 +218,31 @@ def parse_sampler_config(body: dict, info: ModelInfo) -> SamplerConfig:
         return info.sampler_config(**settings)
     except (TypeError, ValueError) as e:
         raise APIError(400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value") from None
+
+
+def parse_n(body: dict, limit: int) -> int:
+    n = get_field(body, "n", "integer", 1)
+    check_range("n", n, 1 <= n <= limit, f"must be in [1, {limit}] (choices are rows of one batch)")
+    return n
+
+
+def parse_chat_logprobs(body: dict) -> Optional[int]:
+    """Chat's `logprobs` (bool) and `top_logprobs` (0-20): None, or how many alternatives."""
+    wanted = get_field(body, "logprobs", "boolean", False)
+    top = get_field(body, "top_logprobs", "integer")
+    check_range("top_logprobs", top, top is None or 0 <= top <= MAX_TOP_LOGPROBS,
+                f"must be in [0, {MAX_TOP_LOGPROBS}]")
+    if top is not None and not wanted:
+        raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value")
+    return (top or 0) if wanted else None
+
+
+def parse_completion_logprobs(body: dict) -> Optional[int]:
+    """The completions API's `logprobs` (0-5 alternatives): None when absent."""
+    top = get_field(body, "logprobs", "integer")
+    check_range("logprobs", top, top is None or 0 <= top <= MAX_COMPLETION_LOGPROBS,
+                f"must be in [0, {MAX_COMPLETION_LOGPROBS}]")
+    return top
 
 
 def parse_sampler(body: dict) -> str:
@@ -309,122 +339,6 @@ def check_context(prompt_ids: Sequence[int], context_length: Optional[int], para
         )  # fmt: skip
 
 
-# --- Generation ------------------------------------------------------------------------
-
-
-@dataclass
-class Delta:
-    """New text for the client (may be empty) and the trace records of the tokens behind it."""
-
-    text: str
-    trace: List[dict]
-
-
-@dataclass
-class Finish:
-    reason: str  # "stop" or "length"
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class Failure:
-    status: int
-    message: str
-
-
-Event = Union[Delta, Finish, Failure]
-
-
-def generation_events(model, tokenizer, request: GenerationRequest, cancelled: threading.Event) -> Iterator[Event]:
-    """Run one request: a Delta per token, then a Finish; returns early once `cancelled` is set."""
-    stops = StopMatcher(request.stop)
-    responses = stream_generate(
-        model, tokenizer, request.prompt_ids, sampler=request.sampler, config=request.config,
-        max_tokens=request.max_tokens, seed=request.seed,
-    )  # fmt: skip
-    for index, response in enumerate(responses):
-        if cancelled.is_set():
-            return
-        text, stopped = stops.feed(response.text)
-        if stopped:
-            response = dataclasses.replace(response, finish_reason="stop")
-        elif response.finish_reason:
-            text += stops.flush()
-        yield Delta(text, [trace_record(index, response)] if request.trace else [])
-        if response.finish_reason:
-            yield Finish(response.finish_reason, len(request.prompt_ids), index + 1)
-            return
-
-
-class Job:
-    """One queued request: the worker feeds its events to the event loop that waits for them."""
-
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop):
-        self.request = request
-        self.loop = loop
-        self.events: asyncio.Queue = asyncio.Queue()
-        self.cancelled = threading.Event()
-
-    def deliver(self, event: Event):
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-
-    async def stream(self) -> AsyncIterator[Event]:
-        """The events up to and including the first Finish or Failure."""
-        while True:
-            event = await self.events.get()
-            yield event
-            if not isinstance(event, Delta):
-                return
-
-
-class GenerationWorker:
-    """The one thread that runs MLX: requests run one at a time, in arrival order."""
-
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
-        self.jobs: "queue.Queue[Optional[Job]]" = queue.Queue()
-        self.current: Optional[Job] = None
-        self.thread = threading.Thread(target=self._run, name="entropix-generation", daemon=True)
-
-    def start(self):
-        self.thread.start()
-
-    def stop(self, timeout: float = 10.0):
-        """Cancel the running job, finish the thread and free its MLX streams."""
-        if self.current is not None:
-            self.current.cancelled.set()
-        self.jobs.put(None)
-        self.thread.join(timeout)
-
-    def submit(self, request: GenerationRequest) -> Job:
-        job = Job(request, asyncio.get_running_loop())
-        self.jobs.put(job)
-        return job
-
-    def _run(self):
-        try:
-            while (job := self.jobs.get()) is not None:
-                if not job.cancelled.is_set():
-                    self.current = job
-                    self._run_job(job)
-                    self.current = None
-        finally:
-            # MLX needs each thread's streams destroyed before the interpreter exits.
-            mx.clear_streams()
-
-    def _run_job(self, job: Job):
-        try:
-            for event in generation_events(self.model, self.tokenizer, job.request, job.cancelled):
-                job.deliver(event)
-            if job.cancelled.is_set():
-                job.deliver(Failure(503, "the generation was cancelled"))
-        except Exception as e:  # the server must outlive any one request
-            log.exception("generation failed")
-            job.deliver(Failure(500, f"generation failed: {e}"))
-
-
 # --- Responses -------------------------------------------------------------------------
 
 
@@ -437,8 +351,8 @@ class Endpoint:
     chunk_object: str
     chat: bool
 
-    def choice(self, text: str, finish_reason: Optional[str], trace: Optional[List[dict]], stream: bool,
-               first: bool = False) -> dict:  # fmt: skip
+    def choice(self, index: int, text: str, finish_reason: Optional[str], trace: Optional[List[dict]],
+               stream: bool, logprobs: Optional[dict] = None, first: bool = False) -> dict:
         if not self.chat:
             content = {"text": text}
         elif stream:
@@ -446,19 +360,38 @@ class Endpoint:
             content = {"delta": delta}
         else:
             content = {"message": {"role": "assistant", "content": text}}
-        choice = {"index": 0, **content, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": index, **content, "logprobs": logprobs, "finish_reason": finish_reason}
         if trace is not None:
             choice["entropix_trace"] = trace
         return choice
+
+    def logprobs(self, tokenizer, entries: List[TokenLogprob], text_offset: int = 0) -> dict:
+        """OpenAI's logprobs object of these tokens: chat's `content` list, or the completions
+        API's parallel lists. Token text is each token decoded alone."""
+        texts = [tokenizer.decode([e.token]) for e in entries]
+        if self.chat:
+            def item(text, logprob):
+                return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+            content = [{**item(text, e.logprob), "top_logprobs": [item(tokenizer.decode([t]), lp) for t, lp in e.top]}
+                       for text, e in zip(texts, entries)]
+            return {"content": content, "refusal": None}
+        offsets = [text_offset + sum(len(t) for t in texts[:i]) for i in range(len(texts))]
+        top = [{tokenizer.decode([t]): lp for t, lp in e.top} for e in entries]
+        return {"tokens": texts, "token_logprobs": [e.logprob for e in entries], "top_logprobs": top,
+                "text_offset": offsets}
 
 
 CHAT = Endpoint("chatcmpl-", "chat.completion", "chat.completion.chunk", chat=True)
 COMPLETION = Endpoint("cmpl-", "text_completion", "text_completion", chat=False)
 
 
-def usage(finish: Finish) -> dict:
-    total = finish.prompt_tokens + finish.completion_tokens
-    return {"prompt_tokens": finish.prompt_tokens, "completion_tokens": finish.completion_tokens, "total_tokens": total}
+def usage(finishes: List[Finish]) -> dict:
+    """Token counts of a whole request: its prompt once, every choice's completion."""
+    prompt, cached = finishes[0].prompt_tokens, finishes[0].cached_tokens
+    completion = sum(f.completion_tokens for f in finishes)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def envelope(endpoint: Endpoint, id: str, model: str, created: int, stream: bool, **fields) -> dict:
@@ -472,26 +405,45 @@ def sse(payload: Union[dict, str]) -> str:
     return f"data: {data}\n\n"
 
 
-async def complete(job: Job, request: Request, endpoint: Endpoint, options: RequestOptions) -> JSONResponse:
+@dataclass
+class ChoiceText:
+    """One choice's answer as it comes in, for a non-streaming response."""
+
+    text: List[str] = field(default_factory=list)
+    trace: List[dict] = field(default_factory=list)
+    logprobs: List[TokenLogprob] = field(default_factory=list)
+    finish: Optional[Finish] = None
+
+
+async def complete(job: Job, request: Request, endpoint: Endpoint, options: RequestOptions,
+                   tokenizer) -> JSONResponse:
     """Wait for the whole answer (cancelling it if the client goes away) and return it."""
     watcher = asyncio.create_task(cancel_on_disconnect(request, job))
-    text, trace, end = [], [], None
+    choices = [ChoiceText() for _ in range(job.request.n)]
     try:
         async for event in job.stream():
+            if isinstance(event, Failure):
+                return error_response(APIError(event.status, event.message, type="server_error",
+                                               code="generation_failed"))
+            choice = choices[event.index]
             if isinstance(event, Delta):
-                text.append(event.text)
-                trace.extend(event.trace)
+                choice.text.append(event.text)
+                choice.trace.extend(event.trace)
+                choice.logprobs.extend(event.logprobs)
             else:
-                end = event
+                choice.finish = event
     finally:
         watcher.cancel()
         job.cancelled.set()
-    if isinstance(end, Failure):
-        return error_response(APIError(end.status, end.message, type="server_error", code="generation_failed"))
-    choice = endpoint.choice("".join(text), end.reason, trace if job.request.trace else None, stream=False)
-    body = envelope(endpoint, new_id(endpoint), options.model, int(time.time()), False,
-                    choices=[choice], usage=usage(end))  # fmt: skip
-    return JSONResponse(body)
+    wanted = job.request
+    body = [
+        endpoint.choice(i, "".join(c.text), c.finish.reason, c.trace if wanted.trace else None, stream=False,
+                        logprobs=endpoint.logprobs(tokenizer, c.logprobs) if wanted.top_logprobs is not None
+                        else None)
+        for i, c in enumerate(choices)
+    ]
+    return JSONResponse(envelope(endpoint, new_id(endpoint), options.model, int(time.time()), False,
+                                 choices=body, usage=usage([c.finish for c in choices])))
 
 
 async def cancel_on_disconnect(request: Request, job: Job):
@@ -500,22 +452,29 @@ async def cancel_on_disconnect(request: Request, job: Job):
     job.cancelled.set()
 
 
-async def event_stream(job: Job, endpoint: Endpoint, options: RequestOptions) -> AsyncIterator[str]:
+async def event_stream(job: Job, endpoint: Endpoint, options: RequestOptions, tokenizer) -> AsyncIterator[str]:
     """The answer as OpenAI chunks; closing the stream (client gone) cancels the generation."""
-    id, created, trace = new_id(endpoint), int(time.time()), job.request.trace
+    id, created, wanted = new_id(endpoint), int(time.time()), job.request
     chunk = lambda **fields: sse(envelope(endpoint, id, options.model, created, True, **fields))  # noqa: E731
+    finishes, offsets = [], [0] * wanted.n
     try:
         if endpoint.chat:
-            yield chunk(choices=[endpoint.choice("", None, None, stream=True, first=True)])
+            for i in range(wanted.n):
+                yield chunk(choices=[endpoint.choice(i, "", None, None, stream=True, first=True)])
         async for event in job.stream():
             if isinstance(event, Failure):
                 yield sse(APIError(event.status, event.message, type="server_error", code="generation_failed").body())
-            elif isinstance(event, Delta) and (event.text or trace):
-                yield chunk(choices=[endpoint.choice(event.text, None, event.trace if trace else None, stream=True)])
+            elif isinstance(event, Delta) and (event.text or wanted.trace or event.logprobs):
+                logprobs = endpoint.logprobs(tokenizer, event.logprobs, offsets[event.index]) if event.logprobs else None
+                offsets[event.index] += len(event.text)
+                trace = event.trace if wanted.trace else None
+                yield chunk(choices=[endpoint.choice(event.index, event.text, None, trace, True, logprobs)])
             elif isinstance(event, Finish):
-                yield chunk(choices=[endpoint.choice("", event.reason, [] if trace else None, stream=True)])
-                if options.include_usage:
-                    yield chunk(choices=[], usage=usage(event))
+                finishes.append(event)
+                trace = [] if wanted.trace else None
+                yield chunk(choices=[endpoint.choice(event.index, "", event.reason, trace, stream=True)])
+        if options.include_usage and len(finishes) == wanted.n:
+            yield chunk(choices=[], usage=usage(finishes))
         yield sse("[DONE]")
     finally:
         job.cancelled.set()
@@ -532,12 +491,14 @@ class ModelServer:
     """The loaded model, its limits and its worker, and the route handlers over them."""
 
     def __init__(self, model, tokenizer, info, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
-                 max_body_bytes: int = MAX_BODY_BYTES):  # fmt: skip
+                 max_body_bytes: int = MAX_BODY_BYTES, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+                 max_queue: int = DEFAULT_MAX_QUEUE, prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES):
         self.model, self.tokenizer, self.info = model, tokenizer, info
         self.name = str(info.name)
         self.vocab_size = info.args.vocab_size
         self.max_tokens_limit, self.max_body_bytes = max_tokens_limit, max_body_bytes
-        self.worker = GenerationWorker(model, tokenizer)
+        self.max_concurrency = max_concurrency
+        self.worker = GenerationWorker(model, tokenizer, max_concurrency, max_queue, prompt_cache_bytes)
         self.created = int(time.time())
 
     async def health(self, request: Request) -> JSONResponse:
@@ -557,18 +518,18 @@ class ModelServer:
     async def chat_completions(self, request: Request):
         body = await read_json_body(request, self.max_body_bytes)
         options, messages = parse_options(body, self.name), parse_messages(body)
-        settings = self.generation_settings(body)
+        settings = self.generation_settings(body, parse_chat_logprobs(body))
         prompt_ids = await run_in_threadpool(self._encode_chat, messages)
         return await self._answer(request, prompt_ids, "messages", settings, CHAT, options)
 
     async def completions(self, request: Request):
         body = await read_json_body(request, self.max_body_bytes)
         options, prompt = parse_options(body, self.name), parse_prompt(body, self.vocab_size)
-        settings = self.generation_settings(body)
+        settings = self.generation_settings(body, parse_completion_logprobs(body))
         prompt_ids = prompt if isinstance(prompt, list) else await run_in_threadpool(self._encode_text, prompt)
         return await self._answer(request, prompt_ids, "prompt", settings, COMPLETION, options)
 
-    def generation_settings(self, body: dict) -> dict:
+    def generation_settings(self, body: dict, top_logprobs: Optional[int]) -> dict:
         """The validated sampling fields of `body`: GenerationRequest's arguments but the prompt."""
         sampler = parse_sampler(body)
         config = parse_sampler_config(body, self.info)
@@ -577,7 +538,8 @@ class ModelServer:
         return dict(
             sampler=sampler, config=config, max_tokens=parse_max_tokens(body, self.max_tokens_limit),
             seed=parse_seed(body), stop=parse_stop(body), trace=get_field(body, "trace", "boolean", False),
-        )  # fmt: skip
+            n=parse_n(body, self.max_concurrency), top_logprobs=top_logprobs,
+        )
 
     def _encode_chat(self, messages) -> List[int]:
         try:
@@ -591,21 +553,26 @@ class ModelServer:
 
     async def _answer(self, request, prompt_ids, prompt_param, settings, endpoint, options):
         generation = self.fit_to_context(prompt_ids, prompt_param, settings)
-        job = self.worker.submit(generation)
+        try:
+            job = self.worker.submit(generation)
+        except Busy as e:
+            raise APIError(429, str(e), code="rate_limit_exceeded", type="rate_limit_error",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
         if options.stream:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            return StreamingResponse(event_stream(job, endpoint, options), media_type="text/event-stream",
-                                     headers=headers)  # fmt: skip
-        return await complete(job, request, endpoint, options)
+            return StreamingResponse(event_stream(job, endpoint, options, self.tokenizer),
+                                     media_type="text/event-stream", headers=headers)
+        return await complete(job, request, endpoint, options, self.tokenizer)
 
     def fit_to_context(self, prompt_ids: List[int], prompt_param: str, settings: dict) -> GenerationRequest:
-        """The request for an encoded prompt that fits the context window (stream_generate then cuts
-        max_tokens to the room left)."""
+        """The request for an encoded prompt that fits the context window, max_tokens cut to the room
+        left."""
         if not prompt_ids:
             raise APIError(400, f"'{prompt_param}' encodes to no tokens; give some text", param=prompt_param,
                            code="invalid_value")  # fmt: skip
         check_context(prompt_ids, self.info.context_length, prompt_param)
-        return GenerationRequest(prompt_ids=prompt_ids, **settings)
+        room = self.info.context_length - len(prompt_ids) if self.info.context_length else settings["max_tokens"]
+        return GenerationRequest(prompt_ids=prompt_ids, **{**settings, "max_tokens": min(settings["max_tokens"], room)})
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
@@ -625,10 +592,11 @@ class ModelServer:
         ]
 
 
-def create_app(model, tokenizer, info, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
-               max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:  # fmt: skip
-    """The ASGI app serving one loaded model (`load()`'s triple); the worker runs in its lifespan."""
-    server = ModelServer(model, tokenizer, info, max_tokens_limit, max_body_bytes)
+def create_app(model, tokenizer, info, **limits) -> Starlette:
+    """The ASGI app serving one loaded model (`load()`'s triple); the worker runs in its lifespan.
+    `limits`: ModelServer's max_tokens_limit, max_body_bytes, max_concurrency, max_queue and
+    prompt_cache_bytes."""
+    server = ModelServer(model, tokenizer, info, **limits)
     handlers = {APIError: on_api_error, HTTPException: on_http_error, Exception: on_unexpected_error}
     return Starlette(routes=server.routes(), exception_handlers=handlers, lifespan=server.lifespan)
 

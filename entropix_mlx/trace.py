@@ -17,46 +17,84 @@ Record fields (stable; documented in README.md, "Trace format"):
 """
 
 import json
+import numbers
 from pathlib import Path
-from typing import IO, List, Union
+from typing import List, Optional, Union
 
 from .generate import METRICS, PARAMETERS, GenerationResponse
 from .jsonl import read_records
+from .sampling import STRATEGIES
 
 FIELDS = ("index", "token", "text", "logprob", "strategy", *METRICS, *PARAMETERS, "finish_reason", "fork")
 OPTIONAL_FIELDS = ("fork",)  # traces written before look-ahead branching lack it
 
 
-def trace_record(index: int, response: GenerationResponse) -> dict:
-    record = {
-        "index": index,
-        "token": response.token,
-        "text": response.text,
-        "logprob": response.logprob,
-        "strategy": response.strategy,
-    }
-    record.update({k: response.metrics.get(k) for k in METRICS})
-    record.update({k: response.params.get(k) for k in PARAMETERS})
+def trace_record(index: int, step, text: str, finish_reason: Optional[str]) -> dict:
+    """The record of one generated token: `step` is a TokenStep or GenerationResponse (token,
+    logprob, strategy, metrics, params); `text` the text it added."""
+    record = {"index": index, "token": step.token, "text": text, "logprob": step.logprob,
+              "strategy": step.strategy}
+    record.update({k: step.metrics.get(k) for k in METRICS})
+    record.update({k: step.params.get(k) for k in PARAMETERS})
     if record["top_k"] is not None:
         record["top_k"] = int(record["top_k"])
-    record["finish_reason"] = response.finish_reason
-    record["fork"] = response.fork
+    record["finish_reason"] = finish_reason
+    record["fork"] = getattr(step, "fork", None)
     return record
 
 
 class TraceWriter:
-    """Writes one record per response to an open text stream."""
+    """Writes one record per response to `path`, a line each, flushed as written.
 
-    def __init__(self, stream: IO[str]):
-        self.stream = stream
+    The file is created (an existing one replaced) only at the first record, so a run that
+    fails before its first token leaves `path` as it was; one killed midway keeps every
+    record written so far. Use as a context manager, or call `close()`.
+    """
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+        self.stream = None
         self.count = 0
 
     def write(self, response: GenerationResponse):
-        self.stream.write(json.dumps(trace_record(self.count, response), ensure_ascii=False) + "\n")
+        if self.stream is None:
+            self.stream = open(self.path, "w", encoding="utf-8")
+        self.stream.write(json.dumps(trace_record(self.count, response, response.text, response.finish_reason), ensure_ascii=False) + "\n")
+        self.stream.flush()
         self.count += 1
+
+    def close(self):
+        if self.stream is not None:
+            self.stream.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def read_trace(path: Union[str, Path]) -> List[dict]:
-    """The records of a trace file, checked to carry every field."""
+    """The records of a trace file, checked to carry every field with a value of its type."""
     required = [name for name in FIELDS if name not in OPTIONAL_FIELDS]
-    return read_records(path, required, "a trace record")
+    return read_records(path, required, "a trace record", check=record_problem)
+
+
+def record_problem(record: dict) -> Optional[str]:
+    """What is wrong with the values of a trace record (None if nothing)."""
+    for name in ("index", "token"):
+        if isinstance(record[name], bool) or not isinstance(record[name], int):
+            return f"{name} must be an integer, got {record[name]!r}"
+    if not isinstance(record["text"], str):
+        return f"text must be a string, got {record['text']!r}"
+    if record["strategy"] is not None and record["strategy"] not in STRATEGIES:
+        choices = ", ".join(STRATEGIES)
+        return f"strategy must be one of {choices} or null, got {record['strategy']!r}"
+    for name in ("logprob", *METRICS, *PARAMETERS):
+        value = record[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            return f"{name} must be a number or null, got {value!r}"
+    if record["finish_reason"] not in (None, "stop", "length"):
+        reason = record["finish_reason"]
+        return f'finish_reason must be "stop", "length" or null, got {reason!r}'
+    return None

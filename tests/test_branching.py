@@ -149,8 +149,8 @@ def test_margin_and_forced_margins_match_by_hand():
 # --- the real tiny model -------------------------------------------------------------------
 
 # Thresholds that send most tokens of the random tiny model to the branch quadrant.
-BRANCHY = SamplerConfig(pause_token=".", low_ent=0.0, low_vent=0.0, med_ent=50.0, high_ent=50.0,
-                        high_vent=0.0)
+BRANCHY = SamplerConfig(pause_token=".", low_ent=0.0, low_vent=0.0, med_ent=50.0, high_ent=60.0,
+                        high_vent=0.001)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from entropix_mlx import cli
+from entropix_mlx.sampling import SamplerConfig
 from entropix_mlx.trace import read_trace
 
 from .tiny import tiny_model, write_float_gguf
@@ -103,6 +104,35 @@ def test_chat_keeps_the_history(tiny_gguf, monkeypatch):
     first_answer = seen[1][1]
     assert first_answer["role"] == "assistant" and first_answer["content"] in result.output
     assert seen[1][0]["content"] == "first question" and seen[1][2]["content"] == "second question"
+
+
+def test_chat_prefills_only_the_new_tokens_of_a_turn(tiny_gguf, monkeypatch):
+    generate_module = importlib.import_module("entropix_mlx.generate")
+    fed, prompts = [], []
+    original_stream, original_encode = generate_module.stream_generate, generate_module.encode_prompt
+
+    def recording_stream(model, tokenizer, prompt, **kwargs):
+        fed.append(len(prompt))
+        yield from original_stream(model, tokenizer, prompt, **kwargs)
+
+    def recording_encode(tokenizer, prompt, *args, **kwargs):
+        ids = original_encode(tokenizer, prompt, *args, **kwargs)
+        prompts.append(ids)
+        return ids
+
+    monkeypatch.setattr(generate_module, "stream_generate", recording_stream)
+    monkeypatch.setattr(generate_module, "encode_prompt", recording_encode)
+    result = run("chat", "-m", tiny_gguf, "--sampler", "standard", "--temp", "1.5", "--seed", "3",
+                 "--max-tokens", "6", input="first question\nsecond question\n/quit\n")
+    assert result.exit_code == 0, result.output
+    assert fed[0] == len(prompts[0])
+    assert fed[1] < len(prompts[1]) - len(prompts[0])  # the first turn and the answer came from the cache
+    model, tokenizer, _ = importlib.import_module("entropix_mlx.loading").load(tiny_gguf)
+    config = SamplerConfig(temp=1.5)
+    uncached = "".join(r.text for r in original_stream(model, tokenizer, prompts[1], sampler="standard",
+                                                       config=config, seed=3, max_tokens=6))
+    assert uncached.strip()
+    assert result.output.split(">> ")[2] == f"{uncached}\n"  # the second answer, as an uncached run gives it
 
 
 def test_models_list_and_convert_errors(tiny_gguf, tmp_path):

@@ -1,6 +1,5 @@
 """Generation: greedy parity with mlx-lm and the reference, seeds, stops, traces."""
 
-import io
 import json
 
 import mlx.core as mx
@@ -50,14 +49,13 @@ def test_entropix_seeds_reproduce_and_differ(tiny):
     assert run(1) != run(2)
 
 
-def test_trace_has_one_valid_record_per_token(tiny):
+def test_trace_has_one_valid_record_per_token(tiny, tmp_path):
     model, tokenizer, _ = tiny
-    stream = io.StringIO()
-    writer = TraceWriter(stream)
     responses = list(stream_generate(model, tokenizer, "hello", config=TINY_CONFIG, max_tokens=16, seed=3))
-    for response in responses:
-        writer.write(response)
-    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    with TraceWriter(tmp_path / "t.jsonl") as writer:
+        for response in responses:
+            writer.write(response)
+    records = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert len(records) == len(responses) == responses[-1].generation_tokens
     assert [r["index"] for r in records] == list(range(len(records)))
     assert all(set(r) == set(FIELDS) and r["strategy"] in STRATEGIES for r in records)

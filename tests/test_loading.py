@@ -209,10 +209,10 @@ def test_catalog_fetch_verifies_and_reuses(tmp_path, monkeypatch):
     entry = fake_catalog_entry(tmp_path, b"GGUF weights")
     monkeypatch.setitem(catalog.CATALOG, "fake", entry)
     path = catalog.fetch("fake")
-    assert path.read_bytes() == b"GGUF weights" and catalog.verify("fake")
+    assert path.read_bytes() == b"GGUF weights" and catalog.status("fake") == "fetched"
     monkeypatch.setitem(catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "url": "file:///gone"}))
     assert catalog.fetch("fake") == path  # reused, not downloaded again
-    assert sorted(p.name for p in path.parent.iterdir()) == ["model.gguf"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [".model.gguf.verified", "model.gguf"]
 
 
 def test_catalog_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):

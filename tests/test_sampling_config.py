@@ -127,3 +127,12 @@ def test_pause_token_id_wins_over_text():
     cfg = SamplerConfig(pause_token="<think>", pause_token_id=42)
     assert resolve_pause_token(cfg, tokenizer) == 42
     assert tokenizer.calls == 0
+
+
+def test_thresholds_must_rise_and_the_shipped_ones_do():
+    with pytest.raises(ValueError, match=r"^thresholds out of order: med_ent \(5\.0\) must be below high_ent \(5\.0\)$"):
+        SamplerConfig(med_ent=5.0)
+    from entropix_mlx.presets import read_preset
+
+    for cfg in (SamplerConfig(), SamplerConfig.from_dict(read_preset("smollm2-135m-instruct"))):
+        assert cfg.low_ent < cfg.med_ent < cfg.high_ent and cfg.low_vent < cfg.high_vent

@@ -24,15 +24,11 @@ pytest.importorskip("starlette", reason="the server extra is not installed: pip 
 pytest.importorskip("uvicorn", reason="the server extra is not installed: pip install -e '.[server]'")
 
 from entropix_mlx.cli import main  # noqa: E402
-from entropix_mlx.generate import StopMatcher  # noqa: E402
+from entropix_mlx.generate import StopMatcher, stream_generate  # noqa: E402
 from entropix_mlx.loading import DEFAULT_MODEL, load  # noqa: E402
 from entropix_mlx.sampling import SamplerConfig  # noqa: E402
-from entropix_mlx.server import (  # noqa: E402
-    GenerationRequest,
-    GenerationWorker,
-    create_app,
-    generation_events,
-)
+from entropix_mlx.scheduler import Busy, GenerationRequest, GenerationWorker  # noqa: E402
+from entropix_mlx.server import create_app  # noqa: E402
 
 from .tiny import tiny_model, write_float_gguf  # noqa: E402
 
@@ -103,14 +99,41 @@ def tiny_request(tokenizer, **fields) -> GenerationRequest:
     return GenerationRequest(**{**settings, **fields})
 
 
-def test_generation_events_cut_at_a_stop_string_and_trace_every_token(tiny):
+def worker_events(worker_args, *requests, cancel_first_after=None, cancel_before=()):
+    """Run `requests` through one GenerationWorker -> each request's events (in submission order)."""
+
+    async def scenario():
+        worker = GenerationWorker(*worker_args)
+        worker.start()
+        try:
+            jobs = [worker.submit(r) for r in requests]
+            for i in cancel_before:
+                jobs[i].cancelled.set()
+            results = []
+            for i, job in enumerate(jobs):
+                if i in cancel_before:
+                    results.append([])
+                    continue
+                events = []
+                async for event in job.stream():
+                    events.append(event)
+                    if i == 0 and cancel_first_after is not None and len(events) >= cancel_first_after:
+                        job.cancelled.set()
+                results.append(events)
+            return results, jobs
+        finally:
+            worker.stop()
+
+    return asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_worker_cuts_at_a_stop_string_and_traces_every_token(tiny):
     model, tokenizer, _ = tiny
-    free = list(generation_events(model, tokenizer, tiny_request(tokenizer), threading.Event()))
+    (free,), _ = worker_events((model, tokenizer), tiny_request(tokenizer))
     full = "".join(e.text for e in free[:-1])
     assert free[-1].reason in ("stop", "length") and len(full) >= 3, full
     stop = full[1:3]
-    request = tiny_request(tokenizer, stop=(stop,), trace=True)
-    events = list(generation_events(model, tokenizer, request, threading.Event()))
+    (events,), _ = worker_events((model, tokenizer), tiny_request(tokenizer, stop=(stop,), trace=True))
     *deltas, finish = events
     assert "".join(e.text for e in deltas) == full[: full.index(stop)]
     assert finish.reason == "stop" and finish.completion_tokens == len(deltas)
@@ -119,31 +142,43 @@ def test_generation_events_cut_at_a_stop_string_and_trace_every_token(tiny):
     assert records[-1]["finish_reason"] == "stop"
 
 
-def test_worker_serves_in_order_and_stops_a_cancelled_job_between_tokens(tiny):
+def test_worker_batches_requests_and_a_cancelled_one_leaves_between_tokens(tiny):
     model, tokenizer, _ = tiny
-
-    async def scenario():
-        worker = GenerationWorker(model, tokenizer)
-        worker.start()
-        try:
-            long = worker.submit(tiny_request(tokenizer, max_tokens=200))
-            short = worker.submit(tiny_request(tokenizer, max_tokens=3))
-            skipped = worker.submit(tiny_request(tokenizer))
-            skipped.cancelled.set()
-            long_events = []
-            async for event in long.stream():
-                long_events.append(event)
-                long.cancelled.set()
-            short_events = [e async for e in short.stream()]
-            return long_events, short_events, skipped
-        finally:
-            worker.stop()
-
-    long_events, short_events, skipped = asyncio.run(asyncio.wait_for(scenario(), 30))
+    requests = [tiny_request(tokenizer, max_tokens=200), tiny_request(tokenizer, max_tokens=3), tiny_request(tokenizer)]
+    (long_events, short_events, skipped), jobs = worker_events((model, tokenizer), *requests, cancel_first_after=1,
+                                                               cancel_before=(2,))
     assert type(long_events[-1]).__name__ == "Failure" and long_events[-1].status == 503
     assert len(long_events) < 10  # stopped within a few tokens of 200
     assert type(short_events[-1]).__name__ == "Finish" and short_events[-1].completion_tokens == 3
-    assert skipped.events.empty()
+    assert jobs[2].events.empty()
+
+
+def test_rows_of_one_batch_each_equal_their_request_alone(tiny):
+    model, tokenizer, _ = tiny
+    config = SamplerConfig(pause_token_id=TINY_PAUSE_ID)
+    requests = [
+        tiny_request(tokenizer, prompt_ids=tokenizer.encode(text), sampler=sampler, seed=seed, max_tokens=8,
+                     config=config.replace(temp=temp))
+        for text, sampler, seed, temp in [("hello", "entropix", 1, 0.666), ("the tiny", "standard", 2, 1.0),
+                                          ("a b c", "greedy", None, 0.666), ("hello", "entropix", 3, 0.9)]
+    ]
+    together, _ = worker_events((model, tokenizer), *requests)
+    alone = [worker_events((model, tokenizer), r)[0][0] for r in requests]
+    text = lambda events: "".join(e.text for e in events if type(e).__name__ == "Delta")  # noqa: E731
+    assert [text(e) for e in together] == [text(e) for e in alone]
+    assert all(type(e[-1]).__name__ == "Finish" for e in together)
+
+
+def test_a_full_queue_answers_busy(tiny):
+    model, tokenizer, _ = tiny
+
+    async def scenario():
+        worker = GenerationWorker(model, tokenizer, 2, 1)  # not started: nothing is admitted
+        worker.submit(tiny_request(tokenizer))
+        with pytest.raises(Busy, match=r"^the server is busy \(1 requests are waiting\); retry shortly$"):
+            worker.submit(tiny_request(tokenizer))
+
+    asyncio.run(scenario())
 
 
 class FailsOnce:
@@ -164,18 +199,8 @@ class FailsOnce:
 
 def test_worker_outlives_a_failing_generation(tiny):
     model, tokenizer, _ = tiny
-
-    async def scenario():
-        worker = GenerationWorker(FailsOnce(model), tokenizer)
-        worker.start()
-        try:
-            failed = [e async for e in worker.submit(tiny_request(tokenizer)).stream()]
-            served = [e async for e in worker.submit(tiny_request(tokenizer, max_tokens=2)).stream()]
-            return failed, served
-        finally:
-            worker.stop()
-
-    failed, served = asyncio.run(asyncio.wait_for(scenario(), 30))
+    (failed,), _ = worker_events((FailsOnce(model), tokenizer), tiny_request(tokenizer))
+    (served,), _ = worker_events((model, tokenizer), tiny_request(tokenizer, max_tokens=2))
     assert failed[-1].status == 500 and "simulated failure" in failed[-1].message
     assert served[-1].completion_tokens == 2
 
@@ -253,13 +278,23 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", chat(entropix={"top_k": 1000}), 400, "invalid_value", "entropix", "top_k"),
     ("/v1/chat/completions", chat(entropix={"warp": 9}), 400, "invalid_value", "entropix", "unknown sampler"),
     ("/v1/chat/completions", chat(entropix=[1]), 400, "invalid_type", "entropix", "must be an object, not array"),
+    ("/v1/chat/completions", chat(entropix={"low_ent": 5.0, "med_ent": 3.0}), 400, "invalid_value", "entropix",
+     "invalid 'entropix' settings: thresholds out of order: low_ent (5.0) must be below med_ent (3.0)"),
     ("/v1/chat/completions", chat(model="gpt-4"), 404, "model_not_found", "model", "not served"),
     ("/v1/chat/completions", chat(max_tokens=0), 422, "invalid_value", "max_tokens", ">= 1"),
     ("/v1/chat/completions", chat(temperature=-0.5), 422, "invalid_value", "temperature", ">= 0"),
     ("/v1/chat/completions", chat(top_p=0), 422, "invalid_value", "top_p", "(0, 1]"),
     ("/v1/chat/completions", chat(top_p=1.5), 422, "invalid_value", "top_p", "(0, 1]"),
     ("/v1/chat/completions", chat(seed=-1), 422, "invalid_value", "seed", "[0, 2**64)"),
-    ("/v1/chat/completions", chat(n=2), 422, "invalid_value", "n", "must be 1"),
+    ("/v1/chat/completions", chat(n=9), 422, "invalid_value", "n", "must be in [1, 8]"),
+    ("/v1/chat/completions", chat(entropix={"n_adaptive_samples": 200_000_000}), 400, "invalid_value", "entropix",
+     "n_adaptive_samples must be in [1, 64], got 200000000"),
+    ("/v1/chat/completions", chat(entropix={"pause_token_id": 2**62}), 400, "invalid_value", "entropix",
+     "outside the vocabulary"),
+    ("/v1/chat/completions", chat(top_logprobs=3), 400, "invalid_value", "top_logprobs", "needs 'logprobs': true"),
+    ("/v1/chat/completions", chat(logprobs=True, top_logprobs=21), 422, "invalid_value", "top_logprobs",
+     "must be in [0, 20]"),
+    ("/v1/completions", {"prompt": "hi", "logprobs": 6}, 422, "invalid_value", "logprobs", "must be in [0, 5]"),
     ("/v1/completions", {"prompt": ""}, 400, "invalid_value", "prompt", "empty"),
     ("/v1/completions", {"prompt": "hi", "stop": ["", "x"]}, 422, "invalid_value", "stop", "must not be empty"),
     ("/v1/completions", {"prompt": "hi", "stream_options": 1}, 400, "invalid_type", "stream_options", "object"),
@@ -288,6 +323,73 @@ def test_malformed_bodies_unknown_routes_and_oversize_bodies(client):
     assert_error(client.get("/v1/engines"), 404, "not_found", None, "GET /v1/engines")
     assert_error(client.get("/v1/chat/completions"), 405, "method_not_allowed", None, "use POST")
     assert_error(client.post("/v1/completions", content=b" " * 10_001), 413, "request_too_large", None, "10000 bytes")
+
+
+def test_deeply_nested_json_is_a_400(client):
+    nested = b'{"x": ' + b"[" * 4000 + b"]" * 4000 + b"}"  # under the body limit, too deep to parse
+    assert_error(client.post("/v1/completions", content=nested), 400, "invalid_json", None, "nests JSON too deeply")
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_a_full_queue_is_a_429_with_retry_after(tiny):
+    from starlette.testclient import TestClient
+
+    with TestClient(create_app(*tiny, max_tokens_limit=8, max_queue=0)) as busy:
+        response = busy.post("/v1/completions", json={"prompt": "hello", "max_tokens": 2})
+        assert_error(response, 429, "rate_limit_exceeded", None, "the server is busy (0 requests are waiting)")
+        assert response.headers["retry-after"] == "2"
+        assert busy.get("/health").json()["status"] == "ok"
+
+
+def test_logprobs_are_the_untempered_model_log_probabilities(client, tiny):
+    model, tokenizer, _ = tiny
+    ids = tokenizer.encode("hello")
+    expected = list(stream_generate(model, tokenizer, ids, sampler="greedy", max_tokens=4))
+    body = client.post("/v1/chat/completions", json=chat(max_tokens=4, sampler="greedy", logprobs=True,
+                                                         top_logprobs=3)).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == body["usage"]["completion_tokens"]
+    assert all(len(c["top_logprobs"]) == 3 and c["top_logprobs"][0]["token"] == c["token"] for c in content)
+    completion = client.post("/v1/completions", json={"prompt": ids, "max_tokens": 4, "sampler": "greedy",
+                                                      "logprobs": 2}).json()["choices"][0]
+    logprobs = completion["logprobs"]
+    assert logprobs["token_logprobs"] == pytest.approx([r.logprob for r in expected], abs=1e-4)
+    assert logprobs["tokens"] == [tokenizer.decode([r.token]) for r in expected]
+    assert [len(t) for t in logprobs["top_logprobs"]] == [2] * len(expected)
+    assert logprobs["text_offset"][0] == 0
+    plain = client.post("/v1/completions", json={"prompt": ids, "max_tokens": 4, "sampler": "greedy"}).json()
+    assert plain["choices"][0]["logprobs"] is None
+
+
+def test_n_choices_equal_seeded_single_requests(client):
+    request = {"prompt": "hello", "max_tokens": 6, "temperature": 1.0}
+    choices = client.post("/v1/completions", json={**request, "n": 3, "seed": 10}).json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2]
+    singles = [client.post("/v1/completions", json={**request, "seed": 10 + i}).json()["choices"][0]["text"]
+               for i in range(3)]
+    assert [c["text"] for c in choices] == singles
+    with client.stream("POST", "/v1/completions", json={**request, "n": 2, "seed": 10, "stream": True}) as response:
+        chunks = sse_payloads(response.iter_lines())
+    streamed = ["".join(c["choices"][0]["text"] for c in chunks if c["choices"][0]["index"] == i) for i in range(2)]
+    assert streamed == singles[:2]
+
+
+def test_a_second_chat_turn_prefills_only_its_new_tokens(tiny):
+    from starlette.testclient import TestClient
+
+    turn = lambda history: {"messages": history, "max_tokens": 6, "sampler": "greedy"}  # noqa: E731
+    first = [{"role": "user", "content": "hello there"}]
+    with TestClient(create_app(*tiny, max_tokens_limit=8)) as cached, \
+            TestClient(create_app(*tiny, max_tokens_limit=8, prompt_cache_bytes=0)) as uncached:
+        one = cached.post("/v1/chat/completions", json=turn(first)).json()
+        second = first + [one["choices"][0]["message"], {"role": "user", "content": "and again"}]
+        two = cached.post("/v1/chat/completions", json=turn(second)).json()
+        fresh = uncached.post("/v1/chat/completions", json=turn(second)).json()
+    assert one["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    reused = two["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert reused >= one["usage"]["prompt_tokens"]  # the whole first prompt, and the answer's tokens
+    assert fresh["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert two["choices"][0]["message"] == fresh["choices"][0]["message"]
 
 
 def test_prompt_longer_than_the_context_window(client, tiny):

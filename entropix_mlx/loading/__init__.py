@@ -4,6 +4,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
+import mlx.core as mx
+
+from .. import distributed
 from ..model.llama import Model, ModelArgs
 from ..sampling.config import SamplerConfig
 from .catalog import CATALOG, DEFAULT_MODEL, fetch
@@ -65,13 +68,23 @@ def load(
 
     `name`: a catalog name (default: the embedded SmolLM2-135M-Instruct), a `.gguf` file, an
     MLX / Hugging Face folder or a Hub repo id. `quantize` (4 or 8) quantizes float weights
-    of a folder on load.
+    of a folder on load. Under `mlx.launch` with several ranks, each rank keeps only its shard
+    (`distributed.shard`), taken before the weights are read where the format allows.
     """
     path, fmt = resolve(name, log)
     if fmt == "gguf":
         model, tokenizer, args, quantization = load_gguf(path)
     else:
         model, tokenizer, args, quantization = load_folder(path, quantize)
+    group = distributed.world()
+    if group.size() > 1:
+        try:
+            distributed.shard(model, group)
+        except distributed.ShardingError as e:
+            raise ModelLoadError(f"{path.name}: {e}") from None
+    for layer in model.layers:  # layer by layer: a lazy checkpoint is read one layer at a time
+        mx.eval(layer.parameters())
+    mx.eval(model.parameters())
     preset = dict(CATALOG[name].sampler_preset) if name in CATALOG else {}
     info = ModelInfo(str(name), path, fmt, args, quantization, preset)
     return model, tokenizer, info

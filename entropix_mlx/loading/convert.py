@@ -10,6 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .. import files
 from . import load
 from .errors import ModelLoadError
 
@@ -42,22 +43,45 @@ def convert(
     that is quantized already (a quantized GGUF) is written exactly as loaded.
     """
     dst = Path(dst)
-    if dst.exists() and any(dst.iterdir()):
-        raise ModelLoadError(f"{dst} already exists and is not empty; choose a new folder")
+    check_destination(dst)
     if bits not in (None, 4, 8):
         raise ModelLoadError(f"bits must be 4 or 8, not {bits}")
     model, tokenizer, info = load(src, log=log)
     if bits and info.quantization == "float":
         nn.quantize(model, group_size=group_size, bits=bits)
     log(f"Writing {dst}")
-    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelLoadError(
+            f"cannot create {dst.parent} ({e.strerror or e}); choose another place"
+        ) from None
+    # Written under a temporary name and renamed at the end: an interrupted run leaves no folder.
+    with files.replacing(dst, folder=True) as tmp:
+        write_folder(tmp, model, tokenizer, info)
+    return dst
+
+
+def check_destination(dst: Path):
+    """`dst` must be new (or an empty folder) and its nearest existing parent a folder."""
+    if dst.exists() and not dst.is_dir():
+        raise ModelLoadError(f"{dst} is an existing file; choose a new folder")
+    if dst.is_dir() and any(dst.iterdir()):
+        raise ModelLoadError(f"{dst} already exists and is not empty; choose a new folder")
+    parent = next(p for p in dst.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise ModelLoadError(
+            f"cannot write {dst}: {parent} is a file, not a folder; choose another place"
+        )
+
+
+def write_folder(folder: Path, model: nn.Module, tokenizer, info):
     weights = dict(tree_flatten(model.parameters()))
-    mx.save_safetensors(str(dst / "model.safetensors"), weights, metadata={"format": "mlx"})
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
     config = {k: v for k, v in asdict(info.args).items() if v is not None}
     config["eos_token_id"] = sorted(tokenizer.eos_token_ids)
     quantization = quantization_config(model)
     if quantization:
         config["quantization"] = quantization
-    (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    tokenizer._tokenizer.save_pretrained(str(dst))
-    return dst
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer._tokenizer.save_pretrained(str(folder))

@@ -15,6 +15,14 @@ from .errors import ModelLoadError
 SUPPORTED_MODEL_TYPES = ("llama",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
+# The config.json keys ModelArgs reads: (type, required); all numbers must be positive.
+CONFIG_FIELDS = {
+    "hidden_size": (int, True), "num_hidden_layers": (int, True),
+    "intermediate_size": (int, True), "num_attention_heads": (int, True),
+    "vocab_size": (int, True), "num_key_value_heads": (int, False), "head_dim": (int, False),
+    "max_position_embeddings": (int, False), "rms_norm_eps": (float, False),
+    "rope_theta": (float, False), "tie_word_embeddings": (bool, False),
+}  # fmt: skip
 
 
 def read_config(folder: Path) -> dict:
@@ -26,15 +34,34 @@ def read_config(folder: Path) -> dict:
         )
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{config_path} is not valid JSON ({e}); fix or re-download it") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_path} is not a JSON object; fix or re-download it")
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(
             f"model_type {model_type!r} in {config_path} is not supported; "
             "entropix-mlx runs llama-architecture models"
         )
+    for key, (kind, required) in CONFIG_FIELDS.items():
+        problem = config_problem(config.get(key), kind, required)
+        if problem:
+            raise ModelLoadError(
+                f"{key} in {config_path} {problem}; fix or re-download config.json"
+            )
     return config
+
+
+def config_problem(value, kind: type, required: bool) -> Optional[str]:
+    """What is wrong with one config.json value (None if nothing)."""
+    if value is None:
+        return "is missing" if required else None
+    if kind is bool:
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        return f"must be a {'number' if kind is float else 'whole number'}, got {value!r}"
+    return None if value > 0 else f"must be positive, got {value!r}"
 
 
 def read_safetensors(folder: Path) -> Dict[str, mx.array]:
@@ -66,8 +93,11 @@ def quantization_predicate(quantization: dict, weights: Dict[str, mx.array]):
 def build_model(
     config: dict, weights: Dict[str, mx.array], quantize: Optional[int] = None
 ) -> Tuple[Model, ModelArgs, str]:
-    """Model from a config dict and checkpoint weights; float weights optionally quantized."""
-    args = ModelArgs.from_dict(config)
+    """Model (lazy) from a config dict and checkpoint weights; float weights optionally quantized."""
+    try:
+        args = ModelArgs.from_dict(config)
+    except ValueError as e:  # heads that do not divide
+        raise ModelLoadError(f"config.json is inconsistent: {e}; fix or re-download it") from None
     model = Model(args)
     weights = model.sanitize(weights)
     quantization = config.get("quantization") or config.get("quantization_config")
@@ -86,7 +116,6 @@ def build_model(
             raise ModelLoadError(f"quantize must be 4 or 8 bits, not {quantize}")
         nn.quantize(model, group_size=64, bits=quantize)
         description = f"MLX {quantize}-bit (group 64, quantized on load)"
-    mx.eval(model.parameters())
     return model, args, description
 
 
@@ -97,7 +126,13 @@ def load_folder(folder: Path, quantize: Optional[int] = None):
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ModelLoadError(f"{folder} has no tokenizer.json or tokenizer.model; add the tokenizer files")
     eos = config.get("eos_token_id")
-    tokenizer = load_tokenizer(folder, eos_token_ids=eos if isinstance(eos, list) else None)
+    try:
+        tokenizer = load_tokenizer(folder, eos_token_ids=eos if isinstance(eos, list) else None)
+    except Exception as e:  # json and tokenizers report a malformed file with bare errors
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelLoadError(
+            f"cannot read the tokenizer files in {folder} ({reason}); fix or re-download them"
+        ) from None
     return model, tokenizer, args, description
 
 

@@ -14,6 +14,9 @@ from typing import Any, Mapping, Optional, Union
 # One sorted candidate set of this many tokens serves every strategy, so no
 # top_k (configured or derived) can exceed it.
 MAX_CANDIDATES = 100
+# Adaptive sampling draws this many candidates per token at most: each draw costs a pass over
+# the candidate set, and a request must not be able to hold the worker for long.
+MAX_ADAPTIVE_SAMPLES = 64
 MAX_BRANCH_K = 8  # look-ahead forks at most this many candidates (each is a batch row)
 BRANCH_SCORES = ("margin", "logprob")
 
@@ -87,9 +90,16 @@ class SamplerConfig:
         _check_range("top_p", self.top_p, 0.0, 1.0, "must be in (0, 1]", low_open=True)
         _check_range("top_k", self.top_k, 1, MAX_CANDIDATES, f"must be in [1, {MAX_CANDIDATES}]")
         _check_range("min_p", self.min_p, 0.0, 1.0, "must be in [0, 1)", high_open=True)
-        _check_range("n_adaptive_samples", self.n_adaptive_samples, 1, math.inf, "must be >= 1")
+        _check_range("n_adaptive_samples", self.n_adaptive_samples, 1, MAX_ADAPTIVE_SAMPLES,
+                     f"must be in [1, {MAX_ADAPTIVE_SAMPLES}]")
         if self.pause_token_id is not None:
             _check_range("pause_token_id", self.pause_token_id, 0, math.inf, "must be >= 0")
+        for lower, higher in _ORDERED_THRESHOLDS:
+            if not getattr(self, lower) < getattr(self, higher):
+                raise ValueError(
+                    f"thresholds out of order: {lower} ({getattr(self, lower)!r}) must be below "
+                    f"{higher} ({getattr(self, higher)!r})"
+                )
         if self.branch_k == 1 or not 0 <= self.branch_k <= MAX_BRANCH_K:
             raise ValueError(
                 f"branch_k must be 0 (no look-ahead) or in [2, {MAX_BRANCH_K}], got {self.branch_k!r}"
@@ -129,6 +139,8 @@ class SamplerConfig:
         return self.from_dict({**self.to_dict(), **overrides})
 
 
+# Each family of strategy thresholds must rise: low_ent < med_ent < high_ent, low_vent < high_vent.
+_ORDERED_THRESHOLDS = (("low_ent", "med_ent"), ("med_ent", "high_ent"), ("low_vent", "high_vent"))
 _INT_FIELDS = {
     "top_k", "n_adaptive_samples", "pause_token_id", "branch_k", "branch_horizon",
     "max_branch_points",
