@@ -203,7 +203,8 @@ class BatchGenerator:
             finish = "stop" if step.token in row.eos_ids else None
             finish = finish or ("length" if row.generated >= row.max_tokens else None)
             results.append(RowStep(row.uid, step, finish, top))
-        self.remove([r.uid for r in results if r.finish_reason == "stop"])
+        # The rows themselves, not what a subclass's remove() means by a uid (branching's lanes).
+        BatchGenerator.remove(self, [r.uid for r in results if r.finish_reason == "stop"])
         self._steps += 1
         if self._steps % 256 == 0:
             mx.clear_cache()

@@ -66,6 +66,7 @@ class BranchRules:
     trigger: str = "branch"
     stops: Sequence[str] = ()
     choose: Optional[Callable[[List[Rollout], object], int]] = None
+    sentences: bool = True  # a newline or sentence end closes a rollout (else only stops, EOS, horizon)
 
     @classmethod
     def from_config(cls, config: SamplerConfig, stops: Sequence[str] = ()) -> Optional["BranchRules"]:
@@ -222,7 +223,7 @@ class BranchingGenerator(BatchGenerator):
         if len(rollout.steps) > 1:  # the forced token's margin was set at the fork
             rollout.margins.append(margin)
         text = self.tokenizer.decode(rollout.tokens)
-        at_boundary = SENTENCE_END.search(text) or any(s in text for s in lane.rules.stops)
+        at_boundary = (lane.rules.sentences and SENTENCE_END.search(text)) or any(s in text for s in lane.rules.stops)
         if rollout.finished or at_boundary or len(rollout.steps) >= lane.rules.horizon:
             rollout.open = False
 

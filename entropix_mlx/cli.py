@@ -511,8 +511,11 @@ def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file
 
 @main.command("eval")
 @click.option("--task", "-t", required=True, help="arith, gsm8k, arc-easy or arc-challenge.")
-@click.option("--sampler", "-s", "samplers", multiple=True, type=click.Choice(["greedy", "standard", "entropix"]),
+@click.option("--sampler", "-s", "samplers", multiple=True,
+              type=click.Choice(["greedy", "standard", "entropix", "cot-decoding", "self-consistency"]),
               help="An arm to compare (repeatable; default: greedy, standard and entropix).")
+@click.option("--paths", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Paths per answer of cot-decoding and self-consistency.")
 @click.option("--seeds", default="0", show_default=True, help="Run seeds, comma-separated (e.g. 1,2,3).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N items (arith: default 200).")
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
@@ -527,7 +530,8 @@ def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file
 @click.option("--quick", is_flag=True, help="Smoke run: 2-3 items, the first seed, few tokens, 1-shot GSM8K.")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=1, show_default=True,
               help="Answers generated together as rows of one batch.")
-def eval_command(task, samplers, seeds, limit, model, out, config_files, data, max_tokens, quick, batch_size):
+def eval_command(task, samplers, paths, seeds, limit, model, out, config_files, data, max_tokens, quick,
+                 batch_size):
     """Compare samplers on the same items, paired: accuracy, Wilson CIs, exact McNemar tests."""
     from datetime import datetime, timezone
 
@@ -549,7 +553,7 @@ def eval_command(task, samplers, seeds, limit, model, out, config_files, data, m
     writer = RecordWriter(out) if out else None
     started = datetime.now(timezone.utc)
     try:
-        arms = make_arms(samplers or ARMS, info.sampler_preset, presets)
+        arms = make_arms(samplers or ARMS, info.sampler_preset, presets, paths)
         run = run_eval(loaded, tokenizer, task_obj, arms, settings.seeds, max_tokens=settings.max_tokens,
                        batch_size=batch_size, on_record=writer.write if writer else lambda record: None,
                        log=echo_err)
