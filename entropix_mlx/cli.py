@@ -483,11 +483,26 @@ def plot(trace_file, output, model, config_file, title):
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="A TOML file of base settings (temp, top_p, ...) to generate with.")
 @click.option("--pause-token", help="Text of the pause token to write into the preset (default: the model's).")
-def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file, pause_token):
-    """Fit the sampler's thresholds to a model: run it over prompts, match a target strategy mix."""
+@click.option("--objective", type=click.Choice(["mix", "accuracy"]), default="mix", show_default=True,
+              help="mix: match a target strategy mix; accuracy: the most accurate of a grid on dev items.")
+@click.option("--task", type=click.Choice(["arith"]), default="arith", show_default=True,
+              help="Dev items for --objective accuracy (arithmetic, seed 1; eval uses seed 0).")
+@click.option("--limit", type=click.IntRange(min=1), default=90, show_default=True,
+              help="Dev items for --objective accuracy.")
+@click.option("--seeds", "dev_seeds", default="0", show_default=True,
+              help="Sampling seeds for --objective accuracy, comma-separated.")
+@click.option("--branching", is_flag=True, help="--objective accuracy: also search look-ahead branching.")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=16, show_default=True,
+              help="--objective accuracy: answers decoded together.")
+def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file, pause_token, objective, task,
+              limit, dev_seeds, branching, batch_size):
+    """Fit the sampler's thresholds to a model: match a target strategy mix, or tune for accuracy."""
     from . import calibrate as calibration
 
     check_output_folder(output, "--output")
+    if objective == "accuracy":
+        tune_for_accuracy(model, output, config_file, pause_token, limit, dev_seeds, branching, batch_size)
+        return
     try:
         prompts = calibration.read_prompts(prompts_file) if prompts_file else calibration.DEFAULT_PROMPTS
         target_mix = calibration.parse_target(target) if target else calibration.TARGET_MIX
@@ -507,6 +522,27 @@ def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file
     click.echo(calibration.format_mix_table(result))
     thresholds = "  ".join(f"{name} {value:.4g}" for name, value in result.thresholds.items())
     click.echo(f"\nThresholds: {thresholds}\nWrote {output}")
+
+
+def tune_for_accuracy(model, output, config_file, pause_token, limit, dev_seeds, branching, batch_size):
+    from .evaluation import EvalError, parse_seeds
+    from .evaluation import tuning
+
+    try:
+        seeds = parse_seeds(dev_seeds)
+    except EvalError as e:
+        raise click.ClickException(str(e)) from None
+    loaded, tokenizer, info = load_model(model)
+    base = sampler_config(info.sampler_preset, config_file, {"pause_token": pause_token})
+    try:
+        chosen, tried = tuning.tune(loaded, tokenizer, base, items=limit, seeds=seeds, batch_size=batch_size,
+                                    branching=branching, log=echo_err)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    source = f"{Path(config_file).name}" if config_file else "the model's preset"
+    write_output(output, tuning.preset_toml(chosen, tried, model, source, limit, seeds), "--output")
+    click.echo(tuning.format_candidates(tried, chosen))
+    click.echo(f"\nWrote {output}")
 
 
 @main.command("eval")

@@ -175,7 +175,8 @@ class Group:
                             chosen.pause_tokens, chosen.forks)
         job = self.job
         record = generation_record(task, job.item, job.arm, job.run_seed, job.sample_seed, chosen)
-        record.update(row_tokens=self.row_tokens, forks=chosen.forks, paths=len(done))
+        record.update(row_tokens=self.row_tokens, forks=chosen.forks, paths=len(done),
+                      path_answers=[extract_answer(c.text) for c in done] if len(done) > 1 else None)
         return record
 
 
