@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # when not installed
+from entropix_mlx import cpu_blas  # noqa: E402
 from entropix_mlx.bench.machine import machine_info  # noqa: E402
 from entropix_mlx.bench.same_weights import mlx_lm_folder  # noqa: E402
 from entropix_mlx.bench.text import PARAGRAPHS  # noqa: E402
@@ -197,8 +198,6 @@ def main(argv=None):
 
 
 def openblas_path() -> str:
-    from entropix_mlx import cpu_blas  # noqa: F401 - present once the CPU fast path is installed
-
     return cpu_blas.find_openblas() or ""
 
 

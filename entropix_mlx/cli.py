@@ -11,8 +11,9 @@ from pathlib import Path
 
 import click
 
+from . import cpu_blas
 from .batch import MAX_BATCH_SIZE
-from .loading import CATALOG, DEFAULT_MODEL, ModelLoadError
+from .loading import CATALOG, CPU_DTYPES, DEFAULT_MODEL, ModelLoadError
 from .loading import catalog as catalog_lib
 
 CHAT_PROMPT_CACHE_BYTES = 256 * 2**20  # the conversation's KV states, kept between turns
@@ -32,11 +33,15 @@ def is_rank0() -> bool:
     return world().rank() == 0
 
 
-def load_model(name: str):
+CPU_DTYPE_HELP = ("CPU backend weights: auto = float32 when the system OpenBLAS is loaded and "
+                  "they fit the memory budget (README, 'Linux CPU'); or float32, or quantized.")
+
+
+def load_model(name: str, cpu_dtype: str = "auto"):
     from .loading import load
 
     try:
-        return load(name, log=echo_err)
+        return load(name, log=echo_err, cpu_dtype=cpu_dtype)
     except ModelLoadError as e:
         raise click.ClickException(str(e)) from None
 
@@ -72,6 +77,10 @@ def sampler_config(preset: dict, config_file, overrides):
         raise click.ClickException(f"invalid sampler settings ({source}): {e}") from None
 
 
+cpu_dtype_option = click.option("--cpu-dtype", type=click.Choice(CPU_DTYPES), default="auto",
+                                show_default=True, help=CPU_DTYPE_HELP)
+
+
 def sampler_options(command):
     """The model and sampler options that generate and chat share."""
     options = [
@@ -90,6 +99,7 @@ def sampler_options(command):
                      help="A TOML file of SamplerConfig settings (overrides the model's preset)."),
         click.option("--pause-token", help='Text of the pause token (default "...").'),
         click.option("--verbose", "-v", is_flag=True, help="Speed, peak memory and strategy histogram."),
+        cpu_dtype_option,
     ]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
@@ -97,14 +107,18 @@ def sampler_options(command):
 class GenerationSession:
     """A loaded model with its sampler settings, ready to stream answers."""
 
-    def __init__(self, model, sampler, max_tokens, seed, verbose, config_file, **overrides):
+    def __init__(self, model, sampler, max_tokens, seed, verbose, config_file, cpu_dtype,
+                 **overrides):
         from .generate import GenerationError, check_seed
 
         try:
             check_seed(seed)  # before the slow load
         except GenerationError as e:
             raise click.ClickException(str(e)) from None
-        self.model, self.tokenizer, self.info = load_model(model)
+        self.model, self.tokenizer, self.info = load_model(model, cpu_dtype)
+        if verbose:
+            echo_err(f"{cpu_blas.STATUS.describe()}\nWeights: {self.info.weight_dtype} "
+                     f"(stored as {self.info.quantization})")
         renamed = {"temp": overrides.pop("temp"), "pause_token": overrides.pop("pause_token")}
         self.config = sampler_config(self.info.sampler_preset, config_file, {**overrides, **renamed})
         self.sampler, self.max_tokens, self.seed, self.verbose = sampler, max_tokens, seed, verbose
@@ -202,7 +216,7 @@ def models_list():
         default = " (default)" if name == DEFAULT_MODEL else ""
         fix = f" (replace it: entropix-mlx models fetch {name})" if mark == "corrupt" else ""
         click.echo(f"{name}{default}  [{mark}]{fix}\n    {entry.description}")
-    click.echo(f"\nModels folder: {folder}")
+    click.echo(f"\nModels folder: {folder}\n{cpu_blas.STATUS.describe()}")
 
 
 @models.command("fetch")
@@ -354,7 +368,8 @@ def chat(system, **options):
               help="Requests that may wait for a row; beyond that the server answers 429.")
 @click.option("--prompt-cache-bytes", type=click.IntRange(min=0), default=512 * 2**20, show_default=True,
               help="Bytes of KV states kept for prompt reuse (0 turns the prompt cache off).")
-def serve(model, host, port, max_tokens_limit, max_concurrency, max_queue, prompt_cache_bytes):
+@cpu_dtype_option
+def serve(model, host, port, max_tokens_limit, max_concurrency, max_queue, prompt_cache_bytes, cpu_dtype):
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
     try:
         from . import server
@@ -366,13 +381,13 @@ def serve(model, host, port, max_tokens_limit, max_concurrency, max_queue, promp
         from .scheduler import follow
 
         with contextlib.suppress(KeyboardInterrupt):
-            follow(*load_model(model)[:2], max_concurrency=max_concurrency)
+            follow(*load_model(model, cpu_dtype)[:2], max_concurrency=max_concurrency)
         return
     try:
         server.check_can_listen(host, port)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
-    loaded = load_model(model)
+    loaded = load_model(model, cpu_dtype)
     app = server.create_app(*loaded, max_tokens_limit=max_tokens_limit, max_concurrency=max_concurrency,
                             max_queue=max_queue, prompt_cache_bytes=prompt_cache_bytes)
     echo_err(f"Serving {loaded[2].name} at http://{host}:{port}/v1 (OpenAI-compatible); Ctrl-C stops.")
@@ -404,8 +419,9 @@ def parse_prompt_lengths(ctx, param, value):
               help="Smoke test: one 32-token prompt, 8 tokens, 1 repeat (flags you give still win).")
 @click.option("--pause-token", help="Text of Entropix's pause token (default: the model's preset).")
 @click.option("--no-cold", is_flag=True, help="Skip the first-use runs with an empty MLX compile cache.")
+@cpu_dtype_option
 @click.pass_context
-def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pause_token, no_cold):
+def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pause_token, no_cold, cpu_dtype):
     """Benchmark entropix-mlx against mlx-lm on the same weights: speed, memory, sampler cost."""
     import json
 
@@ -418,7 +434,8 @@ def bench(ctx, model, prompt_lengths, gen_tokens, repeats, json_file, quick, pau
     if json_file:
         check_output_folder(json_file, "--json")
     make = BenchSettings.quick if quick else BenchSettings
-    settings = make(model=model, pause_token=pause_token, cold_compile=not no_cold, **given)
+    settings = make(model=model, pause_token=pause_token, cold_compile=not no_cold,
+                    cpu_dtype=cpu_dtype, **given)
     try:
         result = run_benchmark(settings, log=echo_err)
     except ValueError as e:  # BenchError, ModelLoadError, GenerationError

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import entropix_mlx  # noqa: F401  before mlx: loads the system OpenBLAS (cpu_blas) if present
+
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = REPO.parent / "shared" / "testdata"
 

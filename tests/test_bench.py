@@ -9,7 +9,7 @@ from entropix_mlx.bench.report import build_rows, evaluate_goals, summarize
 from entropix_mlx.bench.text import benchmark_prompt
 from entropix_mlx.cli import main
 
-from .tiny import tiny_model, write_float_gguf
+from .tiny import tiny_model, write_float_gguf, write_quantized_gguf
 
 FIGURES = {"prefill_tps", "decode_tps", "ttft_s", "peak_memory_mb", "working_memory_mb",
            "prefill_cpu_ms", "decode_cpu_ms", "sampler_step_us"}  # fmt: skip
@@ -57,6 +57,35 @@ def test_quick_bench_writes_documented_json(tiny_gguf, home, tmp_path):
     assert any(home.glob("mlx-lm/tiny-*/config.json"))  # the converted copy is cached
 
 
+def test_float32_weights_run_against_mlx_lm_on_both_forms(home, tmp_path):
+    from gguf import GGMLQuantizationType
+
+    q4 = tmp_path / "tiny-q4.gguf"
+    write_quantized_gguf(q4, tiny_model(seed=5), GGMLQuantizationType.Q4_1)
+    out = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--no-cold", "--cpu-dtype", "float32", "--model", str(q4),
+            "--pause-token", ".", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    settings = report["settings"]
+    assert settings["weight_dtype"] == "float32" and settings["cpu_dtype"] == "float32"
+    rows = {row["label"]: row for row in report["rows"]}
+    assert list(rows) == ["mlx-lm greedy", "mlx-lm sampled", "mlx-lm float32 greedy",
+                          "mlx-lm float32 sampled", "entropix-mlx float32 greedy",
+                          "entropix-mlx float32 standard", "entropix-mlx float32 entropix"]
+    ours = rows["entropix-mlx float32 greedy"]
+    assert ours["baseline"] == "mlx-lm float32 greedy" and ours["reference"] == "mlx-lm greedy"
+    assert set(ours["reference_ratios"]) == FIGURES
+    assert not rows["mlx-lm float32 greedy"]["reference_ratios"]
+    # float32 weights take more memory than the 4-bit ones, and as much as mlx-lm's float32 copy
+    assert rows["mlx-lm float32 greedy"]["figures"]["peak_memory_mb"]["median"] > \
+        rows["mlx-lm greedy"]["figures"]["peak_memory_mb"]["median"]
+    goals = [g["goal"] for g in report["goals"]]
+    assert "float32 prefill / mlx-lm prefill on the stored weights" in goals
+    assert "Ours on float32 weights / mlx-lm on the stored weights" in result.output
+
+
 def test_prompt_longer_than_context_is_one_clear_line(tiny_gguf, home):
     args = ["bench", "--model", str(tiny_gguf), "--prompt-lengths", "300", "--pause-token", ".", "--no-cold"]
     result = CliRunner().invoke(main, args)
@@ -85,6 +114,7 @@ def test_ratios_and_goals_from_samples():
     class Row:
         def __init__(self, engine, sampler, baseline):
             self.engine, self.sampler, self.baseline = engine, sampler, baseline
+            self.reference = None
             self.label = f"{engine} {sampler}"
 
     contenders = [Row("mlx-lm", "sampled", None), Row("entropix-mlx", "entropix", "mlx-lm sampled")]

@@ -57,7 +57,7 @@ def quantization_round_trip(model, qtype):
 )
 def test_quantized_gguf_stays_quantized(tmp_path, model, qtype, bits):
     path = write_quantized_gguf(tmp_path / f"tiny-{qtype.name}.gguf", model, qtype)
-    loaded, _, info = load(str(path))
+    loaded, _, info = load(str(path), cpu_dtype="quantized")
     assert info.quantization == qtype.name
     q_proj = loaded.layers[0].self_attn.q_proj
     assert (q_proj.bits, q_proj.group_size) == (bits, 32)
@@ -72,7 +72,7 @@ def test_converted_gguf_opens_in_mlx_lm(tmp_path, model):
     from mlx_lm import load as mlx_lm_load
 
     path = write_quantized_gguf(tmp_path / "tiny.gguf", model, GGMLQuantizationType.Q4_1)
-    ours, tokenizer, _ = load(str(path))
+    ours, tokenizer, _ = load(str(path), cpu_dtype="quantized")
     out = convert(str(path), tmp_path / "mlx", bits=4, group_size=32)
     config = json.loads((out / "config.json").read_text())
     assert config["quantization"]["bits"] == 4 and config["model_type"] == "llama"
@@ -80,7 +80,7 @@ def test_converted_gguf_opens_in_mlx_lm(tmp_path, model):
     np.testing.assert_allclose(as_np(theirs(TOKENS)), as_np(ours(TOKENS)), atol=1e-4)
     text = "the tiny test"
     assert their_tokenizer.encode(text) == tokenizer.encode(text)
-    reloaded, _, info = load(str(out))
+    reloaded, _, info = load(str(out), cpu_dtype="quantized")
     assert info.format == "folder"
     np.testing.assert_allclose(as_np(reloaded(TOKENS)), as_np(ours(TOKENS)), atol=1e-5)
 
@@ -181,7 +181,7 @@ def test_hub_repo_from_local_cache_and_offline_message(tmp_path, model, monkeypa
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     folder = convert(str(write_float_gguf(tmp_path / "t.gguf", model)), tmp_path / "mlx", bits=8)
     fake_hub_cache(tmp_path / "hub", "tiny-org/tiny-llama", folder)
-    loaded, _, info = load("tiny-org/tiny-llama")
+    loaded, _, info = load("tiny-org/tiny-llama", cpu_dtype="quantized")
     assert info.format == "folder" and loaded.layers[0].self_attn.q_proj.bits == 8
     with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache; connect once or pass a local path"):
         load("tiny-org/not-cached")

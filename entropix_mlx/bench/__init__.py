@@ -1,19 +1,24 @@
 """`entropix-mlx bench`: entropix-mlx against mlx-lm on the same weights, in one process.
 
 Rows: mlx-lm greedy and sampled (`make_sampler(temp=0.666, top_p=0.9, top_k=27)`); ours
-greedy, standard (the same settings, min_p 0) and entropix (the model's preset). Each row is
+greedy, standard (the same settings, min_p 0) and entropix (the model's preset). Where the CPU
+weight policy runs ours on float32 weights, labels carry "float32" and mlx-lm also runs on the
+same float32 weights (its rows on the stored weights stay, as the reference). Each row is
 run at every prompt length over the same real-text prompt, for a fixed number of generated
 tokens (never stopped at EOS), after a warm-up, with the rows interleaved in every repeat.
 
 JSON report (`schema` "entropix-mlx-bench/1"; every number is measured in the same run):
   schema, created (UTC, ISO 8601)
   machine     os, os_release, platform, arch, cpu, cpu_count, python, mlx, mlx_lm,
-              entropix_mlx, device (mx.default_device()), load_average_start/_end
+              entropix_mlx, device (mx.default_device()), cpu_blas (cpu_blas.STATUS.detail),
+              load_average_start/_end
   settings    model, prompt_lengths, gen_tokens, repeats, sampler_iterations, pause_token,
-              cold_compile, model_path, mlx_lm_folder, quantization, sampled_settings,
+              cold_compile, cpu_dtype, model_path, mlx_lm_folder, quantization, weight_dtype
+              (what ours ran: "float32" where the CPU policy dequantized), sampled_settings,
               entropix_settings, prefill_step_size {engine: tokens}, seed, contenders, timing
   rows[]      prompt_tokens, engine ("mlx-lm" | "entropix-mlx"), sampler, label,
-              baseline (label of the matching mlx-lm row, null for mlx-lm's rows),
+              baseline (label of the matching mlx-lm row on the same weights, null for mlx-lm's),
+              reference (ours on float32 weights: the mlx-lm row on the stored weights, else null),
               figures {name: {median, min, max, samples[]}} for
                 prefill_tps      prompt tokens / time to first token
                 decode_tps       (gen_tokens - 1) / (time of last token - time of first)
@@ -27,6 +32,7 @@ JSON report (`schema` "entropix-mlx-bench/1"; every number is measured in the sa
                                  with [1, heads, prompt + gen/2] scores), median of calls
               sampler_share      sampler_step_us / one decode step (median figures)
               ratios {name: ours median / baseline median} ({} for mlx-lm's rows)
+              reference_ratios {name: ours median / reference median} ({} without a reference)
   cold_compile  null with --no-cold, else prompt_tokens, gen_tokens,
               runs[] {engine, sampler, cold, warm (prefill_tps, decode_tps, ttft_s,
                       peak_memory_mb, working_memory_mb, prefill_cpu_ms, decode_cpu_ms),

@@ -25,10 +25,13 @@ def compiled_libraries() -> int:
 
 
 def measure_cold_compile(engine: str, sampler: str, model: str, pause_token, prompt_length: int,
-                         gen_tokens: int) -> dict:
-    """Run one contender cold, then warm, in a child process with an empty compile cache."""
+                         gen_tokens: int, cpu_dtype: str = "auto", weights: str = "") -> dict:
+    """Run one contender cold, then warm, in a child process with an empty compile cache.
+
+    `cpu_dtype` is ours (load's argument); `weights` is mlx-lm's (contenders.FLOAT32 or "")."""
     settings = dict(engine=engine, sampler=sampler, model=model, pause_token=pause_token,
-                    prompt_length=prompt_length, gen_tokens=gen_tokens)
+                    prompt_length=prompt_length, gen_tokens=gen_tokens, cpu_dtype=cpu_dtype,
+                    weights=weights)
     with tempfile.TemporaryDirectory(prefix="entropix-bench-cold-") as fresh:
         child = subprocess.run(
             [sys.executable, "-m", MODULE, json.dumps(settings)],
@@ -46,8 +49,11 @@ def _child(settings: dict) -> dict:
     from .measure import measure_generation
     from .text import benchmark_prompt
 
-    ours, tokenizer, _ = our_contenders(settings["model"], settings["pause_token"])
-    contenders = mlx_lm_contenders(settings["model"]) if settings["engine"] == MLX_LM else ours
+    model = settings["model"]
+    ours, tokenizer, _ = our_contenders(model, settings["pause_token"],
+                                        cpu_dtype=settings["cpu_dtype"])
+    theirs = settings["engine"] == MLX_LM
+    contenders = mlx_lm_contenders(model, weights=settings["weights"]) if theirs else ours
     contender = next(c for c in contenders if c.sampler == settings["sampler"])
     prompt = benchmark_prompt(tokenizer, settings["prompt_length"])
     result = {"compiled_before": compiled_libraries()}

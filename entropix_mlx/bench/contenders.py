@@ -1,4 +1,8 @@
-"""The contenders: mlx-lm and entropix-mlx on the same weights, each with its samplers."""
+"""The contenders: mlx-lm and entropix-mlx on the same weights, each with its samplers.
+
+Where the CPU weight policy runs ours in float32, mlx-lm runs twice: on the stored
+(quantized) weights and on the same float32 weights (dequantized by the same function).
+"""
 
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional
@@ -8,11 +12,13 @@ from mlx.utils import tree_flatten
 
 from ..generate import generate_step, make_sampler
 from ..loading import ModelLoadError, load
+from ..loading.cpu_weights import dequantize_model
 from ..sampling import SamplerConfig
 from .errors import BenchError
 from .same_weights import mlx_lm_folder
 
 MLX_LM, OURS = "mlx-lm", "entropix-mlx"
+FLOAT32 = "float32"  # the weights tag of the rows on dequantized weights ("" for the stored ones)
 # The plain sampled rows: mlx-lm's make_sampler and our standard sampler, same settings.
 SAMPLED = {"temp": 0.666, "top_p": 0.9, "top_k": 27}
 SEED = 0
@@ -31,10 +37,16 @@ class Contender:
     run: TokenRun  # (prompt ids, n) -> a generator of n tokens that never stops at EOS
     sampler_step: SamplerStep  # attention length -> one sampler call on [1, vocab] logits
     weights_bytes: int
+    weights: str = ""  # FLOAT32 for dequantized weights, "" as stored
+    reference: Optional[str] = None  # for ours in float32: the mlx-lm row on the stored weights
 
     @property
     def label(self) -> str:
-        return f"{self.engine} {self.sampler}"
+        return row_label(self.engine, self.sampler, self.weights)
+
+
+def row_label(engine: str, sampler: str, weights: str = "") -> str:
+    return " ".join(part for part in (engine, weights, sampler) if part)
 
 
 def weights_bytes(model) -> int:
@@ -45,8 +57,9 @@ def random_logits(vocab_size: int) -> mx.array:
     return 4.0 * mx.random.normal((1, vocab_size), key=mx.random.key(SEED))
 
 
-def mlx_lm_contenders(name: str, log: Callable[[str], None] = lambda msg: None) -> List[Contender]:
-    """mlx-lm's greedy and sampled rows on the MLX copy of `name`'s weights."""
+def mlx_lm_contenders(name: str, log: Callable[[str], None] = lambda msg: None,
+                      weights: str = "") -> List[Contender]:
+    """mlx-lm's greedy and sampled rows on the MLX copy of `name` (FLOAT32: dequantized)."""
     import mlx_lm
     from mlx_lm.generate import generate_step as mlx_lm_generate_step
     from mlx_lm.sample_utils import make_sampler as mlx_lm_make_sampler
@@ -56,6 +69,8 @@ def mlx_lm_contenders(name: str, log: Callable[[str], None] = lambda msg: None) 
         model, _ = mlx_lm.load(str(folder))
     except Exception as e:  # mlx-lm raises plain exceptions of several kinds
         raise ModelLoadError(f"mlx-lm cannot load {folder}: {e}") from None
+    if weights == FLOAT32:
+        dequantize_model(model)
     vocab_size, size = model.args.vocab_size, weights_bytes(model)
 
     def contender(sampler_name, sampler):
@@ -69,7 +84,7 @@ def mlx_lm_contenders(name: str, log: Callable[[str], None] = lambda msg: None) 
             logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
             return lambda: sampler(logprobs)
 
-        return Contender(MLX_LM, sampler_name, None, run, sampler_step, size)
+        return Contender(MLX_LM, sampler_name, None, run, sampler_step, size, weights)
 
     return [
         contender("greedy", mlx_lm_make_sampler(temp=0.0)),
@@ -88,9 +103,12 @@ def entropix_config(preset: dict, pause_token: Optional[str]) -> SamplerConfig:
         raise BenchError(f"invalid Entropix settings: {e}") from None
 
 
-def our_contenders(name: str, pause_token: Optional[str] = None, log: Callable[[str], None] = lambda msg: None):
+def our_contenders(name: str, pause_token: Optional[str] = None, log: Callable[[str], None] = lambda msg: None,
+                   cpu_dtype: str = "auto"):
     """Our greedy, standard and entropix rows -> (contenders, tokenizer, model info)."""
-    model, tokenizer, info = load(name, log=log)
+    model, tokenizer, info = load(name, log=log, cpu_dtype=cpu_dtype)
+    dequantized = info.weight_dtype == FLOAT32 and info.quantization != "float"
+    weights = FLOAT32 if dequantized else ""
     args, size = info.args, weights_bytes(model)
     standard = SamplerConfig(**SAMPLED, min_p=0.0)
     try:
@@ -102,7 +120,7 @@ def our_contenders(name: str, pause_token: Optional[str] = None, log: Callable[[
     except ValueError as e:
         raise BenchError(f"{e} (see --pause-token)") from None
 
-    def contender(sampler_name, baseline):
+    def contender(sampler_name, baseline_sampler):
         sampler = samplers[sampler_name]
         with_scores = sampler_name == "entropix"
 
@@ -120,11 +138,13 @@ def our_contenders(name: str, pause_token: Optional[str] = None, log: Callable[[
             prev, key = mx.array([0], dtype=mx.int32), mx.random.key(SEED)
             return lambda: sampler(logits, scores, prev, key)
 
-        return Contender(OURS, sampler_name, baseline, run, sampler_step, size)
+        baseline = row_label(MLX_LM, baseline_sampler, weights)
+        reference = row_label(MLX_LM, baseline_sampler) if weights else None
+        return Contender(OURS, sampler_name, baseline, run, sampler_step, size, weights, reference)
 
     contenders = [
-        contender("greedy", f"{MLX_LM} greedy"),
-        contender("standard", f"{MLX_LM} sampled"),
-        contender("entropix", f"{MLX_LM} sampled"),
+        contender("greedy", "greedy"),
+        contender("standard", "sampled"),
+        contender("entropix", "sampled"),
     ]
     return contenders, tokenizer, info

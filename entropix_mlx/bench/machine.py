@@ -8,6 +8,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 import mlx.core as mx
 
+from .. import cpu_blas
+
 
 def cpu_name() -> str:
     """The CPU or chip as the OS names it ("Apple M2 Pro", "Intel(R) Xeon(R) ...")."""
@@ -57,5 +59,6 @@ def machine_info() -> dict:
         "mlx_lm": package_version("mlx-lm"),
         "entropix_mlx": package_version("entropix-mlx"),
         "device": str(mx.default_device()),
+        "cpu_blas": cpu_blas.STATUS.detail,
         "load_average_start": load_average(),
     }

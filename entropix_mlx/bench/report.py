@@ -16,6 +16,13 @@ GOALS = (
     ("peak memory / mlx-lm peak memory", ("greedy", "standard", "entropix"), "peak_memory_mb", "<=", 1.05),
     ("sampler step / one decode step", ("greedy", "standard", "entropix"), "sampler_share", "<=", 0.05),
 )
+# Ours on float32 weights (the CPU policy) against mlx-lm on the stored, quantized ones.
+REFERENCE_GOALS = (
+    ("float32 prefill / mlx-lm prefill on the stored weights", ("greedy", "standard", "entropix"),
+     "prefill_tps", ">=", 10.0),
+    ("float32 greedy decode / mlx-lm greedy decode on the stored weights", ("greedy",),
+     "decode_tps", ">=", 1.3),
+)  # fmt: skip
 COLD_GOAL = ("first-use (cold compile cache) entropix decode / mlx-lm sampled decode", ">=", 0.95)
 
 
@@ -39,6 +46,7 @@ def build_rows(samples: Dict[tuple, Dict[str, List[float]]], contenders, prompt_
                 "sampler": c.sampler,
                 "label": c.label,
                 "baseline": c.baseline,
+                "reference": c.reference,
                 "figures": {name: summarize(samples[length, c.label][name]) for name in FIGURES},
             }
             # The sampler's share of one decode step: its time times the decode rate.
@@ -46,9 +54,14 @@ def build_rows(samples: Dict[tuple, Dict[str, List[float]]], contenders, prompt_
             by_label[c.label] = row
         for row in by_label.values():
             base = by_label.get(row["baseline"])
-            row["ratios"] = {name: median(row, name) / median(base, name) for name in FIGURES} if base else {}
+            row["ratios"] = ratios(row, base)
+            row["reference_ratios"] = ratios(row, by_label.get(row["reference"]))
         rows.extend(by_label.values())
     return rows
+
+
+def ratios(row: dict, base) -> Dict[str, float]:
+    return {name: median(row, name) / median(base, name) for name in FIGURES} if base else {}
 
 
 def _value(row: dict, figure: str) -> float:
@@ -69,6 +82,15 @@ def evaluate_goals(rows: List[dict], cold_compile: dict = None) -> List[dict]:
             if row["baseline"] and row["sampler"] in samplers
         ]
         goals.append(_goal(name, direction, target, checks))
+    for name, samplers, figure, direction, target in REFERENCE_GOALS:
+        checks = [
+            {"row": f"{row['prompt_tokens']} tok {row['label']}",
+             "value": row["reference_ratios"][figure]}
+            for row in rows
+            if row["reference_ratios"] and row["sampler"] in samplers
+        ]
+        if checks:
+            goals.append(_goal(name, direction, target, checks))
     ratio = (cold_compile or {}).get("entropix_over_mlx_lm_cold_decode")
     if ratio is not None:
         name, direction, target = COLD_GOAL

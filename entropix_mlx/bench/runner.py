@@ -12,7 +12,9 @@ import mlx.core as mx
 from ..generate import default_prefill_step_size
 from ..loading import DEFAULT_MODEL
 from .cold_compile import measure_cold_compile
-from .contenders import MLX_LM, OURS, SAMPLED, SEED, Contender, entropix_config, mlx_lm_contenders, our_contenders
+from .contenders import (
+    MLX_LM, OURS, SAMPLED, SEED, Contender, entropix_config, mlx_lm_contenders, our_contenders,
+)  # fmt: skip
 from .errors import BenchError
 from .machine import load_average, machine_info
 from .measure import measure_generation, measure_step_us
@@ -36,6 +38,7 @@ class BenchSettings:
     sampler_iterations: int = 30  # sampler calls timed per row and repeat
     pause_token: Optional[str] = None  # text; default: the model's preset
     cold_compile: bool = True
+    cpu_dtype: str = "auto"  # our weights on the CPU backend (load's cpu_dtype)
 
     @classmethod
     def quick(cls, **overrides) -> "BenchSettings":
@@ -62,17 +65,23 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda m
     """Measure every contender at every prompt length; the report as a JSON-ready dict."""
     settings.check()
     machine = machine_info()
-    ours, tokenizer, info = our_contenders(settings.model, settings.pause_token, log)
+    ours, tokenizer, info = our_contenders(settings.model, settings.pause_token, log,
+                                           settings.cpu_dtype)
     settings.check(info.context_length)
     prompts = {n: benchmark_prompt(tokenizer, n) for n in settings.prompt_lengths}
-    contenders = mlx_lm_contenders(settings.model, log) + ours
+    contenders = mlx_lm_contenders(settings.model, log)
+    if ours[0].weights:  # ours runs dequantized weights: mlx-lm on the same ones too
+        contenders += mlx_lm_contenders(settings.model, log, ours[0].weights)
+    contenders += ours
 
     cold_runs = len(COLD_CONTENDERS) if settings.cold_compile else 0
     total = len(contenders) * (1 + len(prompts) * settings.repeats) + cold_runs
     with _progress_bar(total, progress) as bar:
         warm_up(contenders, prompts, settings, bar)
         samples = collect(contenders, prompts, settings, bar)
-        cold = cold_compile_runs(settings, min(prompts), bar) if settings.cold_compile else None
+        cold = None
+        if settings.cold_compile:
+            cold = cold_compile_runs(settings, min(prompts), ours[0].weights, bar)
     machine["load_average_end"] = load_average()
 
     rows = build_rows(samples, contenders, settings.prompt_lengths)
@@ -125,12 +134,13 @@ def collect(contenders: List[Contender], prompts: Dict[int, list], settings: Ben
     return samples
 
 
-def cold_compile_runs(settings: BenchSettings, prompt_length: int, bar) -> dict:
+def cold_compile_runs(settings: BenchSettings, prompt_length: int, weights: str, bar) -> dict:
     runs = []
     for engine, sampler in COLD_CONTENDERS:
         bar.set_description(f"cold compile cache: {engine} {sampler}")
         result = measure_cold_compile(engine, sampler, settings.model, settings.pause_token,
-                                      prompt_length, settings.gen_tokens)
+                                      prompt_length, settings.gen_tokens, settings.cpu_dtype,
+                                      weights)
         runs.append({"engine": engine, "sampler": sampler, **result})
         bar.update()
     return cold_compile_section(runs, prompt_length, settings.gen_tokens)
@@ -149,6 +159,7 @@ def settings_record(settings: BenchSettings, info, contenders: List[Contender]) 
         model_path=str(info.path),
         mlx_lm_folder=str(mlx_lm_folder(settings.model)),
         quantization=info.quantization,
+        weight_dtype=info.weight_dtype,
         sampled_settings={**SAMPLED, "min_p": 0.0},
         entropix_settings=entropix_config(info.sampler_preset, settings.pause_token).to_dict(),
         prefill_step_size={MLX_LM: mlx_lm_prefill_step_size(), OURS: default_prefill_step_size()},

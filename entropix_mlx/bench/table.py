@@ -31,6 +31,8 @@ def machine_line(machine: dict) -> str:
         f"Machine: {machine['os']} {machine['os_release']} {machine['arch']}, {machine['cpu']}, "
         f"{machine['cpu_count']} CPUs; MLX {machine['mlx']} on {machine['device']}, mlx-lm {machine['mlx_lm']}"
     )
+    if machine.get("cpu_blas"):
+        line += f"; CPU BLAS: {machine['cpu_blas']}"
     if machine.get("load_average_start") is not None:
         line += (f"; load average {machine['load_average_start']} at start, "
                  f"{machine.get('load_average_end')} at end")
@@ -53,6 +55,20 @@ def rows_table(rows: List[dict]) -> List[str]:
         if i and body[i - 1][0] != line[0]:
             lines.append("")
         lines.append(fmt(line))
+    return lines
+
+
+def reference_lines(rows: List[dict]) -> List[str]:
+    """Ours on float32 weights against mlx-lm on the stored (quantized) ones."""
+    compared = [r for r in rows if r.get("reference_ratios")]
+    if not compared:
+        return []
+    lines = ["Ours on float32 weights / mlx-lm on the stored weights (CPU weight policy):"]
+    for r in compared:
+        q = r["reference_ratios"]
+        lines.append(f"  {r['prompt_tokens']} tok {r['label']} / {r['reference']}: "
+                     f"prefill {q['prefill_tps']:.2f}×, decode {q['decode_tps']:.2f}×, "
+                     f"peak memory {q['peak_memory_mb']:.2f}×")
     return lines
 
 
@@ -92,6 +108,8 @@ def format_report(report: dict) -> str:
         "",
         *rows_table(report["rows"]),
     ]
+    if reference_lines(report["rows"]):
+        lines += ["", *reference_lines(report["rows"])]
     if report.get("cold_compile"):
         lines += ["", *cold_lines(report["cold_compile"])]
     lines += ["", *goal_lines(report["goals"])]

@@ -10,11 +10,14 @@ from .. import distributed
 from ..model.llama import Model, ModelArgs
 from ..sampling.config import SamplerConfig
 from .catalog import CATALOG, DEFAULT_MODEL, fetch
+from .cpu_weights import CPU_DTYPES, apply_cpu_weight_policy, check_cpu_dtype
 from .errors import ModelLoadError
 from .gguf import load_gguf
 from .hf import load_folder, snapshot_path
 
-__all__ = ["load", "resolve", "ModelInfo", "ModelLoadError", "DEFAULT_MODEL", "CATALOG"]
+__all__ = [
+    "load", "resolve", "ModelInfo", "ModelLoadError", "DEFAULT_MODEL", "CATALOG", "CPU_DTYPES",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class ModelInfo:
     args: ModelArgs
     quantization: str
     sampler_preset: Dict[str, object] = field(default_factory=dict)
+    weight_dtype: str = "as stored"  # what the layers run in: "quantized", "float32", ...
 
     @property
     def context_length(self) -> Optional[int]:
@@ -63,14 +67,19 @@ def load(
     name: str = DEFAULT_MODEL,
     quantize: Optional[int] = None,
     log: Callable[[str], None] = lambda msg: None,
+    cpu_dtype: str = "auto",
 ) -> Tuple[Model, object, ModelInfo]:
     """Load a model -> (model, tokenizer, info).
 
     `name`: a catalog name (default: the embedded SmolLM2-135M-Instruct), a `.gguf` file, an
     MLX / Hugging Face folder or a Hub repo id. `quantize` (4 or 8) quantizes float weights
-    of a folder on load. Under `mlx.launch` with several ranks, each rank keeps only its shard
-    (`distributed.shard`), taken before the weights are read where the format allows.
+    of a folder on load (and keeps them quantized). `cpu_dtype` on the CPU backend: "auto"
+    dequantizes quantized layers to float32 when the system OpenBLAS is active and they fit
+    the memory budget (see `loading/cpu_weights.py`), "float32" always, "quantized" never.
+    Under `mlx.launch` with several ranks, each rank keeps only its shard (`distributed.shard`),
+    taken before the weights are read where the format allows.
     """
+    check_cpu_dtype(cpu_dtype)
     path, fmt = resolve(name, log)
     if fmt == "gguf":
         model, tokenizer, args, quantization = load_gguf(path)
@@ -86,5 +95,7 @@ def load(
         mx.eval(layer.parameters())
     mx.eval(model.parameters())
     preset = dict(CATALOG[name].sampler_preset) if name in CATALOG else {}
-    info = ModelInfo(str(name), path, fmt, args, quantization, preset)
+    policy = "quantized" if quantize and cpu_dtype == "auto" else cpu_dtype
+    weight_dtype = apply_cpu_weight_policy(model, policy, log)
+    info = ModelInfo(str(name), path, fmt, args, quantization, preset, weight_dtype)
     return model, tokenizer, info

@@ -46,7 +46,7 @@ def convert(
     check_destination(dst)
     if bits not in (None, 4, 8):
         raise ModelLoadError(f"bits must be 4 or 8, not {bits}")
-    model, tokenizer, info = load(src, log=log)
+    model, tokenizer, info = load(src, log=log, cpu_dtype="quantized")  # the weights as stored
     if bits and info.quantization == "float":
         nn.quantize(model, group_size=group_size, bits=bits)
     log(f"Writing {dst}")
