@@ -17,6 +17,7 @@ max_branch_points as configured.
 """
 
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import Callable, List, Sequence, Tuple
 
@@ -136,4 +137,6 @@ def preset_toml(chosen: Candidate, tried: Sequence[Candidate], model_name: str, 
     if not settings["branch_k"]:
         settings = {k: v for k, v in settings.items() if not k.startswith(("branch", "max_branch"))}
     body = SamplerConfig.from_dict(settings).to_toml().splitlines()
-    return "\n".join([f"# {line}" for line in header] + [b for b in body if b.split(" =")[0] in settings]) + "\n"
+    comments = [f"# {line}" for paragraph in header
+                for line in textwrap.wrap(paragraph, 95, subsequent_indent="  ")]
+    return "\n".join(comments + [b for b in body if b.split(" =")[0] in settings]) + "\n"
