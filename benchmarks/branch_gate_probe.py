@@ -26,29 +26,47 @@ def candidates(base, ceiling):
     off = dict(med_ent=ceiling, high_ent=ceiling + 1)
     for low_vent in (base.low_vent, 2.0):
         for score in ("margin", "logprob"):
-            config = base.replace(**off, low_vent=low_vent, high_vent=low_vent + 0.01, branch_k=3,
-                                  branch_score=score)
+            config = base.replace(
+                **off, low_vent=low_vent, high_vent=low_vent + 0.01, branch_k=3, branch_score=score
+            )
             arms.append(Arm(f"uncertain lv{low_vent:g} k3 {score}", "entropix", config))
     for gate in (1.0, 3.0, 6.0):
         for k in (3, 2):
-            config = base.replace(low_ent=ceiling - 1, **off, low_vent=gate, high_vent=gate + 0.01,
-                                  branch_k=k, branch_score="margin")
+            config = base.replace(
+                low_ent=ceiling - 1,
+                **off,
+                low_vent=gate,
+                high_vent=gate + 0.01,
+                branch_k=k,
+                branch_score="margin",
+            )
             arms.append(Arm(f"vgate g{gate:g} k{k} margin", "entropix", config))
     return arms
 
 
 def main():
     model, tokenizer, info = load("smollm2-135m-instruct")
-    base = info.sampler_config().replace(low_ent=1.9994, low_vent=6.76438)  # the mix preset's corner
+    base = info.sampler_config().replace(
+        low_ent=1.9994, low_vent=6.76438
+    )  # the mix preset's corner
     arms = candidates(base, entropy_ceiling(model.args.vocab_size))
-    run = run_eval(model, tokenizer, arith_task(ITEMS, seed=DEV_ARITH_SEED), arms, (0,), batch_size=16,
-                   progress=False)
+    run = run_eval(
+        model,
+        tokenizer,
+        arith_task(ITEMS, seed=DEV_ARITH_SEED),
+        arms,
+        (0,),
+        batch_size=16,
+        progress=False,
+    )
     print("candidate                     correct  row tokens/answer  forks/answer")
     for arm in arms:
         rows = [r for r in run.records if r["arm"] == arm.name]
-        print(f"{arm.name:28s} {sum(r['correct'] for r in rows):3d}/{len(rows)}  "
-              f"{sum(r['row_tokens'] for r in rows) / len(rows):17.2f}  "
-              f"{sum(r['forks'] for r in rows) / len(rows):12.2f}")
+        print(
+            f"{arm.name:28s} {sum(r['correct'] for r in rows):3d}/{len(rows)}  "
+            f"{sum(r['row_tokens'] for r in rows) / len(rows):17.2f}  "
+            f"{sum(r['forks'] for r in rows) / len(rows):12.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -344,7 +344,8 @@ def stream_batch_generate(
     index: Dict[int, int] = {}
     groups = group_identical(checked)
     for ids, rows in groups:
-        options = dict(with_scores=with_scores, max_tokens=checked[rows[0]][1], eos_ids=eos_ids, **look_ahead)
+        options = dict(with_scores=with_scores, max_tokens=checked[rows[0]][1], eos_ids=eos_ids,
+                       **look_ahead)
         if len(rows) > 1:
             uids = batch.fork(ids, [base + i for i in rows], step, **options)
         else:
@@ -373,7 +374,8 @@ def stream_batch_generate(
                 metrics=row.step.metrics, params=row.step.params, prompt_tokens=len(checked[i][0]),
                 prompt_tps=prompt_tps, generation_tokens=generated,
                 generation_tps=generated / max(time.perf_counter() - tic, 1e-9),
-                peak_memory=mx.get_peak_memory() / 1e9, finish_reason=finish, fork=row.fork, index=i,
+                peak_memory=mx.get_peak_memory() / 1e9, finish_reason=finish, fork=row.fork,
+                index=i,
             )
 
 

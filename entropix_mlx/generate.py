@@ -273,7 +273,9 @@ def stream_generate(
     """
     if sampler == "entropix" and config is not None and config.branch_k:
         if max_kv_size is not None or prompt_cache is not None:
-            raise GenerationError("look-ahead branching (branch_k > 0) takes no max_kv_size or prompt_cache")
+            raise GenerationError(
+                "look-ahead branching (branch_k > 0) takes no max_kv_size or prompt_cache"
+            )
         from .batch import stream_batch_generate  # it builds on this module
 
         yield from stream_batch_generate(model, tokenizer, [prompt], sampler=sampler, config=config,

@@ -11,8 +11,9 @@ Record fields (stable; documented in README.md, "Trace format"):
   temperature, top_p, top_k, min_p
                         the sampling parameters used for this token, null when not applicable
   finish_reason         null, or "stop" / "length" on the last token
-  fork                  null, or on the first token committed after a look-ahead fork (branch_k > 0):
-                        {at, rule, winner, candidates: [{token, logprob, score, scored_tokens, text}]}
+  fork                  null, or on the first token committed after a look-ahead fork
+                        (branch_k > 0): {at, rule, winner,
+                        candidates: [{token, logprob, score, scored_tokens, text}]}
                         (optional when reading: older traces lack it)
 """
 
@@ -25,7 +26,9 @@ from .generate import METRICS, PARAMETERS, GenerationResponse
 from .jsonl import read_records
 from .sampling import STRATEGIES
 
-FIELDS = ("index", "token", "text", "logprob", "strategy", *METRICS, *PARAMETERS, "finish_reason", "fork")
+FIELDS = (
+    "index", "token", "text", "logprob", "strategy", *METRICS, *PARAMETERS, "finish_reason", "fork",
+)  # fmt: skip
 OPTIONAL_FIELDS = ("fork",)  # traces written before look-ahead branching lack it
 
 

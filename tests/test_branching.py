@@ -71,8 +71,9 @@ def always_branch(logits, scores, prev, key):
 
 def run_lane(rules, max_tokens=8, prompt=(A,)):
     gen = BranchingGenerator(BigramModel(), Tokens())
-    uid = gen.insert(list(prompt), always_branch, seed=0, max_tokens=max_tokens, eos_ids=[EOS],
-                     branching=rules)
+    uid = gen.insert(
+        list(prompt), always_branch, seed=0, max_tokens=max_tokens, eos_ids=[EOS], branching=rules
+    )
     steps = []
     while len(gen):
         steps += [s for s in gen.next() if s.uid == uid]
@@ -132,8 +133,14 @@ def test_first_token_trigger_forks_once_at_the_start():
 
 def test_cost_counts_every_rollout_token():
     gen = BranchingGenerator(BigramModel(), Tokens())
-    uid = gen.insert([A], always_branch, seed=0, max_tokens=4, eos_ids=[EOS],
-                     branching=BranchRules(k=3, horizon=6, max_points=1))
+    uid = gen.insert(
+        [A],
+        always_branch,
+        seed=0,
+        max_tokens=4,
+        eos_ids=[EOS],
+        branching=BranchRules(k=3, horizon=6, max_points=1),
+    )
     while len(gen):
         gen.next()
     # three rollouts of 4 tokens each (max_tokens ends them): 12 row tokens
@@ -149,8 +156,9 @@ def test_margin_and_forced_margins_match_by_hand():
 # --- the real tiny model -------------------------------------------------------------------
 
 # Thresholds that send most tokens of the random tiny model to the branch quadrant.
-BRANCHY = SamplerConfig(pause_token=".", low_ent=0.0, low_vent=0.0, med_ent=50.0, high_ent=60.0,
-                        high_vent=0.001)
+BRANCHY = SamplerConfig(
+    pause_token=".", low_ent=0.0, low_vent=0.0, med_ent=50.0, high_ent=60.0, high_vent=0.001
+)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +170,10 @@ def tiny(tmp_path_factory):
 def test_branch_k_zero_gives_the_original_tokens(tiny):
     model, tokenizer, _ = tiny
     assert SamplerConfig().branch_k == 0
-    plain = [r.token for r in stream_generate(model, tokenizer, "hello", config=BRANCHY, seed=3, max_tokens=12)]
+    plain = [
+        r.token
+        for r in stream_generate(model, tokenizer, "hello", config=BRANCHY, seed=3, max_tokens=12)
+    ]
     batch = BatchGenerator(model)
     sampler = make_sampler("entropix", BRANCHY, tokenizer)
     ids = tokenizer.encode("hello")
@@ -190,19 +201,30 @@ def test_forked_rows_continue_like_single_runs(tiny):
         for s in gen.next():
             rows[s.uid].append(s.step.token)
     for u, token in zip(uids, forced):
-        single = [r.token for r in stream_generate(model, tokenizer, ids + [token], sampler="greedy", max_tokens=5)]
+        single = [
+            r.token
+            for r in stream_generate(
+                model, tokenizer, ids + [token], sampler="greedy", max_tokens=5
+            )
+        ]
         assert rows[u] == [token] + single
 
 
 def test_equal_seeds_give_equal_text_and_forks(tiny, tmp_path):
     model, tokenizer, _ = tiny
     config = BRANCHY.replace(branch_k=3, branch_horizon=3, max_branch_points=3)
-    runs = [list(stream_generate(model, tokenizer, "hello", config=config, seed=7, max_tokens=16)) for _ in range(2)]
+    runs = [
+        list(stream_generate(model, tokenizer, "hello", config=config, seed=7, max_tokens=16))
+        for _ in range(2)
+    ]
     texts = ["".join(r.text for r in run) for run in runs]
     forks = [[r.fork for r in run if r.fork] for run in runs]
     assert texts[0] == texts[1] and forks[0] == forks[1]
     assert 1 <= len(forks[0]) <= 3
-    other = "".join(r.text for r in stream_generate(model, tokenizer, "hello", config=config, seed=8, max_tokens=16))
+    other = "".join(
+        r.text
+        for r in stream_generate(model, tokenizer, "hello", config=config, seed=8, max_tokens=16)
+    )
     assert other != texts[0]
 
 
@@ -216,8 +238,24 @@ def test_forks_appear_in_the_trace(tiny, tmp_path):
     config = tmp_path / "branchy.toml"
     config.write_text(BRANCHY.replace(branch_k=2, branch_horizon=2, max_branch_points=2).to_toml())
     trace = tmp_path / "t.jsonl"
-    result = CliRunner().invoke(main, ["generate", "-m", str(model_path), "-p", "hello", "--seed", "1",
-                                       "--max-tokens", "10", "--config", str(config), "--trace", str(trace)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "-m",
+            str(model_path),
+            "-p",
+            "hello",
+            "--seed",
+            "1",
+            "--max-tokens",
+            "10",
+            "--config",
+            str(config),
+            "--trace",
+            str(trace),
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     forks = [r["fork"] for r in records if r["fork"]]

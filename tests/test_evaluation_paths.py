@@ -48,8 +48,12 @@ def test_cot_decoding_sums_margins_by_answer():
     choose = cot_decoding_choice(stops=("\n",))
     # "7" twice with small margins beats "8" once with a larger one (0.3 + 0.3 > 0.5); of the two
     # "7" paths the more confident wins.
-    paths = [rollout(" 8\n", [0.0, 0.5, 0.0]), rollout(" 7\n", [0.0, 0.25, 0.0]),
-             rollout(" 7\n", [0.0, 0.35, 0.0]), rollout(" x\n", [1.0, 1.0, 1.0])]
+    paths = [
+        rollout(" 8\n", [0.0, 0.5, 0.0]),
+        rollout(" 7\n", [0.0, 0.25, 0.0]),
+        rollout(" 7\n", [0.0, 0.35, 0.0]),
+        rollout(" x\n", [1.0, 1.0, 1.0]),
+    ]
     assert choose(paths, Chars()) == 2
     assert choose([rollout(" x", [0.5, 0.5]), rollout(" y", [0.1, 0.1])], Chars()) == 0
 
@@ -66,19 +70,33 @@ def test_make_arms_answer_level():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return load(str(write_float_gguf(tmp_path_factory.mktemp("paths") / "tiny.gguf", tiny_model(seed=7))))
+    return load(
+        str(write_float_gguf(tmp_path_factory.mktemp("paths") / "tiny.gguf", tiny_model(seed=7)))
+    )
 
 
 def test_answer_level_and_branching_arms_run_and_count_their_compute(tiny):
     model, tokenizer, _ = tiny
     task = load_task("arith", limit=3)
     config = SamplerConfig(pause_token=".")
-    branchy = config.replace(low_ent=0.0, low_vent=0.0, med_ent=50.0, high_ent=60.0, high_vent=0.001,
-                             branch_k=2, branch_horizon=2, max_branch_points=2)
-    arms = [Arm("standard", "standard", config.replace(temp=0.7)),
-            *make_arms(["cot-decoding", "self-consistency"], {"pause_token": "."}, paths=3),
-            Arm("entropix:branchy", "entropix", branchy)]
-    run = run_eval(model, tokenizer, task, arms, seeds=(1,), max_tokens=5, batch_size=4, progress=False)
+    branchy = config.replace(
+        low_ent=0.0,
+        low_vent=0.0,
+        med_ent=50.0,
+        high_ent=60.0,
+        high_vent=0.001,
+        branch_k=2,
+        branch_horizon=2,
+        max_branch_points=2,
+    )
+    arms = [
+        Arm("standard", "standard", config.replace(temp=0.7)),
+        *make_arms(["cot-decoding", "self-consistency"], {"pause_token": "."}, paths=3),
+        Arm("entropix:branchy", "entropix", branchy),
+    ]
+    run = run_eval(
+        model, tokenizer, task, arms, seeds=(1,), max_tokens=5, batch_size=4, progress=False
+    )
     by_arm = {}
     for r in run.records:
         by_arm.setdefault(r["arm"], []).append(r)
@@ -98,7 +116,10 @@ def test_answer_level_and_branching_arms_run_and_count_their_compute(tiny):
     assert all(r["forks"] <= 2 for r in by_arm["entropix:branchy"])
     summary = summarize(task, run, arms, model="tiny", seeds=(1,), max_tokens=5)
     rows = {a["name"]: a for a in summary["arms"]}
-    assert rows["self-consistency@3"]["row_tokens_per_answer"] > rows["standard"]["row_tokens_per_answer"]
+    assert (
+        rows["self-consistency@3"]["row_tokens_per_answer"]
+        > rows["standard"]["row_tokens_per_answer"]
+    )
 
 
 def test_single_path_grid_switches_really_switch_off():
@@ -119,7 +140,9 @@ def test_single_path_grid_switches_really_switch_off():
 def test_branching_grid_and_the_tie_rule():
     grid = branching_grid(SamplerConfig())
     assert len(grid) == 8 and all(c.branch_k in (2, 3) for _, c in grid)
-    a, b, c = (Candidate(n, SamplerConfig(), correct, 10) for n, correct in (("a", 5), ("b", 6), ("c", 6)))
+    a, b, c = (
+        Candidate(n, SamplerConfig(), correct, 10) for n, correct in (("a", 5), ("b", 6), ("c", 6))
+    )
     assert best([a, b, c]) is b
 
 
@@ -132,8 +155,24 @@ def test_cli_calibrate_for_accuracy_writes_a_preset_with_its_evidence(tmp_path):
     base = tmp_path / "base.toml"
     base.write_text('pause_token = "."\n')
     out = tmp_path / "tuned.toml"
-    result = CliRunner().invoke(main, ["calibrate", "--objective", "accuracy", "--task", "arith", "--limit", "2",
-                                       "-m", str(model), "--config", str(base), "-o", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "calibrate",
+            "--objective",
+            "accuracy",
+            "--task",
+            "arith",
+            "--limit",
+            "2",
+            "-m",
+            str(model),
+            "--config",
+            str(base),
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "no pause, no resample, argmax x2.5" in result.output and "<- chosen" in result.output
     text = out.read_text()

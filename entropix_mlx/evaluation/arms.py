@@ -35,7 +35,8 @@ class Arm:
     @property
     def path_sampler(self) -> str:
         """The sampler each path runs: greedy for CoT-decoding, standard for self-consistency."""
-        return {"cot-decoding": "greedy", "self-consistency": "standard"}.get(self.sampler, self.sampler)
+        paths = {"cot-decoding": "greedy", "self-consistency": "standard"}
+        return paths.get(self.sampler, self.sampler)
 
     def settings(self) -> Dict[str, object]:
         """The settings that shape this arm's choices (for the summary)."""
@@ -45,22 +46,29 @@ class Arm:
             return {"paths": self.paths, "choice": "largest summed answer-token margin by answer"}
         if self.path_sampler == "standard":
             base = {k: getattr(self.config, k) for k in ("temp", "top_p", "top_k", "min_p")}
-            return {**base, "paths": self.paths, "choice": "majority vote"} if self.paths > 1 else base
+            if self.paths > 1:
+                return {**base, "paths": self.paths, "choice": "majority vote"}
+            return base
         return self.config.to_dict()
 
 
 def make_arms(samplers: Sequence[str] = ARMS, preset: Optional[Mapping[str, object]] = None,
-              presets: Sequence[Tuple[str, SamplerConfig]] = (), paths: int = DEFAULT_PATHS) -> list:
+              presets: Sequence[Tuple[str, SamplerConfig]] = (),
+              paths: int = DEFAULT_PATHS) -> list:
     """Arms for `samplers` on the model's `preset`, plus one entropix arm per (name, config) preset;
     the answer-level arms decode `paths` paths per answer."""
     base = SamplerConfig.from_dict(dict(preset or {}))
     if paths < 2 or ("cot-decoding" in samplers and paths > MAX_BRANCH_K):
-        raise EvalError(f"--paths must be >= 2 (at most {MAX_BRANCH_K} for cot-decoding), not {paths}")
+        raise EvalError(
+            f"--paths must be >= 2 (at most {MAX_BRANCH_K} for cot-decoding), not {paths}"
+        )
     arms = []
     for sampler in dict.fromkeys(samplers):  # in order, once each
         if sampler not in SAMPLERS + ANSWER_LEVEL:
-            raise EvalError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS + ANSWER_LEVEL)}")
-        config = base.replace(temp=CONTROL_TEMPERATURE) if sampler in ("standard", "self-consistency") else base
+            choices = ", ".join(SAMPLERS + ANSWER_LEVEL)
+            raise EvalError(f"unknown sampler {sampler!r}; choose from {choices}")
+        controlled = sampler in ("standard", "self-consistency")
+        config = base.replace(temp=CONTROL_TEMPERATURE) if controlled else base
         n = paths if sampler in ANSWER_LEVEL else 1
         arms.append(Arm(f"{sampler}@{n}" if n > 1 else sampler, sampler, config, n))
     for name, config in presets:

@@ -25,7 +25,8 @@ summary.json (schema "entropix-mlx/eval-summary/1"):
   chance (multiple choice: mean of 1/choices; else null),
   arms: [{name, sampler, settings, answers, correct, accuracy, ci95 [low, high] (Wilson),
           extraction_failures, finish {eos, stop_string, max_tokens}, tokens_per_answer,
-          row_tokens_per_answer, forks_per_answer, seconds_per_answer, by_group {group: {answers, correct, accuracy}},
+          row_tokens_per_answer, forks_per_answer, seconds_per_answer,
+          by_group {group: {answers, correct, accuracy}},
           strategies ({strategy: share of tokens} for entropix arms, else null),
           pause_per_100_tokens (entropix arms, else null)}],
   comparisons: [{arm, baseline, pairs, both, arm_only, baseline_only, neither,
@@ -209,8 +210,8 @@ def aligned(rows: List[List[str]]) -> str:
 
 
 def arms_table(s: dict) -> str:
-    rows = [["arm", "accuracy", "95% CI", "answers", "no answer", "eos/stop/max", "tokens", "row tokens",
-             "s/answer"]]
+    rows = [["arm", "accuracy", "95% CI", "answers", "no answer", "eos/stop/max", "tokens",
+             "row tokens", "s/answer"]]
     for arm in s["arms"]:
         low, high = arm["ci95"]
         finish = "/".join(str(arm["finish"][k]) for k in FINISH_REASONS) if arm["finish"] else "-"

@@ -86,7 +86,8 @@ class Answer:
             return None
         finish = {"stop": "eos", "length": "max_tokens"}[row.finish_reason] if row.finish_reason else "stop_string"
         pauses = self.pauses if self.pause_id is not None else None
-        return Completion(self.text, finish, self.tokens, self.seconds, self.strategies, pauses, self.forks)
+        return Completion(self.text, finish, self.tokens, self.seconds, self.strategies, pauses,
+                          self.forks)
 
 
 def run_eval(model, tokenizer, task, arms: Sequence[Arm] = (), seeds: Sequence[int] = (0,), *,
@@ -150,7 +151,7 @@ def answer_jobs(model, tokenizer, task, arms, seeds, max_tokens, run, log) -> It
 
 
 def look_ahead(arm: Arm, task, budget: int) -> Optional[BranchRules]:
-    """How an arm's rows fork: Entropix by its config (branch_k), CoT-decoding at the first token."""
+    """How an arm's rows fork: Entropix by its config (branch_k), CoT-decoding at the start."""
     if arm.sampler == "cot-decoding":
         return BranchRules(arm.paths, budget, 1, trigger="first", stops=task.stop,
                            choose=cot_decoding_choice(task.stop), sentences=False)
@@ -176,7 +177,8 @@ class Group:
         job = self.job
         record = generation_record(task, job.item, job.arm, job.run_seed, job.sample_seed, chosen)
         record.update(row_tokens=self.row_tokens, forks=chosen.forks, paths=len(done),
-                      path_answers=[extract_answer(c.text) for c in done] if len(done) > 1 else None)
+                      path_answers=[extract_answer(c.text) for c in done] if len(done) > 1
+                      else None)
         return record
 
 
@@ -197,8 +199,9 @@ def run_batched(model, tokenizer, task, arms, jobs: Iterator[Job], batch_size: i
             group = Group(queued, job, [None] * paths)
             for path in range(paths):
                 seed = None if job.sample_seed is None else job.sample_seed + path
-                uid = batch.insert(job.last, step, with_scores=with_scores, seed=seed, max_tokens=job.budget,
-                                   eos_ids=tokenizer.eos_token_ids, prompt_cache=job.cache,
+                uid = batch.insert(job.last, step, with_scores=with_scores, seed=seed,
+                                   max_tokens=job.budget, eos_ids=tokenizer.eos_token_ids,
+                                   prompt_cache=job.cache,
                                    branching=look_ahead(job.arm, task, job.budget))
                 live[uid] = (group, path, Answer(tokenizer, task.stop, pause_id))
             queued += 1
@@ -207,7 +210,8 @@ def run_batched(model, tokenizer, task, arms, jobs: Iterator[Job], batch_size: i
         spent = dict(batch.spent)
         tic = time.perf_counter()
         rows = batch.next()
-        share = (time.perf_counter() - tic) / max(sum(batch.spent[u] - n for u, n in spent.items()), 1)
+        rows_run = sum(batch.spent[u] - n for u, n in spent.items())
+        share = (time.perf_counter() - tic) / max(rows_run, 1)
         for uid, before in spent.items():
             group, path, answer = live[uid]
             group.row_tokens += batch.spent[uid] - before

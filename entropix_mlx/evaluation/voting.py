@@ -38,8 +38,10 @@ def cot_decoding_choice(stops: Sequence[str]):
         totals, best = defaultdict(float), {}
         for j, rollout in enumerate(rollouts):
             tokens = rollout.tokens[: len(rollout.margins)]
-            pieces = [tokenizer.decode(tokens[:i + 1])[len(tokenizer.decode(tokens[:i])):]
-                      for i in range(len(tokens))]
+            pieces = [
+                tokenizer.decode(tokens[: i + 1])[len(tokenizer.decode(tokens[:i])) :]
+                for i in range(len(tokens))
+            ]
             answer = extract_answer(cut_at_stop("".join(pieces), stops))
             if answer is None:
                 continue

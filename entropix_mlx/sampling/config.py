@@ -102,7 +102,8 @@ class SamplerConfig:
                 )
         if self.branch_k == 1 or not 0 <= self.branch_k <= MAX_BRANCH_K:
             raise ValueError(
-                f"branch_k must be 0 (no look-ahead) or in [2, {MAX_BRANCH_K}], got {self.branch_k!r}"
+                f"branch_k must be 0 (no look-ahead) or in [2, {MAX_BRANCH_K}], "
+                f"got {self.branch_k!r}"
             )
         _check_range("branch_horizon", self.branch_horizon, 1, math.inf, "must be >= 1")
         _check_range("max_branch_points", self.max_branch_points, 0, math.inf, "must be >= 0")
