@@ -32,7 +32,9 @@ def cot_decoding_choice(stops: Sequence[str]):
     """`choose(rollouts, tokenizer)` for BranchRules: CoT-decoding (Wang & Zhou, 2024). Each
     path's confidence is the mean margin p(top1) - p(top2) over its answer's tokens; paths with
     the same answer add up; the answer with the largest total wins, and of its paths the most
-    confident. Paths without an answer only win when no path has one."""
+    confident. Paths without an answer only win when no path has one. The forced first token
+    counts with its own margin, p(token) - max p(other): p(top1) - p(top2) for the top path (the
+    paper's value), negative for the others (the paper gives every path p(top1) - p(top2))."""
 
     def choose(rollouts, tokenizer) -> int:
         totals, best = defaultdict(float), {}
