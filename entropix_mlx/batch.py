@@ -7,6 +7,7 @@ final layer's scores are -inf over a row's padding, so its attention metrics see
 own tokens.
 """
 
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class RowStep:
     step: TokenStep
     finish_reason: Optional[str]  # "stop" at an EOS id, "length" at the row's max_tokens
     top_logprobs: List[Tuple[int, float]] = field(default_factory=list)  # the k likeliest, if asked
+    fork: Optional[dict] = None  # a look-ahead fork decided before this token (branching.py)
 
 
 def sample_rows(samplers: Sequence[SamplerStep], logits, scores, prev, keys):
@@ -165,6 +167,35 @@ class BatchGenerator:
         self.pending = [p for p in self.pending if p[0].uid not in gone]
         self._keep([i for i, row in enumerate(self.rows) if row.uid not in gone])
 
+    def admit(self):
+        """Prefill and merge the queued rows now, so that their first tokens can be read in
+        `outputs` (and forced with `fork_row`) before `next()` returns them."""
+        if self.pending:
+            self._admit()
+
+    def fork_row(self, uid: int, tokens: Sequence[int], logprobs: Sequence[float]) -> List[int]:
+        """Replace running row `uid` by one copy per forced next token: copy i returns
+        `tokens[i]` (with `logprobs[i]`) from the next `next()` and continues after it. The
+        first copy keeps the row's uid and place, the others are appended with new uids; each
+        copy's key is split from the row's. Returns the copies' uids."""
+        i = next(j for j, row in enumerate(self.rows) if row.uid == uid)
+        n, rows = len(tokens), len(self.rows)
+        idx = mx.array(list(range(rows)) + [i] * (n - 1))
+        for layer in self.cache:
+            layer.filter(idx)
+        copies = [dataclasses.replace(self.rows[i], uid=next(self._uids)) for _ in range(n - 1)]
+        self.rows += copies
+        keys = mx.random.split(self.keys[i], n)
+        self.keys = mx.concatenate([self.keys, keys[1:]])
+        self.keys[i] = keys[0]
+        forced = mx.array([i, *range(rows, rows + n - 1)])
+        token, logprob, strategy, info = self.outputs
+        token, logprob, strategy = token[idx], logprob[idx], strategy[idx]
+        token[forced] = mx.array(tokens, dtype=token.dtype)
+        logprob[forced] = mx.array(logprobs, dtype=logprob.dtype)
+        self.outputs = (token, logprob, strategy, {k: v[idx] for k, v in info.items()})
+        return [uid] + [row.uid for row in copies]
+
     def next(self) -> List[RowStep]:
         """One token for every row (admitting queued rows first); [] when none is left."""
         if self.pending:
@@ -182,7 +213,8 @@ class BatchGenerator:
             finish = "stop" if step.token in row.eos_ids else None
             finish = finish or ("length" if row.generated >= row.max_tokens else None)
             results.append(RowStep(row.uid, step, finish, top))
-        self.remove([r.uid for r in results if r.finish_reason == "stop"])
+        # The rows themselves, not what a subclass's remove() means by a uid (branching's lanes).
+        BatchGenerator.remove(self, [r.uid for r in results if r.finish_reason == "stop"])
         self._steps += 1
         if self._steps % 256 == 0:
             mx.clear_cache()
@@ -310,12 +342,23 @@ def stream_batch_generate(
     with_scores = sampler == "entropix" or callable(sampler)
     step = make_sampler(sampler, config, tokenizer) if isinstance(sampler, str) else sampler
     base = seed if seed is not None else time.time_ns() % (1 << 30)
-    batch = BatchGenerator(model, prefill_step_size=prefill_step_size)
+    look_ahead = {}
+    if sampler == "entropix" and config is not None and config.branch_k:
+        from .branching import (  # it builds on this module
+            BranchingGenerator,
+            BranchRules,
+        )
+
+        batch = BranchingGenerator(model, tokenizer, prefill_step_size=prefill_step_size)
+        look_ahead = {"branching": BranchRules.from_config(config, stop)}
+    else:
+        batch = BatchGenerator(model, prefill_step_size=prefill_step_size)
     eos_ids = tokenizer.eos_token_ids
     index: Dict[int, int] = {}
     groups = group_identical(checked)
     for ids, rows in groups:
-        options = dict(with_scores=with_scores, max_tokens=checked[rows[0]][1], eos_ids=eos_ids)
+        options = dict(with_scores=with_scores, max_tokens=checked[rows[0]][1], eos_ids=eos_ids,
+                       **look_ahead)
         if len(rows) > 1:
             uids = batch.fork(ids, [base + i for i in rows], step, **options)
         else:
@@ -331,7 +374,11 @@ def stream_batch_generate(
             tic = time.perf_counter()
         generated += len(row_steps)
         for row in row_steps:
+            if row.uid not in streams:  # a later token of a row already stopped
+                continue
             text, finish = row_text(row, *streams[row.uid])
+            if finish:
+                del streams[row.uid]
             if finish and not row.finish_reason:
                 batch.remove([row.uid])
             i = index[row.uid]
@@ -340,7 +387,8 @@ def stream_batch_generate(
                 metrics=row.step.metrics, params=row.step.params, prompt_tokens=len(checked[i][0]),
                 prompt_tps=prompt_tps, generation_tokens=generated,
                 generation_tps=generated / max(time.perf_counter() - tic, 1e-9),
-                peak_memory=mx.get_peak_memory() / 1e9, finish_reason=finish, index=i,
+                peak_memory=mx.get_peak_memory() / 1e9, finish_reason=finish, fork=row.fork,
+                index=i,
             )
 
 

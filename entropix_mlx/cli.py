@@ -486,11 +486,29 @@ def plot(trace_file, output, model, config_file, title):
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="A TOML file of base settings (temp, top_p, ...) to generate with.")
 @click.option("--pause-token", help="Text of the pause token to write into the preset (default: the model's).")
-def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file, pause_token):
-    """Fit the sampler's thresholds to a model: run it over prompts, match a target strategy mix."""
+@click.option("--objective", type=click.Choice(["mix", "accuracy"]), default="mix",
+              show_default=True,
+              help="mix: match a target strategy mix; accuracy: the best of a grid on dev items.")
+@click.option("--task", type=click.Choice(["arith"]), default="arith", show_default=True,
+              help="Dev items for --objective accuracy (arithmetic, seed 1; eval uses seed 0).")
+@click.option("--limit", type=click.IntRange(min=1), default=90, show_default=True,
+              help="Dev items for --objective accuracy.")
+@click.option("--seeds", "dev_seeds", default="0", show_default=True,
+              help="Sampling seeds for --objective accuracy, comma-separated.")
+@click.option("--branching", is_flag=True,
+              help="--objective accuracy: also search look-ahead branching.")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=16, show_default=True,
+              help="--objective accuracy: answers decoded together.")
+def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file, pause_token,
+              objective, task, limit, dev_seeds, branching, batch_size):
+    """Fit the sampler's thresholds to a model: match a strategy mix, or tune for accuracy."""
     from . import calibrate as calibration
 
     check_output_folder(output, "--output")
+    if objective == "accuracy":
+        tune_for_accuracy(model, output, config_file, pause_token, limit, dev_seeds, branching,
+                          batch_size)
+        return
     try:
         prompts = calibration.read_prompts(prompts_file) if prompts_file else calibration.DEFAULT_PROMPTS
         target_mix = calibration.parse_target(target) if target else calibration.TARGET_MIX
@@ -509,10 +527,29 @@ def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file
     click.echo(f"\nThresholds: {thresholds}\nWrote {output}")
 
 
+def tune_for_accuracy(model, output, config_file, pause_token, limit, dev_seeds, branching,
+                      batch_size):
+    from .evaluation import parse_seeds, tuning
+
+    seeds = parse_seeds(dev_seeds)
+    loaded, tokenizer, info = load_model(model)
+    base = sampler_config(info.sampler_preset, config_file, {"pause_token": pause_token})
+    chosen, tried = tuning.tune(loaded, tokenizer, base, items=limit, seeds=seeds,
+                                batch_size=batch_size, branching=branching, log=echo_err)
+    source = f"{Path(config_file).name}" if config_file else "the model's preset"
+    write_output(output, tuning.preset_toml(chosen, tried, model, source, limit, seeds), "--output")
+    click.echo(tuning.format_candidates(tried, chosen))
+    click.echo(f"\nWrote {output}")
+
+
 @main.command("eval")
 @click.option("--task", "-t", required=True, help="arith, gsm8k, arc-easy or arc-challenge.")
-@click.option("--sampler", "-s", "samplers", multiple=True, type=click.Choice(["greedy", "standard", "entropix"]),
+@click.option("--sampler", "-s", "samplers", multiple=True,
+              type=click.Choice(
+                  ["greedy", "standard", "entropix", "cot-decoding", "self-consistency"]),
               help="An arm to compare (repeatable; default: greedy, standard and entropix).")
+@click.option("--paths", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Paths per answer of cot-decoding and self-consistency.")
 @click.option("--seeds", default="0", show_default=True, help="Run seeds, comma-separated (e.g. 1,2,3).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N items (arith: default 200).")
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
@@ -527,7 +564,8 @@ def calibrate(model, output, prompts_file, max_tokens, seed, target, config_file
 @click.option("--quick", is_flag=True, help="Smoke run: 2-3 items, the first seed, few tokens, 1-shot GSM8K.")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=1, show_default=True,
               help="Answers generated together as rows of one batch.")
-def eval_command(task, samplers, seeds, limit, model, out, config_files, data, max_tokens, quick, batch_size):
+def eval_command(task, samplers, paths, seeds, limit, model, out, config_files, data, max_tokens,
+                 quick, batch_size):
     """Compare samplers on the same items, paired: accuracy, Wilson CIs, exact McNemar tests."""
     from datetime import datetime, timezone
 
@@ -553,7 +591,7 @@ def eval_command(task, samplers, seeds, limit, model, out, config_files, data, m
     writer = RecordWriter(out) if out else None
     started = datetime.now(timezone.utc)
     try:
-        arms = make_arms(samplers or ARMS, info.sampler_preset, presets)
+        arms = make_arms(samplers or ARMS, info.sampler_preset, presets, paths)
         run = run_eval(loaded, tokenizer, task_obj, arms, settings.seeds, max_tokens=settings.max_tokens,
                        batch_size=batch_size, on_record=writer.write if writer else lambda record: None,
                        log=echo_err)

@@ -59,6 +59,7 @@ class GenerationResponse:
     generation_tps: float
     peak_memory: float  # GB
     finish_reason: Optional[str] = None  # "stop", "length" or None while generating
+    fork: Optional[dict] = None  # the look-ahead fork resolved just before this token, if any
 
 
 def step_outputs(model, cache, sampler: SamplerStep, inputs: mx.array, prev: mx.array, key, with_scores: bool,
@@ -250,8 +251,20 @@ def stream_generate(
     through the model's chat template) or token ids.
 
     `sampler`: "entropix" (default), "standard", "greedy", or a sampler step. Generation
-    stops at any EOS id of the tokenizer or after `max_tokens` tokens.
+    stops at any EOS id of the tokenizer or after `max_tokens` tokens. An Entropix `config`
+    with `branch_k > 0` decodes with look-ahead branching (`entropix_mlx.branching`), as one
+    row of `stream_batch_generate`.
     """
+    if sampler == "entropix" and config is not None and config.branch_k:
+        if max_kv_size is not None or prompt_cache is not None:
+            raise GenerationError(
+                "look-ahead branching (branch_k > 0) takes no max_kv_size or prompt_cache"
+            )
+        from .batch import stream_batch_generate  # it builds on this module
+
+        yield from stream_batch_generate(model, tokenizer, [prompt], sampler=sampler, config=config,
+                                         max_tokens=max_tokens, seed=seed)
+        return
     prompt_ids = prompt_token_ids(tokenizer, prompt)
     context_length = getattr(getattr(model, "args", None), "max_position_embeddings", None)
     cached = prompt_cache[0].offset if prompt_cache else 0

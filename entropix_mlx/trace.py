@@ -11,6 +11,10 @@ Record fields (stable; documented in README.md, "Trace format"):
   temperature, top_p, top_k, min_p
                         the sampling parameters used for this token, null when not applicable
   finish_reason         null, or "stop" / "length" on the last token
+  fork                  null, or on the first token committed after a look-ahead fork
+                        (branch_k > 0): {at, rule, winner,
+                        candidates: [{token, logprob, score, scored_tokens, text}]}
+                        (optional when reading: older traces lack it)
 """
 
 import json
@@ -22,7 +26,10 @@ from .generate import GenerationResponse
 from .jsonl import read_records
 from .sampling import METRICS, PARAMETERS, STRATEGIES
 
-FIELDS = ("index", "token", "text", "logprob", "strategy", *METRICS, *PARAMETERS, "finish_reason")
+FIELDS = (
+    "index", "token", "text", "logprob", "strategy", *METRICS, *PARAMETERS, "finish_reason", "fork",
+)  # fmt: skip
+OPTIONAL_FIELDS = ("fork",)  # traces written before look-ahead branching lack it
 
 
 def trace_record(index: int, step, text: str, finish_reason: Optional[str]) -> dict:
@@ -35,6 +42,7 @@ def trace_record(index: int, step, text: str, finish_reason: Optional[str]) -> d
     if record["top_k"] is not None:
         record["top_k"] = int(record["top_k"])
     record["finish_reason"] = finish_reason
+    record["fork"] = getattr(step, "fork", None)
     return record
 
 
@@ -71,7 +79,8 @@ class TraceWriter:
 
 def read_trace(path: Union[str, Path]) -> List[dict]:
     """The records of a trace file, checked to carry every field with a value of its type."""
-    return read_records(path, FIELDS, "a trace record", check=record_problem)
+    required = [name for name in FIELDS if name not in OPTIONAL_FIELDS]
+    return read_records(path, required, "a trace record", check=record_problem)
 
 
 def record_problem(record: dict) -> Optional[str]:

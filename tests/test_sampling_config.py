@@ -18,6 +18,7 @@ def test_defaults_are_the_originals():
         resample_temp_offset=2.0, resample_temp_coef=0.5, resample_top_p_coef=0.2,
         ada_temp_logits=0.3, ada_temp_attn=0.2, ada_temp_agree=0.2, ada_top_p=0.1,
         ada_top_k_int=0.3, ada_top_k_agree=0.2, ada_min_p=0.5,
+        branch_k=0, branch_horizon=6, max_branch_points=4, branch_score="margin",  # extension; 0 = off
     )
     assert cfg.to_dict() == expected
 

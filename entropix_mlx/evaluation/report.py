@@ -12,7 +12,11 @@ items.jsonl: one JSON object per answer, keys always present in this order:
   multiple choice), tokens (generated tokens; for multiple choice the tokens scored),
   seconds (this answer's time, shared prompt prefill excluded), strategies (entropix:
   {strategy: tokens}, else {}), pause_tokens (entropix: pause tokens emitted, else null),
-  scores (multiple choice: one score per choice, else null).
+  scores (multiple choice: one score per choice, else null); generated answers also carry
+  row_tokens (tokens decoded by every row the answer used: rollouts and paths included; the
+  answer's compute, one row of a forward pass each), forks (look-ahead forks committed in the
+  answer), paths (decoded paths: >1 for self-consistency; CoT-decoding's paths are forks) and
+  path_answers (each path's extracted answer when paths > 1, else null).
 
 summary.json (schema "entropix-mlx/eval-summary/1"):
   schema, task, kind (generate | choice), model, data {source, licence, file},
@@ -21,7 +25,8 @@ summary.json (schema "entropix-mlx/eval-summary/1"):
   chance (multiple choice: mean of 1/choices; else null),
   arms: [{name, sampler, settings, answers, correct, accuracy, ci95 [low, high] (Wilson),
           extraction_failures, finish {eos, stop_string, max_tokens}, tokens_per_answer,
-          seconds_per_answer, by_group {group: {answers, correct, accuracy}},
+          row_tokens_per_answer, forks_per_answer, seconds_per_answer,
+          by_group {group: {answers, correct, accuracy}},
           strategies ({strategy: share of tokens} for entropix arms, else null),
           pause_per_100_tokens (entropix arms, else null)}],
   comparisons: [{arm, baseline, pairs, both, arm_only, baseline_only, neither,
@@ -90,7 +95,10 @@ def arm_summary(name: str, sampler: Optional[str], settings: dict, records: List
         "accuracy": ratio(correct, n), "ci95": [round(low, 6), round(high, 6)],
         "extraction_failures": sum(not r["extracted"] for r in records),
         "finish": {reason: finish[reason] for reason in FINISH_REASONS} if sampler else None,
-        "tokens_per_answer": ratio(tokens, n), "seconds_per_answer": ratio(sum(r["seconds"] for r in records), n),
+        "tokens_per_answer": ratio(tokens, n),
+        "row_tokens_per_answer": ratio(sum(r.get("row_tokens", r["tokens"]) for r in records), n),
+        "forks_per_answer": ratio(sum(r.get("forks", 0) for r in records), n),
+        "seconds_per_answer": ratio(sum(r["seconds"] for r in records), n),
         "by_group": by_group(records),
         "strategies": {s: ratio(strategies[s], tokens) for s in STRATEGIES} if entropix else None,
         "pause_per_100_tokens": ratio(100 * sum(r["pause_tokens"] or 0 for r in records), tokens) if entropix else None,
@@ -202,13 +210,15 @@ def aligned(rows: List[List[str]]) -> str:
 
 
 def arms_table(s: dict) -> str:
-    rows = [["arm", "accuracy", "95% CI", "answers", "no answer", "eos/stop/max", "tokens", "s/answer"]]
+    rows = [["arm", "accuracy", "95% CI", "answers", "no answer", "eos/stop/max", "tokens",
+             "row tokens", "s/answer"]]
     for arm in s["arms"]:
         low, high = arm["ci95"]
         finish = "/".join(str(arm["finish"][k]) for k in FINISH_REASONS) if arm["finish"] else "-"
         rows.append([
             arm["name"], percent(arm["accuracy"]), f"[{100 * low:.1f}, {100 * high:.1f}]", str(arm["answers"]),
             str(arm["extraction_failures"]), finish, f"{arm['tokens_per_answer'] or 0:.1f}",
+            f"{arm.get('row_tokens_per_answer') or 0:.1f}",
             f"{arm['seconds_per_answer'] or 0:.2f}",
         ])  # fmt: skip
     return aligned(rows)

@@ -11,7 +11,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from ..batch import BatchGenerator, RowStep, row_text
+from ..batch import RowStep, row_text
+from ..branching import BranchingGenerator, BranchRules
 from ..generate import StopMatcher, check_prompt
 from ..sampling import make_sampler, resolve_pause_token
 from .answers import extract_answer, same_number
@@ -19,6 +20,7 @@ from .arms import Arm
 from .choice import score_choices
 from .prefix import SharedPrefix
 from .tasks import Item
+from .voting import cot_decoding_choice, majority_vote
 
 CHOICE_ARMS = ("loglik-sum", "loglik-norm")  # sum of log-probabilities; the same per character
 FINISH_REASONS = ("eos", "stop_string", "max_tokens")
@@ -44,6 +46,7 @@ class Completion:
     seconds: float
     strategies: Counter
     pause_tokens: Optional[int]
+    forks: int = 0
 
 
 def item_seed(task: str, index: int, run_seed: int) -> int:
@@ -55,7 +58,7 @@ def item_seed(task: str, index: int, run_seed: int) -> int:
 def arm_sampler(arm: Arm, tokenizer):
     """(sampler step, whether it reads attention scores, pause token id or None), built once per
     arm: the Entropix step is made (and on a GPU compiled) here rather than for every answer."""
-    step = make_sampler(arm.sampler, arm.config, tokenizer)
+    step = make_sampler(arm.path_sampler, arm.config, tokenizer)
     if arm.sampler != "entropix":
         return step, False, None
     return step, True, resolve_pause_token(arm.config, tokenizer)
@@ -66,13 +69,14 @@ class Answer:
 
     def __init__(self, tokenizer, stop: Sequence[str], pause_id: Optional[int]):
         self.detokenizer, self.stops, self.pause_id = tokenizer.detokenizer, StopMatcher(stop), pause_id
-        self.text, self.tokens, self.pauses, self.seconds = "", 0, 0, 0.0
+        self.text, self.tokens, self.pauses, self.seconds, self.forks = "", 0, 0, 0.0, 0
         self.strategies: Counter = Counter()
 
     def add(self, row: RowStep, seconds: float) -> Optional[Completion]:
         """Take the row's next token (and its share of the step's time); the Completion once done."""
         self.tokens += 1
         self.seconds += seconds
+        self.forks += row.fork is not None
         self.pauses += row.step.token == self.pause_id
         if row.step.strategy is not None:
             self.strategies[row.step.strategy] += 1
@@ -82,7 +86,8 @@ class Answer:
             return None
         finish = {"stop": "eos", "length": "max_tokens"}[row.finish_reason] if row.finish_reason else "stop_string"
         pauses = self.pauses if self.pause_id is not None else None
-        return Completion(self.text, finish, self.tokens, self.seconds, self.strategies, pauses)
+        return Completion(self.text, finish, self.tokens, self.seconds, self.strategies, pauses,
+                          self.forks)
 
 
 def run_eval(model, tokenizer, task, arms: Sequence[Arm] = (), seeds: Sequence[int] = (0,), *,
@@ -145,32 +150,83 @@ def answer_jobs(model, tokenizer, task, arms, seeds, max_tokens, run, log) -> It
             yield Job(item, arm, run_seed, sample_seed, cache, last, budget)
 
 
+def look_ahead(arm: Arm, task, budget: int) -> Optional[BranchRules]:
+    """How an arm's rows fork: Entropix by its config (branch_k), CoT-decoding at the start."""
+    if arm.sampler == "cot-decoding":
+        return BranchRules(arm.paths, budget, 1, trigger="first", stops=task.stop,
+                           choose=cot_decoding_choice(task.stop), sentences=False)
+    return BranchRules.from_config(arm.config, task.stop) if arm.sampler == "entropix" else None
+
+
+@dataclass
+class Group:
+    """The paths of one answer (one for all but self-consistency) and what they cost."""
+
+    index: int
+    job: Job
+    completions: List[Optional[Completion]]
+    row_tokens: int = 0
+
+    def record(self, task) -> dict:
+        done = self.completions
+        pick = majority_vote([c.text for c in done]) if len(done) > 1 else 0
+        chosen = done[pick]
+        seconds = sum(c.seconds for c in done)
+        chosen = Completion(chosen.text, chosen.finish, chosen.tokens, seconds, chosen.strategies,
+                            chosen.pause_tokens, chosen.forks)
+        job = self.job
+        record = generation_record(task, job.item, job.arm, job.run_seed, job.sample_seed, chosen)
+        record.update(row_tokens=self.row_tokens, forks=chosen.forks, paths=len(done),
+                      path_answers=[extract_answer(c.text) for c in done] if len(done) > 1
+                      else None)
+        return record
+
+
 def run_batched(model, tokenizer, task, arms, jobs: Iterator[Job], batch_size: int) -> Iterator[dict]:
-    """Generate the jobs' answers as rows of one batch, kept full; their records in job order."""
+    """Generate the jobs' answers as rows of one batch, kept full; their records in job order.
+
+    A row's step time is shared by the rows of that step; a forking answer pays for its rollouts
+    and a self-consistency answer for all its paths (`row_tokens`, `seconds`)."""
     samplers = {arm.name: arm_sampler(arm, tokenizer) for arm in arms}
-    batch = BatchGenerator(model, max_batch_size=batch_size)
+    batch = BranchingGenerator(model, tokenizer)
     live: Dict[int, tuple] = {}
     finished: Dict[int, dict] = {}
     queued = emitted = 0
     while True:
         while len(batch) < batch_size and (job := next(jobs, None)) is not None:
             step, with_scores, pause_id = samplers[job.arm.name]
-            uid = batch.insert(job.last, step, with_scores=with_scores, seed=job.sample_seed,
-                               max_tokens=job.budget, eos_ids=tokenizer.eos_token_ids, prompt_cache=job.cache)
-            live[uid] = (queued, job, Answer(tokenizer, task.stop, pause_id))
+            paths = job.arm.paths if job.arm.sampler == "self-consistency" else 1
+            group = Group(queued, job, [None] * paths)
+            for path in range(paths):
+                seed = None if job.sample_seed is None else job.sample_seed + path
+                uid = batch.insert(job.last, step, with_scores=with_scores, seed=seed,
+                                   max_tokens=job.budget, eos_ids=tokenizer.eos_token_ids,
+                                   prompt_cache=job.cache,
+                                   branching=look_ahead(job.arm, task, job.budget))
+                live[uid] = (group, path, Answer(tokenizer, task.stop, pause_id))
             queued += 1
         if not len(batch):
             return
+        spent = dict(batch.spent)
         tic = time.perf_counter()
         rows = batch.next()
-        share = (time.perf_counter() - tic) / max(len(rows), 1)
+        rows_run = sum(batch.spent[u] - n for u, n in spent.items())
+        share = (time.perf_counter() - tic) / max(rows_run, 1)
+        for uid, before in spent.items():
+            group, path, answer = live[uid]
+            group.row_tokens += batch.spent[uid] - before
+            answer.seconds += share * (batch.spent[uid] - before)
         for row in rows:
-            index, job, answer = live[row.uid]
-            done = answer.add(row, share)
+            if row.uid not in live:  # a later token of an answer already done
+                continue
+            group, path, answer = live[row.uid]
+            done = answer.add(row, 0.0)
             if done is not None:
                 batch.remove([row.uid])
                 del live[row.uid]
-                finished[index] = generation_record(task, job.item, job.arm, job.run_seed, job.sample_seed, done)
+                group.completions[path] = done
+                if all(group.completions):
+                    finished[group.index] = group.record(task)
         while emitted in finished:
             yield finished.pop(emitted)
             emitted += 1

@@ -20,6 +20,8 @@ MAX_CANDIDATES = 100
 # Adaptive sampling draws this many candidates per token at most: each draw costs a pass over
 # the candidate set, and a request must not be able to hold the worker for long.
 MAX_ADAPTIVE_SAMPLES = 64
+MAX_BRANCH_K = 8  # look-ahead forks at most this many candidates (each is a batch row)
+BRANCH_SCORES = ("margin", "logprob")
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,19 @@ class SamplerConfig:
     pause_token: str = "..."
     pause_token_id: Optional[int] = None
 
+    # Look-ahead branching (beyond the original; branch_k 0 keeps the one hotter sample).
+    # Where the branch strategy is chosen, fork the top branch_k candidates, roll each out
+    # for up to branch_horizon tokens or to a boundary, score it by branch_score (see
+    # entropix_mlx/branching.py) and keep the winner; at most max_branch_points forks.
+    branch_k: int = 0
+    branch_horizon: int = 6
+    max_branch_points: int = 4
+    branch_score: str = "margin"
+
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "pause_token":
+            if f.name in _TEXT_FIELDS:
                 _check_text(f.name, value)
             elif f.name in _INT_FIELDS:
                 _check_int(f.name, value, optional=f.name == "pause_token_id")
@@ -92,6 +103,17 @@ class SamplerConfig:
                     f"thresholds out of order: {lower} ({getattr(self, lower)!r}) must be below "
                     f"{higher} ({getattr(self, higher)!r})"
                 )
+        if self.branch_k == 1 or not 0 <= self.branch_k <= MAX_BRANCH_K:
+            raise ConfigError(
+                f"branch_k must be 0 (no look-ahead) or in [2, {MAX_BRANCH_K}], "
+                f"got {self.branch_k!r}"
+            )
+        _check_range("branch_horizon", self.branch_horizon, 1, math.inf, "must be >= 1")
+        _check_range("max_branch_points", self.max_branch_points, 0, math.inf, "must be >= 0")
+        if self.branch_score not in BRANCH_SCORES:
+            raise ConfigError(
+                f"branch_score must be one of {', '.join(BRANCH_SCORES)}, got {self.branch_score!r}"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SamplerConfig":
@@ -121,9 +143,13 @@ class SamplerConfig:
         return self.from_dict({**self.to_dict(), **overrides})
 
 
-_INT_FIELDS = {"top_k", "n_adaptive_samples", "pause_token_id"}
 # Each family of strategy thresholds must rise: low_ent < med_ent < high_ent, low_vent < high_vent.
 _ORDERED_THRESHOLDS = (("low_ent", "med_ent"), ("med_ent", "high_ent"), ("low_vent", "high_vent"))
+_INT_FIELDS = {
+    "top_k", "n_adaptive_samples", "pause_token_id", "branch_k", "branch_horizon",
+    "max_branch_points",
+}  # fmt: skip
+_TEXT_FIELDS = {"pause_token", "branch_score"}
 
 
 def _check_text(name, value):

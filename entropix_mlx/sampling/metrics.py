@@ -85,3 +85,16 @@ def calculate_metrics(logits: mx.array, scores: mx.array) -> dict[str, mx.array]
         "logits_varentropy": varentropy,
         **attention_metrics(scores),
     }
+
+
+def token_margin(logits: mx.array, token: mx.array) -> mx.array:
+    """p(token) minus the largest probability of any other token, per row ([B, V], [B] -> [B]).
+
+    For the most probable token this is CoT-decoding's margin p(top1) - p(top2) (Wang & Zhou,
+    2024); for any other token it is negative.
+    """
+    p = mx.softmax(logits.astype(mx.float32), axis=-1)
+    top2 = mx.topk(p, 2, axis=-1)  # ascending: [second, first]
+    chosen = mx.take_along_axis(p, token[:, None].astype(mx.int32), axis=-1)[:, 0]
+    best_other = mx.where(chosen >= top2[:, 1], top2[:, 0], top2[:, 1])
+    return chosen - best_other
