@@ -124,6 +124,7 @@ class GenerationSession:
         and the answer's state is kept there for the next turn."""
         from .generate import stream_generate
 
+        prompt_cache = None if self.config.branch_k else prompt_cache  # look-ahead keeps its own rows
         cache, rest = prompt_cache.fetch(prompt_ids) if prompt_cache else (None, prompt_ids)
         if prompt_cache and cache is None:
             cache = self.model.make_cache()

@@ -251,9 +251,13 @@ def parse_sampler_config(fields: Dict[str, Any], info: ModelInfo) -> SamplerConf
     aliases = {"temp": fields["temperature"], "top_p": fields["top_p"]}
     settings = {**{k: v for k, v in aliases.items() if v is not None}, **fields["entropix"]}
     try:
-        return info.sampler_config(**settings)
+        config = info.sampler_config(**settings)
     except ConfigError as e:
         raise APIError(400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value") from None
+    if config.branch_k:
+        raise APIError(400, "look-ahead branching (branch_k > 0) is not served yet; use `entropix-mlx "
+                       "generate` or the Python API for it", param="entropix", code="invalid_value")
+    return config
 
 
 def chat_top_logprobs(fields: Dict[str, Any]) -> Optional[int]:

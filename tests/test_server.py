@@ -291,6 +291,8 @@ BAD_REQUESTS = [
      "n_adaptive_samples must be in [1, 64], got 200000000"),
     ("/v1/chat/completions", chat(entropix={"pause_token_id": 2**62}), 400, "invalid_value", "entropix",
      "outside the vocabulary"),
+    ("/v1/chat/completions", chat(entropix={"branch_k": 3}), 400, "invalid_value", "entropix",
+     "look-ahead branching (branch_k > 0) is not served yet"),
     ("/v1/chat/completions", chat(top_logprobs=3), 400, "invalid_value", "top_logprobs", "needs 'logprobs': true"),
     ("/v1/chat/completions", chat(logprobs=True, top_logprobs=21), 422, "invalid_value", "top_logprobs",
      "must be in [0, 20]"),
