@@ -55,11 +55,17 @@ def run_ours(model, prompts, sampler, with_scores, gen_tokens):
 def run_mlx_lm(model, prompts, gen_tokens):
     from mlx_lm.generate import BatchGenerator as MlxLmBatchGenerator
 
-    batch = MlxLmBatchGenerator(model, max_tokens=gen_tokens, completion_batch_size=len(prompts),
-                                prefill_batch_size=len(prompts))
+    batch = MlxLmBatchGenerator(
+        model,
+        max_tokens=gen_tokens,
+        completion_batch_size=len(prompts),
+        prefill_batch_size=len(prompts),
+    )
     batch.insert(prompts, [gen_tokens] * len(prompts))
     try:
-        return timed_loop(batch.next_generated, lambda responses: len(responses), len(prompts) * gen_tokens)
+        return timed_loop(
+            batch.next_generated, lambda responses: len(responses), len(prompts) * gen_tokens
+        )
     finally:
         batch.close()
 
@@ -76,14 +82,22 @@ def timed_loop(step, count, expected):
         if first is None:
             first, first_tokens = time.perf_counter(), tokens
     end = time.perf_counter()
-    return {"total_s": end - tic, "decode_s": end - first, "tokens": tokens, "decode_tokens": tokens - first_tokens}
+    return {
+        "total_s": end - tic,
+        "decode_s": end - first,
+        "tokens": tokens,
+        "decode_tokens": tokens - first_tokens,
+    }
 
 
 def sampler_share(model, sampler, batch, length, step_s):
     args = model.args
     logits = 4.0 * mx.random.normal((batch, args.vocab_size))
     scores = mx.random.normal((batch, args.num_attention_heads, length))
-    prev, keys = mx.zeros((batch,), dtype=mx.int32), mx.stack([mx.random.key(i) for i in range(batch)])
+    prev, keys = (
+        mx.zeros((batch,), dtype=mx.int32),
+        mx.stack([mx.random.key(i) for i in range(batch)]),
+    )
     mx.eval(logits, scores, keys)
     times = []
     for _ in range(7):
@@ -113,9 +127,12 @@ def main(argv=None):
     entropix = make_sampler("entropix", info.sampler_config(), tokenizer)
     arms = {
         "mlx-lm greedy": lambda prompts: run_mlx_lm(theirs, prompts, opts.gen_tokens),
-        "entropix-mlx greedy": lambda prompts: run_ours(model, prompts, make_sampler("greedy"), False,
-                                                        opts.gen_tokens),
-        "entropix-mlx entropix": lambda prompts: run_ours(model, prompts, entropix, True, opts.gen_tokens),
+        "entropix-mlx greedy": lambda prompts: run_ours(
+            model, prompts, make_sampler("greedy"), False, opts.gen_tokens
+        ),
+        "entropix-mlx entropix": lambda prompts: run_ours(
+            model, prompts, entropix, True, opts.gen_tokens
+        ),
     }
     results = []
     for b in (int(v) for v in opts.batch_sizes.split(",")):
@@ -124,31 +141,53 @@ def main(argv=None):
         for name, run in arms.items():  # warm-up
             run([p[:8] for p in prompts[:2]])
         for repeat in range(opts.repeats):
-            names = list(arms)[repeat % len(arms):] + list(arms)[: repeat % len(arms)]
+            names = list(arms)[repeat % len(arms) :] + list(arms)[: repeat % len(arms)]
             for name in names:
                 runs[name].append(arms[name](prompts))
         for name, samples in runs.items():
             decode = statistics.median(s["decode_tokens"] / s["decode_s"] for s in samples)
             total = statistics.median(s["tokens"] / s["total_s"] for s in samples)
-            row = {"batch": b, "arm": name, "decode_tok_s": decode, "total_tok_s": total, "samples": samples}
+            row = {
+                "batch": b,
+                "arm": name,
+                "decode_tok_s": decode,
+                "total_tok_s": total,
+                "samples": samples,
+            }
             if name == "entropix-mlx entropix":
                 step_s = b / decode
-                row.update(sampler_share(model, entropix, b, opts.prompt_tokens * 2 + opts.gen_tokens, step_s))
+                row.update(
+                    sampler_share(
+                        model, entropix, b, opts.prompt_tokens * 2 + opts.gen_tokens, step_s
+                    )
+                )
             results.append(row)
             print_row(row, results)
     if opts.json:
-        report = {"machine": machine_info(), "model": opts.model, "quantization": info.quantization,
-                  "weight_dtype": info.weight_dtype,
-                  "settings": vars(opts) | {"json": str(opts.json)}, "results": results}
+        report = {
+            "machine": machine_info(),
+            "model": opts.model,
+            "quantization": info.quantization,
+            "weight_dtype": info.weight_dtype,
+            "settings": vars(opts) | {"json": str(opts.json)},
+            "results": results,
+        }
         opts.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def print_row(row, results):
     base = next(r for r in results if r["batch"] == row["batch"] and r["arm"] == "mlx-lm greedy")
     ratio = row["decode_tok_s"] / base["decode_tok_s"]
-    extra = f"  sampler step {row['sampler_step_ms']:.1f} ms ({row['share']:.1%})" if "share" in row else ""
-    print(f"B={row['batch']:<3} {row['arm']:<22} decode {row['decode_tok_s']:7.1f} tok/s ({ratio:.2f}x)  "
-          f"total {row['total_tok_s']:7.1f} tok/s{extra}", flush=True)
+    extra = (
+        f"  sampler step {row['sampler_step_ms']:.1f} ms ({row['share']:.1%})"
+        if "share" in row
+        else ""
+    )
+    print(
+        f"B={row['batch']:<3} {row['arm']:<22} decode {row['decode_tok_s']:7.1f} tok/s ({ratio:.2f}x)  "
+        f"total {row['total_tok_s']:7.1f} tok/s{extra}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,13 @@ def write_q4_0_twin(source: Path, target: Path):
 
 
 def measure(path: Path, tokens: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(tokens)], capture_output=True, text=True,
-                         check=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path), str(tokens)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -99,13 +104,18 @@ def main(argv=None):
             for _ in range(opts.repeats):
                 for p in runs:
                     runs[p].append(measure(p, opts.tokens))
-            rows = {p: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for p, rs in runs.items()}
+            rows = {
+                p: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for p, rs in runs.items()
+            }
             mine, base = rows[path], rows[twin]
-            print(f"{path.name} ({path.stat().st_size / 2**20:.1f} MiB): load {mine['load_s']:.2f} s, "
-                  f"+{mine['rss_added_mib']:.0f} MiB resident, decode {mine['decode_tok_s']:.1f} tok/s "
-                  f"= {mine['decode_tok_s'] / base['decode_tok_s']:.2f}x the Q4_0 twin "
-                  f"({twin.stat().st_size / 2**20:.1f} MiB: load {base['load_s']:.2f} s, "
-                  f"+{base['rss_added_mib']:.0f} MiB, {base['decode_tok_s']:.1f} tok/s)", flush=True)
+            print(
+                f"{path.name} ({path.stat().st_size / 2**20:.1f} MiB): load {mine['load_s']:.2f} s, "
+                f"+{mine['rss_added_mib']:.0f} MiB resident, decode {mine['decode_tok_s']:.1f} tok/s "
+                f"= {mine['decode_tok_s'] / base['decode_tok_s']:.2f}x the Q4_0 twin "
+                f"({twin.stat().st_size / 2**20:.1f} MiB: load {base['load_s']:.2f} s, "
+                f"+{base['rss_added_mib']:.0f} MiB, {base['decode_tok_s']:.1f} tok/s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -201,10 +201,13 @@ class BranchingGenerator(BatchGenerator):
 
     def _fork_where_due(self):
         due = [
-            (i, row) for i, row in enumerate(self.rows)
-            if (lane := self.owner.get(row.uid)) is not None and lane.rules is not None
-            and lane.rollouts is None and lane.points < lane.rules.max_points
-        ]  # fmt: skip
+            (i, row)
+            for i, row in enumerate(self.rows)
+            if (lane := self.owner.get(row.uid)) is not None
+            and lane.rules is not None
+            and lane.rollouts is None
+            and lane.points < lane.rules.max_points
+        ]
         if not due:
             return
         _, _, strategy, info = self.outputs

@@ -7,9 +7,13 @@ from typing import Callable, List, Optional, Sequence, Union
 from .errors import EntropixError
 
 
-def read_records(path: Union[str, Path], fields: Sequence[str], what: str = "a record",
-                 limit: Optional[int] = None,
-                 check: Callable[[dict], Optional[str]] = lambda record: None) -> List[dict]:
+def read_records(
+    path: Union[str, Path],
+    fields: Sequence[str],
+    what: str = "a record",
+    limit: Optional[int] = None,
+    check: Callable[[dict], Optional[str]] = lambda record: None,
+) -> List[dict]:
     """The objects on the non-blank lines of `path` (the first `limit` of them).
 
     `check` says what is wrong with a record's values (None if nothing). Raises ValueError
@@ -30,7 +34,9 @@ def read_records(path: Union[str, Path], fields: Sequence[str], what: str = "a r
                 raise EntropixError(f"{path}:{line_no} is not {what} (not a JSON object)")
             missing = [f for f in fields if f not in record]
             if missing:
-                raise EntropixError(f"{path}:{line_no} is not {what} (missing {', '.join(missing)})")
+                raise EntropixError(
+                    f"{path}:{line_no} is not {what} (missing {', '.join(missing)})"
+                )
             problem = check(record)
             if problem:
                 raise EntropixError(f"{path}:{line_no} is not {what} ({problem})")

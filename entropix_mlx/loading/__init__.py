@@ -16,8 +16,14 @@ from .gguf import load_gguf
 from .hf import load_folder, snapshot_path
 
 __all__ = [
-    "load", "resolve", "ModelInfo", "ModelLoadError", "DEFAULT_MODEL", "CATALOG", "CPU_DTYPES",
-]  # fmt: skip
+    "load",
+    "resolve",
+    "ModelInfo",
+    "ModelLoadError",
+    "DEFAULT_MODEL",
+    "CATALOG",
+    "CPU_DTYPES",
+]
 
 
 @dataclass(frozen=True)

@@ -132,8 +132,11 @@ def _affine(raw: np.ndarray, qtype: T, row_length: int, label: str) -> Dict[str,
         weight[chunk] = pack(codes_of(blocks).reshape(len(scales[chunk]), -1), bits)
     _check_finite(scales, label)
     _check_finite(biases, label)
-    return {"weight": mx.array(weight), "scales": mx.array(_exact_dtype(scales)),
-            "biases": mx.array(_exact_dtype(biases))}  # fmt: skip
+    return {
+        "weight": mx.array(weight),
+        "scales": mx.array(_exact_dtype(scales)),
+        "biases": mx.array(_exact_dtype(biases)),
+    }
 
 
 def _dense(raw: np.ndarray, qtype: T, row_length: int, label: str) -> np.ndarray:

@@ -19,12 +19,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
 # The config.json keys ModelArgs reads: (type, required); all numbers must be positive.
 CONFIG_FIELDS = {
-    "hidden_size": (int, True), "num_hidden_layers": (int, True),
-    "intermediate_size": (int, True), "num_attention_heads": (int, True),
-    "vocab_size": (int, True), "num_key_value_heads": (int, False), "head_dim": (int, False),
-    "max_position_embeddings": (int, False), "rms_norm_eps": (float, False),
-    "rope_theta": (float, False), "tie_word_embeddings": (bool, False),
-}  # fmt: skip
+    "hidden_size": (int, True),
+    "num_hidden_layers": (int, True),
+    "intermediate_size": (int, True),
+    "num_attention_heads": (int, True),
+    "vocab_size": (int, True),
+    "num_key_value_heads": (int, False),
+    "head_dim": (int, False),
+    "max_position_embeddings": (int, False),
+    "rms_norm_eps": (float, False),
+    "rope_theta": (float, False),
+    "tie_word_embeddings": (bool, False),
+}
 
 
 def read_config(folder: Path) -> dict:
@@ -38,7 +44,9 @@ def read_config(folder: Path) -> dict:
     try:
         config = load_config(folder)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{config_path} is not valid JSON ({e}); fix or re-download it") from None
+        raise ModelLoadError(
+            f"{config_path} is not valid JSON ({e}); fix or re-download it"
+        ) from None
     except TypeError:  # a JSON list, which load_config indexes like an object
         config = None
     if not isinstance(config, dict):
@@ -110,7 +118,9 @@ def load_folder(folder: Path, quantize: Optional[int] = None):
     config = read_config(folder)
     model, description = read_model(folder, quantize)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelLoadError(f"{folder} has no tokenizer.json or tokenizer.model; add the tokenizer files")
+        raise ModelLoadError(
+            f"{folder} has no tokenizer.json or tokenizer.model; add the tokenizer files"
+        )
     eos = config.get("eos_token_id")
     try:
         tokenizer = load_tokenizer(folder, eos_token_ids=eos if isinstance(eos, list) else None)

@@ -1,9 +1,8 @@
 """Shipped sampler presets: one TOML file of SamplerConfig settings per catalog model."""
 
+import tomllib
 from importlib import resources
 from typing import Dict
-
-import tomllib
 
 from ..errors import ConfigError
 from ..sampling.config import SamplerConfig
@@ -15,6 +14,8 @@ def read_preset(name: str) -> Dict[str, object]:
     try:
         settings = tomllib.loads(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"no shipped preset {name!r}: {name}.toml is missing from entropix_mlx/presets") from None
+        raise ConfigError(
+            f"no shipped preset {name!r}: {name}.toml is missing from entropix_mlx/presets"
+        ) from None
     SamplerConfig.from_dict(settings)
     return settings

@@ -6,11 +6,10 @@ import dataclasses
 import json
 import math
 import numbers
+import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
-
-import tomllib
 
 from ..errors import ConfigError
 
@@ -93,8 +92,13 @@ class SamplerConfig:
         _check_range("top_p", self.top_p, 0.0, 1.0, "must be in (0, 1]", low_open=True)
         _check_range("top_k", self.top_k, 1, MAX_CANDIDATES, f"must be in [1, {MAX_CANDIDATES}]")
         _check_range("min_p", self.min_p, 0.0, 1.0, "must be in [0, 1)", high_open=True)
-        _check_range("n_adaptive_samples", self.n_adaptive_samples, 1, MAX_ADAPTIVE_SAMPLES,
-                     f"must be in [1, {MAX_ADAPTIVE_SAMPLES}]")
+        _check_range(
+            "n_adaptive_samples",
+            self.n_adaptive_samples,
+            1,
+            MAX_ADAPTIVE_SAMPLES,
+            f"must be in [1, {MAX_ADAPTIVE_SAMPLES}]",
+        )
         if self.pause_token_id is not None:
             _check_range("pause_token_id", self.pause_token_id, 0, math.inf, "must be >= 0")
         for lower, higher in _ORDERED_THRESHOLDS:
@@ -146,9 +150,13 @@ class SamplerConfig:
 # Each family of strategy thresholds must rise: low_ent < med_ent < high_ent, low_vent < high_vent.
 _ORDERED_THRESHOLDS = (("low_ent", "med_ent"), ("med_ent", "high_ent"), ("low_vent", "high_vent"))
 _INT_FIELDS = {
-    "top_k", "n_adaptive_samples", "pause_token_id", "branch_k", "branch_horizon",
+    "top_k",
+    "n_adaptive_samples",
+    "pause_token_id",
+    "branch_k",
+    "branch_horizon",
     "max_branch_points",
-}  # fmt: skip
+}
 _TEXT_FIELDS = {"pause_token", "branch_score"}
 
 

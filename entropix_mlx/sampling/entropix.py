@@ -149,8 +149,12 @@ def make_entropix_sampler(
         candidate_logits, candidate_ids = top_candidates(logits)
         draws = mx.where(strategy == ADAPTIVE, cfg.n_adaptive_samples, 1)
         rank = sample_rank(
-            logits, candidate_logits, *(used[name] for name in PARAMETERS), key,
-            num_draws=draws, max_draws=cfg.n_adaptive_samples,
+            logits,
+            candidate_logits,
+            *(used[name] for name in PARAMETERS),
+            key,
+            num_draws=draws,
+            max_draws=cfg.n_adaptive_samples,
         )
         token = mx.where(emit_pause, pause_id, take_rank(candidate_ids, rank))
         return token.astype(mx.int32), strategy, {**metrics, **used}

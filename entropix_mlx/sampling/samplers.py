@@ -15,7 +15,11 @@ def make_sampler(name: str = "entropix", config: Optional[SamplerConfig] = None,
     Entropix's pause token is resolved from its text."""
     config = config or SamplerConfig()
     if name == "entropix":
-        pause_id = resolve_pause_token(config, tokenizer) if tokenizer is not None else config.pause_token_id
+        pause_id = (
+            resolve_pause_token(config, tokenizer)
+            if tokenizer is not None
+            else config.pause_token_id
+        )
         return make_entropix_sampler(config, pause_token_id=pause_id)
     if name == "standard":
         return make_standard_sampler(config.temp, config.top_p, config.top_k, config.min_p)
