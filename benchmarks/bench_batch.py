@@ -5,7 +5,8 @@
 
 Both engines run the very same weights (a GGUF is converted for mlx-lm without re-quantizing,
 as `entropix-mlx bench` does; with `--cpu-dtype float32` both are dequantized to float32 by the
-same function, and the system OpenBLAS, loaded by entropix_mlx, serves both) on the same B prompts of different lengths (real prose), greedy,
+same function, and the system OpenBLAS, loaded by entropix_mlx, serves both; mlx-lm on the stored
+weights runs too, as the reference) on the same B prompts of different lengths (real prose), greedy,
 for `--gen-tokens` tokens per row that never stop at EOS. mlx-lm runs its `BatchGenerator`
 (the loop under `mlx_lm.batch_generate`); ours runs `BatchGenerator` with the greedy and the
 Entropix sampler (the model's preset). Rows take turns within each repeat; figures are medians.
@@ -121,19 +122,19 @@ def main(argv=None):
     import mlx_lm
 
     model, tokenizer, info = load(opts.model, cpu_dtype=opts.cpu_dtype)
-    theirs, _ = mlx_lm.load(str(mlx_lm_folder(opts.model)))
+    folder = str(mlx_lm_folder(opts.model))
+    theirs, _ = mlx_lm.load(folder)
     if opts.cpu_dtype == "float32":
+        stored, _ = mlx_lm.load(folder)  # the reference: mlx-lm on the weights as stored
         dequantize_model(theirs)
     entropix = make_sampler("entropix", info.sampler_config(), tokenizer)
-    arms = {
-        "mlx-lm greedy": lambda prompts: run_mlx_lm(theirs, prompts, opts.gen_tokens),
-        "entropix-mlx greedy": lambda prompts: run_ours(
-            model, prompts, make_sampler("greedy"), False, opts.gen_tokens
-        ),
-        "entropix-mlx entropix": lambda prompts: run_ours(
-            model, prompts, entropix, True, opts.gen_tokens
-        ),
-    }
+    n = opts.gen_tokens
+    greedy = make_sampler("greedy")
+    arms = {"mlx-lm greedy": lambda prompts: run_mlx_lm(theirs, prompts, n)}
+    if opts.cpu_dtype == "float32":
+        arms["mlx-lm greedy (stored weights)"] = lambda prompts: run_mlx_lm(stored, prompts, n)
+    arms["entropix-mlx greedy"] = lambda prompts: run_ours(model, prompts, greedy, False, n)
+    arms["entropix-mlx entropix"] = lambda prompts: run_ours(model, prompts, entropix, True, n)
     results = []
     for b in (int(v) for v in opts.batch_sizes.split(",")):
         prompts = make_prompts(tokenizer, b, opts.prompt_tokens)
@@ -176,15 +177,20 @@ def main(argv=None):
 
 
 def print_row(row, results):
-    base = next(r for r in results if r["batch"] == row["batch"] and r["arm"] == "mlx-lm greedy")
-    ratio = row["decode_tok_s"] / base["decode_tok_s"]
+    same_batch = {r["arm"]: r for r in results if r["batch"] == row["batch"]}
+    ratio = row["decode_tok_s"] / same_batch["mlx-lm greedy"]["decode_tok_s"]
+    stored = same_batch.get("mlx-lm greedy (stored weights)")
+    if stored and row["arm"].startswith("entropix-mlx"):
+        ratio_text = f"{ratio:.2f}x; {row['decode_tok_s'] / stored['decode_tok_s']:.2f}x stored"
+    else:
+        ratio_text = f"{ratio:.2f}x"
     extra = (
         f"  sampler step {row['sampler_step_ms']:.1f} ms ({row['share']:.1%})"
         if "share" in row
         else ""
     )
     print(
-        f"B={row['batch']:<3} {row['arm']:<22} decode {row['decode_tok_s']:7.1f} tok/s ({ratio:.2f}x)  "
+        f"B={row['batch']:<3} {row['arm']:<30} decode {row['decode_tok_s']:7.1f} tok/s ({ratio_text})  "
         f"total {row['total_tok_s']:7.1f} tok/s{extra}",
         flush=True,
     )
