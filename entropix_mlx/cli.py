@@ -4,7 +4,6 @@ import contextlib
 import functools
 import os
 import sys
-import tomllib
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
@@ -67,18 +66,11 @@ def write_output(path: Path, text: str, option: str):
 
 
 def sampler_config(preset: dict, config_file, overrides):
-    """The model's preset, then the TOML file, then command-line flags; validated once."""
+    """The model's preset, then --config, then flags (`SamplerConfig.merged`), errors naming them."""
     from .sampling import SamplerConfig
 
-    settings = dict(preset)
-    if config_file:
-        try:
-            settings.update(tomllib.loads(Path(config_file).read_text(encoding="utf-8")))
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read --config {config_file}: {e}") from None
-    settings.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return SamplerConfig.from_dict(settings)
+        return SamplerConfig.merged(preset, config_file, overrides)
     except ConfigError as e:
         source = f"--config {config_file} / flags" if config_file else "sampler flags"
         raise ConfigError(f"invalid sampler settings ({source}): {e}") from None

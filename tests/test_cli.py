@@ -103,7 +103,8 @@ def test_bad_input_gives_one_line_errors(tiny_gguf, tmp_path):
     broken = tmp_path / "broken.toml"
     broken.write_text("temp = = 1\n")
     one_line_error(
-        run(*tiny_args(tiny_gguf, "-p", "hi", "--config", broken)), "cannot read --config"
+        run(*tiny_args(tiny_gguf, "-p", "hi", "--config", broken)),
+        f"invalid sampler settings (--config {broken} / flags): cannot read {broken}",
     )
     one_line_error(run("generate", "-m", tiny_gguf, "-p", "hi"), "pause_token")
 

@@ -84,7 +84,7 @@ def test_edges_and_numpy_numbers_are_accepted():
     assert cfg.temp == 0.0 and isinstance(cfg.temp, float)
     cfg = SamplerConfig(temp=np.float32(0.5), top_k=np.int64(40), pause_token_id=np.int32(7))
     assert (type(cfg.temp), type(cfg.top_k), type(cfg.pause_token_id)) == (float, int, int)
-    assert SamplerConfig.from_toml(cfg.to_toml()) == cfg
+    assert SamplerConfig.parse_toml(cfg.to_toml()) == cfg
 
 
 def test_from_dict_names_unknown_keys():
@@ -109,20 +109,20 @@ def test_toml_round_trip_text_and_file(tmp_path):
     )
     text = cfg.to_toml()
     assert "temp = 0.5\n" in text
-    assert SamplerConfig.from_toml(text) == cfg
+    assert SamplerConfig.parse_toml(text) == cfg
     path = tmp_path / "sampler.toml"
     path.write_text(text)
     assert SamplerConfig.from_toml(path) == cfg
     assert SamplerConfig.from_toml(str(path)) == cfg
     assert "pause_token_id" not in SamplerConfig().to_toml()
-    assert SamplerConfig.from_toml("temp = 1\n").temp == 1.0
+    assert SamplerConfig.parse_toml("temp = 1\n").temp == 1.0
 
 
 def test_toml_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="topp"):
-        SamplerConfig.from_toml("topp = 0.5\n")
+        SamplerConfig.parse_toml("topp = 0.5\n")
     with pytest.raises(ValueError, match="min_p"):
-        SamplerConfig.from_toml("min_p = 1.5\n")
+        SamplerConfig.parse_toml("min_p = 1.5\n")
 
 
 class FakeTokenizer:

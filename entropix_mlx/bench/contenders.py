@@ -95,11 +95,8 @@ def mlx_lm_contenders(
 
 def entropix_config(preset: dict, pause_token: Optional[str]) -> SamplerConfig:
     """The model's Entropix preset, with `pause_token` (text) if given."""
-    settings = dict(preset)
-    if pause_token is not None:
-        settings["pause_token"] = pause_token
     try:
-        return SamplerConfig.from_dict(settings)
+        return SamplerConfig.merged(preset, overrides={"pause_token": pause_token})
     except ConfigError as e:
         raise BenchError(f"invalid Entropix settings: {e}") from None
 

@@ -61,7 +61,7 @@ def make_arms(
 ) -> list:
     """Arms for `samplers` on the model's `preset`, plus one entropix arm per (name, config) preset;
     the answer-level arms decode `paths` paths per answer."""
-    base = SamplerConfig.from_dict(dict(preset or {}))
+    base = SamplerConfig.merged(preset or {})
     if paths < 2 or ("cot-decoding" in samplers and paths > MAX_BRANCH_K):
         raise EvalError(
             f"--paths must be >= 2 (at most {MAX_BRANCH_K} for cot-decoding), not {paths}"

@@ -44,7 +44,7 @@ class ModelInfo:
 
     def sampler_config(self, **overrides) -> SamplerConfig:
         """The model's preset sampler settings, with `overrides` on top."""
-        return SamplerConfig.from_dict({**self.sampler_preset, **overrides})
+        return SamplerConfig.merged(self.sampler_preset, overrides=overrides)
 
 
 def _looks_like_repo_id(name: str) -> bool:

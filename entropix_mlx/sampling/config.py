@@ -128,11 +128,27 @@ class SamplerConfig:
         return cls(**values)
 
     @classmethod
-    def from_toml(cls, source: Union[str, Path]) -> "SamplerConfig":
-        """Read a flat TOML table from a file path or from TOML text."""
-        if isinstance(source, Path) or ("=" not in source and "\n" not in source):
-            source = Path(source).read_text(encoding="utf-8")
-        return cls.from_dict(tomllib.loads(source))
+    def from_toml(cls, path: Union[str, Path]) -> "SamplerConfig":
+        """The settings of a TOML file (a flat table); see also `parse_toml` for TOML text."""
+        return cls.from_dict(read_settings(path))
+
+    @classmethod
+    def parse_toml(cls, text: str) -> "SamplerConfig":
+        """The settings of TOML text (a flat table)."""
+        return cls.from_dict(parse_settings(text))
+
+    @classmethod
+    def merged(
+        cls,
+        preset: Mapping[str, Any] = {},
+        config_file: Optional[Union[str, Path]] = None,
+        overrides: Mapping[str, Any] = {},
+    ) -> "SamplerConfig":
+        """The one merge order, validated once: a model's preset, then a TOML file's settings, then
+        `overrides` (those that are None are left out)."""
+        settings = {**preset, **(read_settings(config_file) if config_file else {})}
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(settings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -149,6 +165,24 @@ class SamplerConfig:
 
 # Each family of strategy thresholds must rise: low_ent < med_ent < high_ent, low_vent < high_vent.
 _ORDERED_THRESHOLDS = (("low_ent", "med_ent"), ("med_ent", "high_ent"), ("low_vent", "high_vent"))
+
+
+def read_settings(path: Union[str, Path]) -> dict:
+    """The flat table of a TOML settings file; ConfigError naming the file if it cannot be read."""
+    try:
+        return parse_settings(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ConfigError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+
+
+def parse_settings(text: str) -> dict:
+    """The flat table of TOML settings text (the one TOML parser of the package)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML ({e})") from None
+
+
 _INT_FIELDS = {
     "top_k",
     "n_adaptive_samples",
