@@ -42,6 +42,8 @@ ARM_KEYS = [
     "extraction_failures",
     "finish",
     "tokens_per_answer",
+    "row_tokens_per_answer",
+    "forks_per_answer",
     "seconds_per_answer",
     "by_group",
     "strategies",
@@ -68,6 +70,7 @@ RECORD_KEYS = [
     "pause_tokens",
     "scores",
 ]
+GENERATED_KEYS = ["row_tokens", "forks", "paths", "path_answers"]  # generated answers only
 COMPARISON_KEYS = [
     "arm",
     "baseline",
@@ -99,7 +102,8 @@ def test_quick_eval_writes_the_documented_files(task, tmp_path):
     assert list(summary) == SUMMARY_KEYS and summary["schema"] == SCHEMA and summary["quick"]
     assert all(list(arm) == ARM_KEYS for arm in summary["arms"])
     assert all(list(c) == COMPARISON_KEYS for c in summary["comparisons"])
-    assert all(list(r) == RECORD_KEYS for r in records)
+    record_keys = RECORD_KEYS + (GENERATED_KEYS if summary["kind"] == "generate" else [])
+    assert all(list(r) == record_keys for r in records)
     assert sum(arm["answers"] for arm in summary["arms"]) == len(records)
     assert summary["data"]["licence"] and summary["data"]["source"]
     check = {"arith": check_arith, "gsm8k": check_gsm8k}.get(task, check_choice)
