@@ -32,6 +32,7 @@ from entropix_mlx.bench.machine import machine_info  # noqa: E402
 from entropix_mlx.bench.same_weights import mlx_lm_folder  # noqa: E402
 from entropix_mlx.bench.text import PARAGRAPHS  # noqa: E402
 from entropix_mlx.loading import DEFAULT_MODEL  # noqa: E402
+from entropix_mlx.loading.cpu_weights import dequantize_model  # noqa: E402
 
 MLX_LM_LAUNCHER = (
     "import ctypes, sys; path = sys.argv.pop(1); "
@@ -234,6 +235,8 @@ def main(argv=None):
         process.wait()
     if not opts.skip_mlx_lm:
         folder = str(mlx_lm_folder(opts.model))
+        if opts.cpu_dtype == "float32":
+            folder = float32_folder(folder)
         blas = openblas_path() if opts.cpu_dtype == "float32" else ""
         theirs = [
             sys.executable,
@@ -262,6 +265,23 @@ def main(argv=None):
             process.wait()
     if opts.json:
         opts.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def float32_folder(folder: str) -> str:
+    """A copy of the mlx-lm folder with its weights dequantized to float32 (by the same function
+    our CPU policy uses), made once beside it."""
+    import mlx_lm
+    from mlx_lm.utils import save
+
+    target = Path(folder + "-float32")
+    if not (target / "config.json").is_file():
+        model, tokenizer, config = mlx_lm.load(folder, return_config=True)
+        dequantize_model(model)
+        config = {
+            k: v for k, v in config.items() if k not in ("quantization", "quantization_config")
+        }
+        save(target, folder, model, tokenizer, config)
+    return str(target)
 
 
 def openblas_path() -> str:
