@@ -18,11 +18,12 @@ SUMMARY_KEYS = [
 ]  # fmt: skip
 ARM_KEYS = [
     "name", "sampler", "settings", "answers", "correct", "accuracy", "ci95", "extraction_failures", "finish",
-    "tokens_per_answer", "seconds_per_answer", "by_group", "strategies", "pause_per_100_tokens",
+    "tokens_per_answer", "row_tokens_per_answer", "forks_per_answer", "seconds_per_answer", "by_group", "strategies", "pause_per_100_tokens",
 ]  # fmt: skip
 RECORD_KEYS = [
     "task", "item", "id", "group", "arm", "sampler", "seed", "sample_seed", "gold", "answer", "correct",
     "extracted", "completion", "finish", "tokens", "seconds", "strategies", "pause_tokens", "scores",
+    "row_tokens", "forks", "paths", "path_answers",
 ]  # fmt: skip
 COMPARISON_KEYS = ["arm", "baseline", "pairs", "both", "arm_only", "baseline_only", "neither", "accuracy_delta",
                    "p_value"]

@@ -280,6 +280,7 @@ def choice_record(task, item, arm: str, scores: List[float], tokens: int, second
         "extracted": True, "completion": None, "finish": None,
         "tokens": tokens, "seconds": round(seconds, 4),
         "strategies": {}, "pause_tokens": None, "scores": [round(s, 6) for s in scores],
+        "row_tokens": tokens, "forks": 0, "paths": 1, "path_answers": None,
     }  # fmt: skip
 
 
