@@ -72,19 +72,25 @@ def main(model_name: str, tokens: int):
     seconds = time.perf_counter() - tic
     sent = (sent_bytes() - start_bytes) / n
     if group.rank() == 0:
-        print(json.dumps({
-            "model": model_name,
-            "ranks": group.size(),
-            "decode_tokens": n,
-            "decode_tps": round(n / seconds, 2),
-            "weight_bytes_per_rank": weights,
-            "active_bytes_per_rank": mx.get_active_memory(),
-            "maxrss_mb_per_rank": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "sent_bytes_per_token": round(sent),
-            "payload_bytes_per_token": payload_bytes_per_token(
-                model, len(PROMPT_IDS) + tokens // 2, group.size()
-            ),
-        }))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "model": model_name,
+                    "ranks": group.size(),
+                    "decode_tokens": n,
+                    "decode_tps": round(n / seconds, 2),
+                    "weight_bytes_per_rank": weights,
+                    "active_bytes_per_rank": mx.get_active_memory(),
+                    "maxrss_mb_per_rank": round(
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+                    ),
+                    "sent_bytes_per_token": round(sent),
+                    "payload_bytes_per_token": payload_bytes_per_token(
+                        model, len(PROMPT_IDS) + tokens // 2, group.size()
+                    ),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -76,7 +76,10 @@ def growing_worker(name, batch, vocab, heads, length, n_steps):
     mx.eval(all_scores)
     step = samplers()[name]
     start = time.perf_counter()
-    times = [timed_step(step, logits, scores, prev, mx.random.key(i)) for i, scores in enumerate(all_scores)]
+    times = [
+        timed_step(step, logits, scores, prev, mx.random.key(i))
+        for i, scores in enumerate(all_scores)
+    ]
     total = time.perf_counter() - start
     return {"first_ms": times[0] / 1e3, "median_us": statistics.median(times[1:]), "total_s": total}
 
@@ -86,18 +89,35 @@ def bench_growing(batch, vocab, heads, length, n_steps):
     for name in samplers():
         with tempfile.TemporaryDirectory() as cache_dir:
             env = {**os.environ, "TMPDIR": cache_dir}
-            args = [sys.executable, __file__, "--growing-worker", name, "--batch", str(batch),
-                    "--vocab", str(vocab), "--heads", str(heads), "--length", str(length),
-                    "--growing-steps", str(n_steps)]
-            runs = [json.loads(subprocess.run(args, env=env, check=True, capture_output=True,
-                                              text=True).stdout) for _ in ("cold", "warm")]
+            args = [
+                sys.executable,
+                __file__,
+                "--growing-worker",
+                name,
+                "--batch",
+                str(batch),
+                "--vocab",
+                str(vocab),
+                "--heads",
+                str(heads),
+                "--length",
+                str(length),
+                "--growing-steps",
+                str(n_steps),
+            ]
+            runs = [
+                json.loads(
+                    subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
+                )
+                for _ in ("cold", "warm")
+            ]
         results[name] = {"cold": runs[0], "warm": runs[1]}
     return results
 
 
 def print_fixed(rows):
     names = list(rows[0]["us"])
-    print(f"\nFixed L: microseconds per step (median); ratio = / mlx-lm")
+    print("\nFixed L: microseconds per step (median); ratio = / mlx-lm")
     print(f"{'V':>7} {'B':>2}  " + "  ".join(f"{n:>26}" for n in names))
     for row in rows:
         base = row["us"][names[0]]
@@ -110,7 +130,9 @@ def print_growing(growing, batch, vocab, length, n_steps):
     print(f"{'sampler':>26}  {'cache':>5}  {'first step ms':>13}  {'median us':>9}  {'total s':>7}")
     for name, runs in growing.items():
         for cache, r in runs.items():
-            print(f"{name:>26}  {cache:>5}  {r['first_ms']:>13.1f}  {r['median_us']:>9.0f}  {r['total_s']:>7.2f}")
+            print(
+                f"{name:>26}  {cache:>5}  {r['first_ms']:>13.1f}  {r['median_us']:>9.0f}  {r['total_s']:>7.2f}"
+            )
 
 
 def main(argv=None):
@@ -128,15 +150,26 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.growing_worker:
-        result = growing_worker(args.growing_worker, args.batch[0], args.vocab[0], args.heads, args.length,
-                                args.growing_steps)
+        result = growing_worker(
+            args.growing_worker,
+            args.batch[0],
+            args.vocab[0],
+            args.heads,
+            args.length,
+            args.growing_steps,
+        )
         print(json.dumps(result))
         return
 
     print(f"mlx {mx.__version__}, device {mx.default_device()}, H={args.heads}, L={args.length}")
     fixed = [
-        {"vocab": v, "batch": b, "us": bench_fixed(b, v, args.heads, args.length, args.warmup, args.rounds)}
-        for v in args.vocab for b in args.batch
+        {
+            "vocab": v,
+            "batch": b,
+            "us": bench_fixed(b, v, args.heads, args.length, args.warmup, args.rounds),
+        }
+        for v in args.vocab
+        for b in args.batch
     ]
     print_fixed(fixed)
     report = {"mlx": mx.__version__, "heads": args.heads, "length": args.length, "fixed": fixed}
@@ -144,7 +177,12 @@ def main(argv=None):
         batch, vocab = args.batch[0], args.vocab[0]
         growing = bench_growing(batch, vocab, args.heads, args.length, args.growing_steps)
         print_growing(growing, batch, vocab, args.length, args.growing_steps)
-        report["growing"] = {"batch": batch, "vocab": vocab, "steps": args.growing_steps, "samplers": growing}
+        report["growing"] = {
+            "batch": batch,
+            "vocab": vocab,
+            "steps": args.growing_steps,
+            "samplers": growing,
+        }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -60,7 +60,14 @@ def start(command, port, log_path):
 
 def stream_completion(url, model, prompt, tokens, extra):
     """(time to first token, seconds, tokens) of one streaming completion."""
-    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "stream": True, "temperature": 0.0, **extra}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": tokens,
+        "stream": True,
+        "temperature": 0.0,
+        **extra,
+    }
     tic, first, count = time.perf_counter(), None, 0
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as response:
         response.raise_for_status()
@@ -71,7 +78,11 @@ def stream_completion(url, model, prompt, tokens, extra):
             if choices and choices[0].get("text"):
                 first = first or time.perf_counter()
                 count += 1
-    return {"ttft": (first or time.perf_counter()) - tic, "seconds": time.perf_counter() - tic, "tokens": count}
+    return {
+        "ttft": (first or time.perf_counter()) - tic,
+        "seconds": time.perf_counter() - tic,
+        "tokens": count,
+    }
 
 
 def concurrent(url, model, prompts, tokens, extra):
@@ -98,17 +109,31 @@ def sequential(url, model, prompts, tokens, extra):
 def summary(results, wall):
     ttfts = [r["ttft"] for r in results]
     total = sum(r["tokens"] for r in results)
-    return {"wall_s": wall, "tokens": total, "aggregate_tok_s": total / wall,
-            "ttft_median_s": statistics.median(ttfts), "ttft_worst_s": max(ttfts), "runs": results}
+    return {
+        "wall_s": wall,
+        "tokens": total,
+        "aggregate_tok_s": total / wall,
+        "ttft_median_s": statistics.median(ttfts),
+        "ttft_worst_s": max(ttfts),
+        "runs": results,
+    }
 
 
 def second_turn(url, model):
     """Time to first token of a ~500-token chat's first and second turns, and the cached tokens."""
-    history = [{"role": "user", "content": " ".join(PARAGRAPHS)[:2400] + "\n\nSummarize this in one line."}]
+    history = [
+        {"role": "user", "content": " ".join(PARAGRAPHS)[:2400] + "\n\nSummarize this in one line."}
+    ]
 
     def turn(messages):
-        body = {"model": model, "messages": messages, "max_tokens": 16, "stream": True, "sampler": "greedy",
-                "stream_options": {"include_usage": True}}
+        body = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": 16,
+            "stream": True,
+            "sampler": "greedy",
+            "stream_options": {"include_usage": True},
+        }
         tic, first, text, usage = time.perf_counter(), None, [], None
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as response:
             for line in response.iter_lines():
@@ -123,11 +148,19 @@ def second_turn(url, model):
         return (first or time.perf_counter()) - tic, "".join(text), usage
 
     ttft1, answer, usage1 = turn(history)
-    history += [{"role": "assistant", "content": answer}, {"role": "user", "content": "Shorter, please."}]
+    history += [
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "Shorter, please."},
+    ]
     ttft2, _, usage2 = turn(history)
-    return {"first_ttft_s": ttft1, "second_ttft_s": ttft2, "ratio": ttft2 / ttft1,
-            "first_prompt_tokens": usage1["prompt_tokens"], "second_prompt_tokens": usage2["prompt_tokens"],
-            "second_cached_tokens": usage2["prompt_tokens_details"]["cached_tokens"]}
+    return {
+        "first_ttft_s": ttft1,
+        "second_ttft_s": ttft2,
+        "ratio": ttft2 / ttft1,
+        "first_prompt_tokens": usage1["prompt_tokens"],
+        "second_prompt_tokens": usage2["prompt_tokens"],
+        "second_cached_tokens": usage2["prompt_tokens_details"]["cached_tokens"],
+    }
 
 
 def rss_mb(pid):
@@ -141,7 +174,13 @@ def memory_curve(url, model, pid, requests, clients):
     curve = [(0, rss_mb(pid))]
     prompts = [p[:200] for p in PARAGRAPHS]
     for start_at in range(0, requests, clients):
-        concurrent(url, model, [prompts[(start_at + i) % len(prompts)] for i in range(clients)], 4, {"sampler": "greedy"})
+        concurrent(
+            url,
+            model,
+            [prompts[(start_at + i) % len(prompts)] for i in range(clients)],
+            4,
+            {"sampler": "greedy"},
+        )
         curve.append((start_at + clients, rss_mb(pid)))
     return curve
 
@@ -151,7 +190,9 @@ def main(argv=None):
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--cpu-dtype", default=None, help="passed to `entropix-mlx serve` (when supported)")
+    parser.add_argument(
+        "--cpu-dtype", default=None, help="passed to `entropix-mlx serve` (when supported)"
+    )
     parser.add_argument("--memory-requests", type=int, default=200)
     parser.add_argument("--skip-mlx-lm", action="store_true")
     parser.add_argument("--json", type=Path)
@@ -159,8 +200,20 @@ def main(argv=None):
     prompts = [p[:300] for p in PARAGRAPHS[: opts.clients]]
     report = {"machine": machine_info(), "settings": vars(opts) | {"json": str(opts.json)}}
 
-    ours = [sys.executable, "-m", "entropix_mlx", "serve", "--model", opts.model, "--port", "8901",
-            "--max-concurrency", str(opts.clients), "--max-tokens-limit", str(max(opts.tokens, 64))]
+    ours = [
+        sys.executable,
+        "-m",
+        "entropix_mlx",
+        "serve",
+        "--model",
+        opts.model,
+        "--port",
+        "8901",
+        "--max-concurrency",
+        str(opts.clients),
+        "--max-tokens-limit",
+        str(max(opts.tokens, 64)),
+    ]
     if opts.cpu_dtype:
         ours += ["--cpu-dtype", opts.cpu_dtype]
     process, url = start(ours, 8901, "/tmp/bench_server_ours.log")
@@ -171,7 +224,9 @@ def main(argv=None):
             "concurrent": concurrent(url, "default", prompts, opts.tokens, greedy),
             "sequential": sequential(url, "default", prompts, opts.tokens, greedy),
             "second_turn": second_turn(url, "default"),
-            "memory_mb": memory_curve(url, "default", process.pid, opts.memory_requests, opts.clients),
+            "memory_mb": memory_curve(
+                url, "default", process.pid, opts.memory_requests, opts.clients
+            ),
         }
         print_rows("entropix-mlx", report["ours"])
     finally:
@@ -180,8 +235,20 @@ def main(argv=None):
     if not opts.skip_mlx_lm:
         folder = str(mlx_lm_folder(opts.model))
         blas = openblas_path() if opts.cpu_dtype == "float32" else ""
-        theirs = [sys.executable, "-c", MLX_LM_LAUNCHER, blas, "--model", folder, "--port", "8902",
-                  "--decode-concurrency", str(opts.clients), "--max-tokens", str(opts.tokens)]
+        theirs = [
+            sys.executable,
+            "-c",
+            MLX_LM_LAUNCHER,
+            blas,
+            "--model",
+            folder,
+            "--port",
+            "8902",
+            "--decode-concurrency",
+            str(opts.clients),
+            "--max-tokens",
+            str(opts.tokens),
+        ]
         process, url = start(theirs, 8902, "/tmp/bench_server_mlx_lm.log")
         try:
             stream_completion(url, folder, prompts[0], 4, {})
@@ -204,12 +271,17 @@ def openblas_path() -> str:
 def print_rows(name, result):
     for mode in ("concurrent", "sequential"):
         r = result[mode]
-        print(f"{name:<14} {mode:<10} {r['aggregate_tok_s']:7.2f} tok/s  TTFT median {r['ttft_median_s']:6.2f} s  "
-              f"worst {r['ttft_worst_s']:6.2f} s  ({r['tokens']} tokens in {r['wall_s']:.1f} s)", flush=True)
+        print(
+            f"{name:<14} {mode:<10} {r['aggregate_tok_s']:7.2f} tok/s  TTFT median {r['ttft_median_s']:6.2f} s  "
+            f"worst {r['ttft_worst_s']:6.2f} s  ({r['tokens']} tokens in {r['wall_s']:.1f} s)",
+            flush=True,
+        )
     if "second_turn" in result:
         t = result["second_turn"]
-        print(f"{name:<14} chat turn 2 TTFT {t['second_ttft_s']:.2f} s vs turn 1 {t['first_ttft_s']:.2f} s "
-              f"({t['ratio']:.2f}x; {t['second_cached_tokens']} of {t['second_prompt_tokens']} prompt tokens cached)")
+        print(
+            f"{name:<14} chat turn 2 TTFT {t['second_ttft_s']:.2f} s vs turn 1 {t['first_ttft_s']:.2f} s "
+            f"({t['ratio']:.2f}x; {t['second_cached_tokens']} of {t['second_prompt_tokens']} prompt tokens cached)"
+        )
         print(f"{name:<14} RSS MB over requests: {result['memory_mb']}")
 
 

@@ -12,7 +12,17 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Generator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache
@@ -74,7 +84,9 @@ def sample_rows(samplers: Sequence[SamplerStep], logits, scores, prev, keys):
     parts, order = [], []
     for sampler, rows in groups.values():
         idx = mx.array(rows)
-        parts.append(sampler(logits[idx], None if scores is None else scores[idx], prev[idx], keys[idx]))
+        parts.append(
+            sampler(logits[idx], None if scores is None else scores[idx], prev[idx], keys[idx])
+        )
         order += rows
     token, strategy, info = concat_outputs(parts)
     inverse = mx.argsort(mx.array(order))
@@ -102,12 +114,20 @@ class BatchGenerator:
     removed for a stop string has cost one pass more than it used).
     """
 
-    def __init__(self, model, *, prefill_step_size: Optional[int] = None,
-                 max_batch_size: int = MAX_BATCH_SIZE, on_leave: Optional[Callable] = None):
+    def __init__(
+        self,
+        model,
+        *,
+        prefill_step_size: Optional[int] = None,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        on_leave: Optional[Callable] = None,
+    ):
         self.model = model
         self.prefill_step_size = prefill_step_size
         self.max_batch_size = max_batch_size
-        self.on_leave = on_leave  # (uid, the row's KV cache: prompt + generated tokens) as a row leaves
+        self.on_leave = (
+            on_leave  # (uid, the row's KV cache: prompt + generated tokens) as a row leaves
+        )
         self.rows: List[Row] = []
         self.pending: List[Tuple[Row, List[int], Optional[List[Any]], mx.array]] = []
         self.cache: Optional[List[BatchKVCache]] = None
@@ -119,10 +139,18 @@ class BatchGenerator:
     def __len__(self) -> int:
         return len(self.rows) + len(self.pending)
 
-    def insert(self, prompt_ids: Sequence[int], sampler: Optional[SamplerStep] = None, *,
-               with_scores: bool = True, seed: Optional[int] = None, max_tokens: int = 256,
-               eos_ids: Sequence[int] = (), prompt_cache: Optional[List[Any]] = None,
-               top_logprobs: int = 0) -> int:
+    def insert(
+        self,
+        prompt_ids: Sequence[int],
+        sampler: Optional[SamplerStep] = None,
+        *,
+        with_scores: bool = True,
+        seed: Optional[int] = None,
+        max_tokens: int = 256,
+        eos_ids: Sequence[int] = (),
+        prompt_cache: Optional[List[Any]] = None,
+        top_logprobs: int = 0,
+    ) -> int:
         """Queue a row continuing `prompt_ids` (after `prompt_cache`'s tokens, if given; that
         cache is copied, not changed); returns its uid. `with_scores=False` is for samplers
         that do not read the attention scores; `top_logprobs` k > 0 reports the k likeliest
@@ -134,14 +162,27 @@ class BatchGenerator:
             raise GenerationError(
                 f"the batch is full ({self.max_batch_size} rows); wait for a row to finish"
             )
-        row = Row(next(self._uids), sampler or make_greedy_sampler(), with_scores, max_tokens,
-                  frozenset(eos_ids), top_logprobs)
+        row = Row(
+            next(self._uids),
+            sampler or make_greedy_sampler(),
+            with_scores,
+            max_tokens,
+            frozenset(eos_ids),
+            top_logprobs,
+        )
         key = mx.random.key(seed if seed is not None else time.time_ns() % (1 << 31))
         self.pending.append((row, [int(t) for t in prompt_ids], prompt_cache, key))
         return row.uid
 
-    def fork(self, prompt_ids: Sequence[int], seeds: Sequence[Optional[int]], sampler=None, *,
-             prompt_cache: Optional[List[Any]] = None, **row_options) -> List[int]:
+    def fork(
+        self,
+        prompt_ids: Sequence[int],
+        seeds: Sequence[Optional[int]],
+        sampler=None,
+        *,
+        prompt_cache: Optional[List[Any]] = None,
+        **row_options,
+    ) -> List[int]:
         """Prefill `prompt_ids` once (into `prompt_cache` if given, which it extends) and continue
         it as one row per seed; their uids."""
         cache = prompt_cache if prompt_cache is not None else self.model.make_cache()
@@ -196,7 +237,9 @@ class BatchGenerator:
         # A row at its last token leaves before the next forward pass is queued: it needs none.
         self._keep([i for i, row in enumerate(rows) if row.generated + 1 < row.max_tokens])
         if self.rows:
-            self.outputs, self.keys = self._decode(self.cache, self.rows, self.keys, self.outputs[0])
+            self.outputs, self.keys = self._decode(
+                self.cache, self.rows, self.keys, self.outputs[0]
+            )
         results = []
         for row, step, top in zip(rows, to_token_steps(*current), top_logprobs(current[3], rows)):
             row.generated += 1
@@ -216,15 +259,18 @@ class BatchGenerator:
         sampler = rank0_decides(partial(sample_rows, [row.sampler for row in rows]))
         with_scores = any(row.with_scores for row in rows)
         top = max(row.top_logprobs for row in rows)
-        outputs = step_outputs(self.model, cache, sampler, tokens[:, None], tokens, split[:, 1], with_scores,
-                               top)
+        outputs = step_outputs(
+            self.model, cache, sampler, tokens[:, None], tokens, split[:, 1], with_scores, top
+        )
         mx.async_eval(outputs, split)
         return outputs, split[:, 0]
 
     def _admit(self):
         pending, self.pending = self.pending, []
         rows = [row for row, *_ in pending]
-        caches = [cache if cache is not None else self.model.make_cache() for _, _, cache, _ in pending]
+        caches = [
+            cache if cache is not None else self.model.make_cache() for _, _, cache, _ in pending
+        ]
         cache = [BatchKVCache.merge(list(layer)) for layer in zip(*caches)]
         rest = [ids[:-1] for _, ids, _, _ in pending]
         if any(rest):
@@ -267,7 +313,12 @@ class BatchGenerator:
             layer.filter(idx)
         self.keys = self.keys[idx]
         token, logprob, strategy, info = self.outputs
-        self.outputs = (token[idx], logprob[idx], strategy[idx], {k: v[idx] for k, v in info.items()})
+        self.outputs = (
+            token[idx],
+            logprob[idx],
+            strategy[idx],
+            {k: v[idx] for k, v in info.items()},
+        )
 
 
 def top_logprobs(info: Dict[str, mx.array], rows: List[Row]) -> List[List[Tuple[int, float]]]:
@@ -275,7 +326,10 @@ def top_logprobs(info: Dict[str, mx.array], rows: List[Row]) -> List[List[Tuple[
     if "top_ids" not in info:
         return [[] for _ in rows]
     ids, values = info["top_ids"].tolist(), info["top_logprobs"].tolist()
-    return [list(zip(i[: row.top_logprobs], v[: row.top_logprobs])) for i, v, row in zip(ids, values, rows)]
+    return [
+        list(zip(i[: row.top_logprobs], v[: row.top_logprobs]))
+        for i, v, row in zip(ids, values, rows)
+    ]
 
 
 @dataclass
@@ -286,7 +340,9 @@ class RowResponse(GenerationResponse):
     index: int = 0  # the row's position in `prompts`
 
 
-def check_prompts(tokenizer, model, prompts: Sequence[Prompt], max_tokens: int) -> List[Tuple[List[int], int]]:
+def check_prompts(
+    tokenizer, model, prompts: Sequence[Prompt], max_tokens: int
+) -> List[Tuple[List[int], int]]:
     """(token ids, max_tokens that fit) per prompt; one-line errors name the prompt."""
     if not len(prompts):
         raise GenerationError("no prompts given; pass at least one")
@@ -334,7 +390,10 @@ def stream_batch_generate(
     base = seed if seed is not None else time.time_ns() % (1 << 30)
     look_ahead = {}
     if sampler == "entropix" and config is not None and config.branch_k:
-        from .branching import BranchingGenerator, BranchRules  # it builds on this module
+        from .branching import (  # it builds on this module
+            BranchingGenerator,
+            BranchRules,
+        )
 
         batch = BranchingGenerator(model, tokenizer, prefill_step_size=prefill_step_size)
         look_ahead = {"branching": BranchRules.from_config(config, stop)}
@@ -344,8 +403,9 @@ def stream_batch_generate(
     index: Dict[int, int] = {}
     groups = group_identical(checked)
     for ids, rows in groups:
-        options = dict(with_scores=with_scores, max_tokens=checked[rows[0]][1], eos_ids=eos_ids,
-                       **look_ahead)
+        options = dict(
+            with_scores=with_scores, max_tokens=checked[rows[0]][1], eos_ids=eos_ids, **look_ahead
+        )
         if len(rows) > 1:
             uids = batch.fork(ids, [base + i for i in rows], step, **options)
         else:
@@ -370,11 +430,19 @@ def stream_batch_generate(
                 batch.remove([row.uid])
             i = index[row.uid]
             yield RowResponse(
-                text=text, token=row.step.token, logprob=row.step.logprob, strategy=row.step.strategy,
-                metrics=row.step.metrics, params=row.step.params, prompt_tokens=len(checked[i][0]),
-                prompt_tps=prompt_tps, generation_tokens=generated,
+                text=text,
+                token=row.step.token,
+                logprob=row.step.logprob,
+                strategy=row.step.strategy,
+                metrics=row.step.metrics,
+                params=row.step.params,
+                prompt_tokens=len(checked[i][0]),
+                prompt_tps=prompt_tps,
+                generation_tokens=generated,
                 generation_tps=generated / max(time.perf_counter() - tic, 1e-9),
-                peak_memory=mx.get_peak_memory() / 1e9, finish_reason=finish, fork=row.fork,
+                peak_memory=mx.get_peak_memory() / 1e9,
+                finish_reason=finish,
+                fork=row.fork,
                 index=i,
             )
 

@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import mlx.core as mx
 
 from .batch import BatchGenerator, RowStep
+from .errors import GenerationError
 from .generate import SamplerStep
 from .sampling import STRATEGIES, SamplerConfig, make_greedy_sampler
 from .sampling.config import MAX_BRANCH_K
@@ -153,7 +154,7 @@ class BranchingGenerator(BatchGenerator):
     ) -> int:
         """As `BatchGenerator.insert`; `branching`: when and how this row forks (None: never)."""
         if branching is not None and branching.trigger not in TRIGGERS:
-            raise ValueError(
+            raise GenerationError(
                 f"branching trigger must be one of {', '.join(TRIGGERS)}, got {branching.trigger!r}"
             )
         sampler = sampler or self._greedy
@@ -200,10 +201,13 @@ class BranchingGenerator(BatchGenerator):
 
     def _fork_where_due(self):
         due = [
-            (i, row) for i, row in enumerate(self.rows)
-            if (lane := self.owner.get(row.uid)) is not None and lane.rules is not None
-            and lane.rollouts is None and lane.points < lane.rules.max_points
-        ]  # fmt: skip
+            (i, row)
+            for i, row in enumerate(self.rows)
+            if (lane := self.owner.get(row.uid)) is not None
+            and lane.rules is not None
+            and lane.rollouts is None
+            and lane.points < lane.rules.max_points
+        ]
         if not due:
             return
         _, _, strategy, info = self.outputs

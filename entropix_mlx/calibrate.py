@@ -11,8 +11,16 @@ from typing import Dict, Optional, Sequence, Union
 import mlx.core as mx
 import numpy as np
 
-from .generate import encode_prompt, make_sampler, stream_generate
-from .sampling import STRATEGIES, SamplerConfig, choose_strategy, logits_entropy_varentropy, resolve_pause_token
+from .errors import CalibrationError
+from .generate import encode_prompt, stream_generate
+from .sampling import (
+    STRATEGIES,
+    SamplerConfig,
+    choose_strategy,
+    logits_entropy_varentropy,
+    make_sampler,
+    resolve_pause_token,
+)
 
 # Pairs of the same kind, so the alternating split puts one of each kind in each half.
 DEFAULT_PROMPTS = (
@@ -81,7 +89,7 @@ def read_prompts(path: Union[str, Path]) -> list[str]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if len(prompts) < 2:
-        raise ValueError(
+        raise CalibrationError(
             f"{path} holds {len(prompts)} prompt(s); give at least 2, one per line "
             "(half calibrate, half are held out)"
         )
@@ -99,9 +107,17 @@ def _metered(step):
     return metered_step
 
 
-def collect_metrics(model, tokenizer, prompts: Sequence[str], *, max_tokens: int = 48, seed: int = 0,
-                    config: Optional[SamplerConfig] = None, progress: bool = True,
-                    desc: str = "prompts") -> list[MetricSample]:
+def collect_metrics(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int = 48,
+    seed: int = 0,
+    config: Optional[SamplerConfig] = None,
+    progress: bool = True,
+    desc: str = "prompts",
+) -> list[MetricSample]:
     """One MetricSample per prompt: the model answers it (chat template, standard sampler
     with `config`'s temp/top_p/top_k/min_p, fixed `seed`) for up to `max_tokens` tokens."""
     from tqdm import tqdm
@@ -111,11 +127,17 @@ def collect_metrics(model, tokenizer, prompts: Sequence[str], *, max_tokens: int
     with tqdm(prompts, desc=desc, unit="prompt", disable=not progress, leave=False) as bar:
         for prompt in bar:
             ids = encode_prompt(tokenizer, prompt)
-            steps = list(stream_generate(model, tokenizer, ids, sampler=sampler, max_tokens=max_tokens, seed=seed))
-            samples.append(MetricSample(
-                np.array([r.metrics["logits_entropy"] for r in steps]),
-                np.array([r.metrics["logits_varentropy"] for r in steps]),
-            ))  # fmt: skip
+            steps = list(
+                stream_generate(
+                    model, tokenizer, ids, sampler=sampler, max_tokens=max_tokens, seed=seed
+                )
+            )
+            samples.append(
+                MetricSample(
+                    np.array([r.metrics["logits_entropy"] for r in steps]),
+                    np.array([r.metrics["logits_varentropy"] for r in steps]),
+                )
+            )
             bar.set_postfix(tokens=sum(len(s) for s in samples))
     return samples
 
@@ -124,22 +146,30 @@ def fit_thresholds(sample: MetricSample, target: Dict[str, float] = TARGET_MIX) 
     """The five thresholds that give `target`'s strategy mix on `sample`, solved in order (see RULE)."""
     check_target(target)
     if len(sample) < 10:
-        raise ValueError(f"calibration needs at least 10 tokens, got {len(sample)}; use more prompts or --max-tokens")
+        raise CalibrationError(
+            f"calibration needs at least 10 tokens, got {len(sample)}; use more prompts or --max-tokens"
+        )
     ent, vent = sample.entropy, sample.varentropy
     n = len(ent)
     low_ent, low_vent = _argmax_corner(ent, vent, target["argmax"])
     med_ent = _cut_leaving(ent[vent < low_vent], target["pause"] * n, fallback=low_ent)
-    high_vent = _cut_leaving(vent, (target["branch"] + target["resample"]) * n, fallback=float(vent.max()))
+    high_vent = _cut_leaving(
+        vent, (target["branch"] + target["resample"]) * n, fallback=float(vent.max())
+    )
     high_ent = _cut_leaving(ent[vent > high_vent], target["resample"] * n, fallback=med_ent)
-    return _ordered({"low_ent": low_ent, "med_ent": med_ent, "high_ent": max(high_ent, med_ent)},
-                    {"low_vent": low_vent, "high_vent": high_vent})  # fmt: skip
+    return _ordered(
+        {"low_ent": low_ent, "med_ent": med_ent, "high_ent": max(high_ent, med_ent)},
+        {"low_vent": low_vent, "high_vent": high_vent},
+    )
 
 
 def _cut(sorted_values: np.ndarray, below: int) -> float:
     """A value with the first `below` sorted values under it: halfway to the next, or just past an end."""
     margin = 1e-3 * max(1.0, float(sorted_values[-1] - sorted_values[0]))
     if below <= 0:
-        return max(float(sorted_values[0]) - margin, 0.0)  # entropies are >= 0: nothing lies under 0
+        return max(
+            float(sorted_values[0]) - margin, 0.0
+        )  # entropies are >= 0: nothing lies under 0
     if below >= len(sorted_values):
         return float(sorted_values[-1]) + margin
     return float(sorted_values[below - 1] + sorted_values[below]) / 2
@@ -181,17 +211,27 @@ def _ordered(ent: Dict[str, float], vent: Dict[str, float]) -> Dict[str, float]:
 def check_target(target: Dict[str, float]):
     """A target mix names every strategy with a share in [0, 1]; the shares add up to 1."""
     if set(target) != set(STRATEGIES):
-        raise ValueError(f"a target mix needs a share for each of {', '.join(STRATEGIES)}; got {', '.join(target)}")
-    if any(not 0 <= share <= 1 for share in target.values()) or abs(sum(target.values()) - 1) > 1e-6:
-        raise ValueError(f"target shares must lie in [0, 1] and add up to 1, got {target}")
+        raise CalibrationError(
+            f"a target mix needs a share for each of {', '.join(STRATEGIES)}; got {', '.join(target)}"
+        )
+    if (
+        any(not 0 <= share <= 1 for share in target.values())
+        or abs(sum(target.values()) - 1) > 1e-6
+    ):
+        raise CalibrationError(f"target shares must lie in [0, 1] and add up to 1, got {target}")
 
 
 def strategy_mix(sample: MetricSample, config: SamplerConfig) -> Dict[str, float]:
     """Share of each strategy that the Entropix rule (choose_strategy) gives the sample's tokens."""
-    metrics = {"logits_entropy": mx.array(sample.entropy, dtype=mx.float32),
-               "logits_varentropy": mx.array(sample.varentropy, dtype=mx.float32)}  # fmt: skip
+    metrics = {
+        "logits_entropy": mx.array(sample.entropy, dtype=mx.float32),
+        "logits_varentropy": mx.array(sample.varentropy, dtype=mx.float32),
+    }
     chosen = np.array(choose_strategy(metrics, config))
-    return {name: float(np.mean(chosen == index)) if len(chosen) else 0.0 for index, name in enumerate(STRATEGIES)}
+    return {
+        name: float(np.mean(chosen == index)) if len(chosen) else 0.0
+        for index, name in enumerate(STRATEGIES)
+    }
 
 
 def parse_target(text: str) -> Dict[str, float]:
@@ -203,14 +243,20 @@ def parse_target(text: str) -> Dict[str, float]:
         name, _, value = item.partition("=")
         name = name.strip()
         if name not in STRATEGIES:
-            raise ValueError(f"unknown strategy {name!r} in the target mix; use {', '.join(STRATEGIES)}")
+            raise CalibrationError(
+                f"unknown strategy {name!r} in the target mix; use {', '.join(STRATEGIES)}"
+            )
         try:
             target[name] = float(value) / 100
         except ValueError:
-            raise ValueError(f"the target share of {name} must be a percentage like {name}=40, got {item!r}") from None
+            raise CalibrationError(
+                f"the target share of {name} must be a percentage like {name}=40, got {item!r}"
+            ) from None
         named.add(name)
     if "adaptive" not in named:
-        target["adaptive"] = round(1 - sum(share for name, share in target.items() if name != "adaptive"), 9)
+        target["adaptive"] = round(
+            1 - sum(share for name, share in target.items() if name != "adaptive"), 9
+        )
     check_target(target)
     return target
 
@@ -240,9 +286,17 @@ class Calibration:
         return strategy_mix(self.held_out, self.config)
 
 
-def calibrate(model, tokenizer, prompts: Sequence[str] = DEFAULT_PROMPTS, *, max_tokens: int = 48, seed: int = 0,
-              config: Optional[SamplerConfig] = None, target: Dict[str, float] = TARGET_MIX,
-              progress: bool = True) -> Calibration:
+def calibrate(
+    model,
+    tokenizer,
+    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    *,
+    max_tokens: int = 48,
+    seed: int = 0,
+    config: Optional[SamplerConfig] = None,
+    target: Dict[str, float] = TARGET_MIX,
+    progress: bool = True,
+) -> Calibration:
     """Fit the thresholds on half the prompts (alternate ones) and measure the mix on the other half.
 
     The model answers every prompt with the standard sampler (`config`'s base settings, default
@@ -251,12 +305,18 @@ def calibrate(model, tokenizer, prompts: Sequence[str] = DEFAULT_PROMPTS, *, max
     config = config or SamplerConfig()
     check_target(target)
     if len(prompts) < 2:
-        raise ValueError(f"calibration needs at least 2 prompts (half are held out), got {len(prompts)}")
+        raise CalibrationError(
+            f"calibration needs at least 2 prompts (half are held out), got {len(prompts)}"
+        )
     resolve_pause_token(config, tokenizer)  # fail before the long run, not after it
     fit_prompts, held_prompts = split_prompts(prompts)
     run = dict(max_tokens=max_tokens, seed=seed, config=config, progress=progress)
-    fit_sample = MetricSample.concat(collect_metrics(model, tokenizer, fit_prompts, desc="calibration", **run))
-    held_sample = MetricSample.concat(collect_metrics(model, tokenizer, held_prompts, desc="held-out", **run))
+    fit_sample = MetricSample.concat(
+        collect_metrics(model, tokenizer, fit_prompts, desc="calibration", **run)
+    )
+    held_sample = MetricSample.concat(
+        collect_metrics(model, tokenizer, held_prompts, desc="held-out", **run)
+    )
     return Calibration(
         config=config.replace(**fit_thresholds(fit_sample, target)),
         target=dict(target),
@@ -274,13 +334,17 @@ def format_mix_table(result: Calibration) -> str:
     rows = [f"{'strategy':<10}{'target':>9}{'calibration':>13}{'held-out':>10}{'off by':>9}"]
     for name in STRATEGIES:
         off = (held_mix[name] - result.target[name]) * 100
-        rows.append(f"{name:<10}{result.target[name]:>9.1%}{fit_mix[name]:>13.1%}{held_mix[name]:>10.1%}"
-                    f"{off:>+7.1f}pp")  # fmt: skip
+        rows.append(
+            f"{name:<10}{result.target[name]:>9.1%}{fit_mix[name]:>13.1%}{held_mix[name]:>10.1%}"
+            f"{off:>+7.1f}pp"
+        )
     rows.append(f"{'tokens':<10}{'':>9}{len(result.calibration):>13}{len(result.held_out):>10}")
     return "\n".join(rows)
 
 
-def preset_toml(result: Calibration, model_name: str, prompt_source: str = "the built-in prompt set") -> str:
+def preset_toml(
+    result: Calibration, model_name: str, prompt_source: str = "the built-in prompt set"
+) -> str:
     """The preset file: a provenance header (model, data, rule, mixes), then the thresholds and pause token."""
     cfg = result.config
     percent = lambda mix: ", ".join(f"{name} {mix[name]:.1%}" for name in STRATEGIES)  # noqa: E731
@@ -295,7 +359,11 @@ def preset_toml(result: Calibration, model_name: str, prompt_source: str = "the 
         f"Calibration mix ({fit_n} prompts, {len(result.calibration)} tokens): {percent(result.calibration_mix)}.",
         f"Held-out mix ({held_n} prompts, {len(result.held_out)} tokens): {percent(result.held_out_mix)}.",
     ]
-    lines = [f"# {line}" for paragraph in header for line in textwrap.wrap(paragraph, 90, subsequent_indent="  ")]
+    lines = [
+        f"# {line}"
+        for paragraph in header
+        for line in textwrap.wrap(paragraph, 90, subsequent_indent="  ")
+    ]
     settings = {**result.thresholds, "pause_token": cfg.pause_token}
     body = SamplerConfig.from_dict(settings).to_toml().splitlines()
     return "\n".join(lines + [line for line in body if line.split(" =")[0] in settings]) + "\n"

@@ -105,8 +105,9 @@ def _too_late(path: Optional[str]) -> BlasStatus:
             f"entropix_mlx could not apply the system OpenBLAS ({path}): {why}. Import "
             f"entropix_mlx before mlx for fast float32 matmuls on the CPU (or set {SWITCH}=0 "
             "to silence this).",
-            RuntimeWarning, stacklevel=2,
-        )  # fmt: skip
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return BlasStatus(False, path, f"MLX's bundled reference BLAS ({why})")
 
 
@@ -129,8 +130,11 @@ def apply() -> BlasStatus:
         os.environ[CORETYPE] = core
     path = find_openblas(setting or None)
     if path is None:
-        return _bundled(f"{SWITCH}={setting} is not an OpenBLAS library" if setting else
-                        f"no system OpenBLAS; {INSTALL_HINT}")  # fmt: skip
+        return _bundled(
+            f"{SWITCH}={setting} is not an OpenBLAS library"
+            if setting
+            else f"no system OpenBLAS; {INSTALL_HINT}"
+        )
     lib = open_openblas(path, ctypes.RTLD_GLOBAL)
     config = lib.openblas_get_config().decode(errors="replace").strip()
     return BlasStatus(True, path, f"{config} ({path}), loaded before MLX")

@@ -18,11 +18,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx.nn.layers.distributed import shard_linear
 
+from .errors import ShardingError
 from .model.llama import Model, ModelArgs
-
-
-class ShardingError(ValueError):
-    """The model cannot be split across this many ranks; the message is one line."""
 
 
 def world() -> mx.distributed.Group:

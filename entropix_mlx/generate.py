@@ -3,36 +3,33 @@
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Generator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import mlx.core as mx
 
 from .distributed import rank0_decides
+from .errors import GenerationError
 from .sampling import (
+    METRICS,
     PARAMETERS,
     STRATEGIES,
     SamplerConfig,
-    make_entropix_sampler,
     make_greedy_sampler,
-    make_standard_sampler,
-    resolve_pause_token,
+    make_sampler,
 )
 
-SAMPLERS = ("entropix", "standard", "greedy")
-METRICS = (
-    "logits_entropy",
-    "logits_varentropy",
-    "attn_entropy",
-    "attn_varentropy",
-    "agreement",
-    "interaction_strength",
-)
 Prompt = Union[str, Sequence[Dict[str, str]], Sequence[int]]
 SamplerStep = Callable[[mx.array, mx.array, mx.array, mx.array], Any]
-
-
-class GenerationError(ValueError):
-    """Bad generation input; the message is one line, fit for the user."""
 
 
 @dataclass
@@ -65,21 +62,16 @@ class GenerationResponse:
     fork: Optional[dict] = None  # the look-ahead fork resolved just before this token, if any
 
 
-def make_sampler(name: str = "entropix", config: Optional[SamplerConfig] = None, tokenizer=None) -> SamplerStep:
-    """The sampler step for `name` (entropix, standard or greedy) with `config`'s settings."""
-    config = config or SamplerConfig()
-    if name == "entropix":
-        pause_id = resolve_pause_token(config, tokenizer) if tokenizer is not None else config.pause_token_id
-        return make_entropix_sampler(config, pause_token_id=pause_id)
-    if name == "standard":
-        return make_standard_sampler(config.temp, config.top_p, config.top_k, config.min_p)
-    if name == "greedy":
-        return make_greedy_sampler()
-    raise GenerationError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-
-
-def step_outputs(model, cache, sampler: SamplerStep, inputs: mx.array, prev: mx.array, key, with_scores: bool,
-                 top_logprobs: int = 0):
+def step_outputs(
+    model,
+    cache,
+    sampler: SamplerStep,
+    inputs: mx.array,
+    prev: mx.array,
+    key,
+    with_scores: bool,
+    top_logprobs: int = 0,
+):
     """Lazily, for each row of `inputs` [B, L]: the next token, its log-probability, strategy and
     sampler info. `key` is one key or one per row ([B, 2]). With `top_logprobs` k > 0 the info
     also holds the k most likely tokens, "top_ids" [B, k], and their "top_logprobs"."""
@@ -93,12 +85,17 @@ def step_outputs(model, cache, sampler: SamplerStep, inputs: mx.array, prev: mx.
         top_ids = mx.argpartition(-logits, kth=top_logprobs - 1, axis=-1)[:, :top_logprobs]
         top = mx.take_along_axis(logits, top_ids, axis=-1) - log_total
         order = mx.argsort(-top, axis=-1)
-        info = {**info, "top_ids": mx.take_along_axis(top_ids, order, axis=-1),
-                "top_logprobs": mx.take_along_axis(top, order, axis=-1)}
+        info = {
+            **info,
+            "top_ids": mx.take_along_axis(top_ids, order, axis=-1),
+            "top_logprobs": mx.take_along_axis(top, order, axis=-1),
+        }
     return token, logprob[:, 0], strategy, info
 
 
-def prefill(model, tokens: mx.array, cache: List[Any], step_size: Optional[int] = None) -> List[Any]:
+def prefill(
+    model, tokens: mx.array, cache: List[Any], step_size: Optional[int] = None
+) -> List[Any]:
     """Run `tokens` [B, L] through the model into `cache` in chunks of `step_size` (default:
     `default_prefill_step_size()`), keeping no logits; returns `cache` for chaining."""
     step_size = step_size or default_prefill_step_size()
@@ -186,7 +183,10 @@ class StopMatcher:
             out, self.pending = self.pending[: min(found)], ""
             return out, True
         keep = self._partial_stop_length()
-        out, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
+        out, self.pending = (
+            self.pending[: len(self.pending) - keep],
+            self.pending[len(self.pending) - keep :],
+        )
         return out, False
 
     def flush(self) -> str:
@@ -216,8 +216,9 @@ def encode_prompt(
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
 
-def check_prompt(prompt_ids: Sequence[int], context_length: Optional[int], max_tokens: int,
-                 cached: int = 0) -> int:
+def check_prompt(
+    prompt_ids: Sequence[int], context_length: Optional[int], max_tokens: int, cached: int = 0
+) -> int:
     """Validate a prompt (after `cached` tokens already in the KV cache) against the context
     window; the `max_tokens` that still fits."""
     if len(prompt_ids) == 0:
@@ -278,13 +279,22 @@ def stream_generate(
             )
         from .batch import stream_batch_generate  # it builds on this module
 
-        yield from stream_batch_generate(model, tokenizer, [prompt], sampler=sampler, config=config,
-                                         max_tokens=max_tokens, seed=seed)
+        yield from stream_batch_generate(
+            model,
+            tokenizer,
+            [prompt],
+            sampler=sampler,
+            config=config,
+            max_tokens=max_tokens,
+            seed=seed,
+        )
         return
     prompt_ids = prompt_token_ids(tokenizer, prompt)
     context_length = getattr(getattr(model, "args", None), "max_position_embeddings", None)
     cached = prompt_cache[0].offset if prompt_cache else 0
-    max_tokens = check_prompt(prompt_ids, context_length if max_kv_size is None else None, max_tokens, cached)
+    max_tokens = check_prompt(
+        prompt_ids, context_length if max_kv_size is None else None, max_tokens, cached
+    )
     check_seed(seed)
     with_scores = sampler == "entropix" or callable(sampler)
     if isinstance(sampler, str):
@@ -296,9 +306,15 @@ def stream_generate(
     tic = time.perf_counter()
     prompt_tps, n = 0.0, 0
     steps = generate_step(
-        mx.array(prompt_ids), model, sampler, max_tokens=max_tokens, seed=seed,
-        max_kv_size=max_kv_size, prompt_cache=prompt_cache, with_scores=with_scores,
-    )  # fmt: skip
+        mx.array(prompt_ids),
+        model,
+        sampler,
+        max_tokens=max_tokens,
+        seed=seed,
+        max_kv_size=max_kv_size,
+        prompt_cache=prompt_cache,
+        with_scores=with_scores,
+    )
     for n, step in enumerate(steps, start=1):
         if n == 1:
             prompt_tps = len(prompt_ids) / (time.perf_counter() - tic)
@@ -336,5 +352,7 @@ def generate(model, tokenizer, prompt: Prompt, verbose: bool = False, **kwargs) 
             print(response.text, end="", flush=True)
     if verbose and response is not None:
         print(f"\nPrompt: {response.prompt_tokens} tokens, {response.prompt_tps:.1f} tokens/s")
-        print(f"Generation: {response.generation_tokens} tokens, {response.generation_tps:.1f} tokens/s")
+        print(
+            f"Generation: {response.generation_tokens} tokens, {response.generation_tps:.1f} tokens/s"
+        )
     return text

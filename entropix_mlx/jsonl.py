@@ -4,10 +4,16 @@ import json
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
+from .errors import EntropixError
 
-def read_records(path: Union[str, Path], fields: Sequence[str], what: str = "a record",
-                 limit: Optional[int] = None,
-                 check: Callable[[dict], Optional[str]] = lambda record: None) -> List[dict]:
+
+def read_records(
+    path: Union[str, Path],
+    fields: Sequence[str],
+    what: str = "a record",
+    limit: Optional[int] = None,
+    check: Callable[[dict], Optional[str]] = lambda record: None,
+) -> List[dict]:
     """The objects on the non-blank lines of `path` (the first `limit` of them).
 
     `check` says what is wrong with a record's values (None if nothing). Raises ValueError
@@ -23,14 +29,16 @@ def read_records(path: Union[str, Path], fields: Sequence[str], what: str = "a r
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no} is not JSON ({e.msg})") from None
+                raise EntropixError(f"{path}:{line_no} is not JSON ({e.msg})") from None
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_no} is not {what} (not a JSON object)")
+                raise EntropixError(f"{path}:{line_no} is not {what} (not a JSON object)")
             missing = [f for f in fields if f not in record]
             if missing:
-                raise ValueError(f"{path}:{line_no} is not {what} (missing {', '.join(missing)})")
+                raise EntropixError(
+                    f"{path}:{line_no} is not {what} (missing {', '.join(missing)})"
+                )
             problem = check(record)
             if problem:
-                raise ValueError(f"{path}:{line_no} is not {what} ({problem})")
+                raise EntropixError(f"{path}:{line_no} is not {what} ({problem})")
             records.append(record)
     return records

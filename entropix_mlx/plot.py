@@ -9,6 +9,7 @@ from typing import Optional, Sequence, Union
 
 import mlx.core as mx
 
+from .errors import PlotError
 from .sampling import STRATEGIES, SamplerConfig, choose_strategy
 
 FIX_IT = "pip install 'entropix-mlx[plot]'"
@@ -37,10 +38,6 @@ ENT_THRESHOLDS = ("low_ent", "med_ent", "high_ent")
 VENT_THRESHOLDS = ("low_vent", "high_vent")
 
 
-class PlotError(ValueError):
-    """A trace that cannot be drawn, or matplotlib missing; the message says what to do."""
-
-
 def figure_size(n_tokens: int) -> tuple[float, float]:
     """(width, height) in inches of the figure for a trace of n_tokens tokens."""
     width = 2 * SIDE_MARGIN + INCH_PER_TOKEN * n_tokens
@@ -53,8 +50,12 @@ def pixel_size(n_tokens: int) -> tuple[int, int]:
     return round(width * DPI), round(height * DPI)
 
 
-def plot_trace(records: Sequence[dict], path: Union[str, Path], config: Optional[SamplerConfig] = None,
-               title: Optional[str] = None) -> Path:
+def plot_trace(
+    records: Sequence[dict],
+    path: Union[str, Path],
+    config: Optional[SamplerConfig] = None,
+    title: Optional[str] = None,
+) -> Path:
     """Draw trace records (see entropix_mlx.trace) to a PNG with `config`'s thresholds (default SamplerConfig)."""
     figure_cls, canvas_cls = _matplotlib()
     records = _checked(records)
@@ -81,13 +82,17 @@ def _matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise PlotError(f"plotting needs matplotlib, which is not installed; run: {FIX_IT}") from None
+        raise PlotError(
+            f"plotting needs matplotlib, which is not installed; run: {FIX_IT}"
+        ) from None
     return Figure, FigureCanvasAgg
 
 
 def _checked(records: Sequence[dict]) -> list[dict]:
     if not records:
-        raise PlotError("the trace has no tokens; make one with `entropix-mlx generate --trace FILE`")
+        raise PlotError(
+            "the trace has no tokens; make one with `entropix-mlx generate --trace FILE`"
+        )
     if any(r.get("logits_entropy") is None for r in records):
         raise PlotError(
             "the trace has no sampler metrics (made with --sampler standard or greedy); "
@@ -129,7 +134,12 @@ def strategy_regions(cfg: SamplerConfig, x_max: float, y_max: float) -> dict:
         "argmax": (0.0, 0.0, cfg.low_ent, cfg.low_vent),
         "pause": (cfg.med_ent, 0.0, max(x_max, cfg.med_ent), cfg.low_vent),
         "branch": (0.0, cfg.high_vent, cfg.high_ent, max(y_max, cfg.high_vent)),
-        "resample": (cfg.high_ent, cfg.high_vent, max(x_max, cfg.high_ent), max(y_max, cfg.high_vent)),
+        "resample": (
+            cfg.high_ent,
+            cfg.high_vent,
+            max(x_max, cfg.high_ent),
+            max(y_max, cfg.high_vent),
+        ),
     }
 
 
@@ -152,8 +162,15 @@ def draw_plane(ax, records, cfg: SamplerConfig):
     for name in VENT_THRESHOLDS:
         ax.axhline(getattr(cfg, name), color="#555555", linestyle="--", linewidth=0.7)
     _name_thresholds(ax, cfg)
-    ax.scatter(xs, ys, s=14, c=[COLORS[r["strategy"]] for r in records], edgecolors="white", linewidths=0.3,
-               zorder=3)  # fmt: skip
+    ax.scatter(
+        xs,
+        ys,
+        s=14,
+        c=[COLORS[r["strategy"]] for r in records],
+        edgecolors="white",
+        linewidths=0.3,
+        zorder=3,
+    )
     ax.set_xlabel("logits entropy (bits)")
     ax.set_ylabel("logits varentropy (bits²)")
     ax.set_title("Entropy–varentropy plane", fontsize=10, loc="left", pad=22)
@@ -164,11 +181,26 @@ def _name_thresholds(ax, cfg):
     """Name the threshold lines just outside the top and right edges (values are listed beside)."""
     style = dict(textcoords="offset points", fontsize=6.5, color="#555555")
     for name in ENT_THRESHOLDS:
-        ax.annotate(name, (getattr(cfg, name), 1), xycoords=("data", "axes fraction"), xytext=(0, 2),
-                    ha="center", va="bottom", rotation=30, **style)  # fmt: skip
+        ax.annotate(
+            name,
+            (getattr(cfg, name), 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 2),
+            ha="center",
+            va="bottom",
+            rotation=30,
+            **style,
+        )
     for name in VENT_THRESHOLDS:
-        ax.annotate(name, (1, getattr(cfg, name)), xycoords=("axes fraction", "data"), xytext=(2, 0),
-                    ha="left", va="center", **style)  # fmt: skip
+        ax.annotate(
+            name,
+            (1, getattr(cfg, name)),
+            xycoords=("axes fraction", "data"),
+            xytext=(2, 0),
+            ha="left",
+            va="center",
+            **style,
+        )
 
 
 def _set_scale(set_scale, low: float, top: float):
@@ -184,7 +216,16 @@ def _region_label(ax, name, x0, y0, x1, y1):
     if dx1 - dx0 < 30 or dy1 - dy0 < 10:
         return
     centre = ax.transData.inverted().transform(((dx0 + dx1) / 2, (dy0 + dy1) / 2))
-    ax.text(*centre, name, ha="center", va="center", fontsize=8, color=COLORS[name], alpha=0.9, weight="bold")
+    ax.text(
+        *centre,
+        name,
+        ha="center",
+        va="center",
+        fontsize=8,
+        color=COLORS[name],
+        alpha=0.9,
+        weight="bold",
+    )
 
 
 def draw_legend(ax, records, cfg: SamplerConfig):
@@ -198,12 +239,24 @@ def draw_legend(ax, records, cfg: SamplerConfig):
     for row, name in enumerate(STRATEGIES, start=1):
         y = 1 - 0.085 * row
         ax.scatter([0.03], [y - 0.025], s=40, color=COLORS[name])
-        ax.text(0.1, y, f"{name:<9}{counts[name]:>5} {counts[name] / total:>7.1%}", fontsize=8.5, va="top",
-                family="monospace")  # fmt: skip
+        ax.text(
+            0.1,
+            y,
+            f"{name:<9}{counts[name]:>5} {counts[name] / total:>7.1%}",
+            fontsize=8.5,
+            va="top",
+            family="monospace",
+        )
     ax.text(0, 0.42, "thresholds", fontsize=9, va="top", weight="bold")
     for row, name in enumerate(ENT_THRESHOLDS + VENT_THRESHOLDS, start=1):
-        ax.text(0.1, 0.42 - 0.07 * row, f"{name:<10}{getattr(cfg, name):>9.4g}", fontsize=8.5, va="top",
-                family="monospace")  # fmt: skip
+        ax.text(
+            0.1,
+            0.42 - 0.07 * row,
+            f"{name:<10}{getattr(cfg, name):>9.4g}",
+            fontsize=8.5,
+            va="top",
+            family="monospace",
+        )
 
 
 # ---------------------------------------------------------------- the timeline
@@ -213,11 +266,28 @@ def draw_timeline(axes, records, cfg: SamplerConfig):
     """Entropy and attention entropy, varentropy, and a strategy band with the token text."""
     ent_ax, vent_ax, band_ax = axes
     x = list(range(len(records)))
-    ent_ax.plot(x, [r["logits_entropy"] for r in records], color="#1f4e99", linewidth=1, label="logits entropy")
-    ent_ax.plot(x, [r["attn_entropy"] for r in records], color="#e07b00", linewidth=0.9, linestyle=":",
-                label="attention entropy")  # fmt: skip
-    vent_ax.plot(x, [r["logits_varentropy"] for r in records], color="#6a3d9a", linewidth=1,
-                 label="logits varentropy")  # fmt: skip
+    ent_ax.plot(
+        x,
+        [r["logits_entropy"] for r in records],
+        color="#1f4e99",
+        linewidth=1,
+        label="logits entropy",
+    )
+    ent_ax.plot(
+        x,
+        [r["attn_entropy"] for r in records],
+        color="#e07b00",
+        linewidth=0.9,
+        linestyle=":",
+        label="attention entropy",
+    )
+    vent_ax.plot(
+        x,
+        [r["logits_varentropy"] for r in records],
+        color="#6a3d9a",
+        linewidth=1,
+        label="logits varentropy",
+    )
     for ax, thresholds in ((ent_ax, ENT_THRESHOLDS), (vent_ax, VENT_THRESHOLDS)):
         for name in thresholds:
             ax.axhline(getattr(cfg, name), color="#999999", linestyle="--", linewidth=0.6)
@@ -234,7 +304,13 @@ def draw_timeline(axes, records, cfg: SamplerConfig):
 
 def _strategy_band(ax, records):
     x = range(len(records))
-    ax.bar(x, [1] * len(records), width=1.0, color=[COLORS[r["strategy"]] for r in records], linewidth=0)
+    ax.bar(
+        x,
+        [1] * len(records),
+        width=1.0,
+        color=[COLORS[r["strategy"]] for r in records],
+        linewidth=0,
+    )
     ax.set_xlim(-0.5, len(records) - 0.5)
     ax.set_ylim(0, 1)
     ax.set_yticks([])
@@ -242,7 +318,9 @@ def _strategy_band(ax, records):
     step = label_step(len(records))
     ticks = list(range(0, len(records), step))
     ax.set_xticks(ticks)
-    ax.set_xticklabels([token_label(records[i]) for i in ticks], rotation=90, fontsize=7, family="monospace")
+    ax.set_xticklabels(
+        [token_label(records[i]) for i in ticks], rotation=90, fontsize=7, family="monospace"
+    )
     ax.tick_params(axis="x", length=2, pad=2)
 
 
@@ -269,7 +347,9 @@ def strategy_mismatches(records: Sequence[dict], cfg: SamplerConfig) -> int:
     records = [r for r in records if r.get("strategy") is not None]
     if not records:
         return 0
-    metrics = {name: mx.array([r[name] for r in records], dtype=mx.float32)
-               for name in ("logits_entropy", "logits_varentropy")}  # fmt: skip
+    metrics = {
+        name: mx.array([r[name] for r in records], dtype=mx.float32)
+        for name in ("logits_entropy", "logits_varentropy")
+    }
     chosen = choose_strategy(metrics, cfg).tolist()
     return sum(STRATEGIES[index] != r["strategy"] for index, r in zip(chosen, records))

@@ -22,9 +22,9 @@ import mlx.core as mx
 
 from . import distributed
 from .batch import BatchGenerator, RowStep, row_text
-from .generate import StopMatcher, make_sampler
+from .generate import StopMatcher
 from .prompt_cache import PromptCache
-from .sampling import SamplerConfig
+from .sampling import SamplerConfig, make_sampler
 from .trace import trace_record
 
 log = logging.getLogger("entropix_mlx.server")
@@ -121,12 +121,16 @@ class Scheduler:
         self.prompt_cache = PromptCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         self.samplers: Dict[tuple, object] = {}
         self.left: Dict[int, list] = {}  # uid -> KV cache of a row that left, until its tokens come
-        self.ended: Dict[int, List[int]] = {}  # uid -> tokens of a finished row, until its cache comes
+        self.ended: Dict[
+            int, List[int]
+        ] = {}  # uid -> tokens of a finished row, until its cache comes
         self.reset()
 
     def reset(self):
         """A fresh, empty batch (after a failed step)."""
-        self.batch = BatchGenerator(self.model, max_batch_size=self.max_concurrency, on_leave=self._row_left)
+        self.batch = BatchGenerator(
+            self.model, max_batch_size=self.max_concurrency, on_leave=self._row_left
+        )
         self.left.clear()
         self.ended.clear()
 
@@ -136,8 +140,12 @@ class Scheduler:
         cache, rest = self.prompt_cache.fetch(ids) if self.prompt_cache else (None, list(ids))
         base = request.seed if request.seed is not None else secrets.randbelow(2**31)
         seeds = [base + i for i in range(request.n)]
-        options = dict(with_scores=request.sampler == "entropix", max_tokens=request.max_tokens,
-                       eos_ids=self.tokenizer.eos_token_ids, top_logprobs=request.top_logprobs or 0)
+        options = dict(
+            with_scores=request.sampler == "entropix",
+            max_tokens=request.max_tokens,
+            eos_ids=self.tokenizer.eos_token_ids,
+            top_logprobs=request.top_logprobs or 0,
+        )
         step = self.sampler(request.sampler, request.config)
         if request.n == 1:
             uids = [self.batch.insert(rest, step, seed=seeds[0], prompt_cache=cache, **options)]
@@ -189,8 +197,14 @@ class GenerationWorker:
     """The one thread that runs MLX: a loop of (admit waiting requests, drop cancelled rows, one
     decode step for every row, hand each row's token to its request)."""
 
-    def __init__(self, model, tokenizer, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-                 max_queue: int = DEFAULT_MAX_QUEUE, prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES,
+    ):
         self.tokenizer = tokenizer
         self.max_concurrency, self.max_queue = max_concurrency, max_queue
         if distributed.world().size() > 1:
@@ -218,7 +232,9 @@ class GenerationWorker:
     def submit(self, request: GenerationRequest) -> Job:
         with self.lock:
             if self.queued >= self.max_queue:
-                raise Busy(f"the server is busy ({self.queued} requests are waiting); retry shortly")
+                raise Busy(
+                    f"the server is busy ({self.queued} requests are waiting); retry shortly"
+                )
             self.queued += 1
         job = Job(request, asyncio.get_running_loop())
         self.inbox.put(job)
@@ -266,7 +282,9 @@ class GenerationWorker:
     def _take_admissible(self) -> List[Job]:
         """The waiting jobs, in arrival order, whose rows fit in the batch now."""
         admitted, free = [], self.max_concurrency - len(self.scheduler.batch)
-        while self.waiting and (self.waiting[0].cancelled.is_set() or self.waiting[0].request.n <= free):
+        while self.waiting and (
+            self.waiting[0].cancelled.is_set() or self.waiting[0].request.n <= free
+        ):
             job = self.waiting.popleft()
             with self.lock:
                 self.queued -= 1
@@ -295,8 +313,14 @@ class GenerationWorker:
             job.deliver(Failure(500, f"generation failed: {e}"))
             return
         for index, uid in enumerate(uids):
-            self.choices[uid] = Choice(job, index, self.tokenizer.detokenizer, StopMatcher(request.stop),
-                                       list(request.prompt_ids), cached)
+            self.choices[uid] = Choice(
+                job,
+                index,
+                self.tokenizer.detokenizer,
+                StopMatcher(request.stop),
+                list(request.prompt_ids),
+                cached,
+            )
 
     def _deliver(self, row: RowStep):
         choice = self.choices.get(row.uid)
@@ -318,7 +342,9 @@ class GenerationWorker:
         del self.choices[row.uid]
         self.scheduler.finished(row.uid, choice.tokens)
         prompt_tokens = len(request.prompt_ids)
-        choice.job.deliver(Finish(finish, prompt_tokens, choice.generated, choice.cached_tokens, choice.index))
+        choice.job.deliver(
+            Finish(finish, prompt_tokens, choice.generated, choice.cached_tokens, choice.index)
+        )
 
     def _fail_all(self, failure: Failure):
         for job in {id(c.job): c.job for c in self.choices.values()}.values():

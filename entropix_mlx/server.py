@@ -14,7 +14,17 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,9 +34,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from .generate import SAMPLERS, encode_prompt
+from .errors import ConfigError
+from .generate import encode_prompt
 from .loading import ModelInfo
-from .sampling import SamplerConfig, resolve_pause_token
+from .sampling import SAMPLERS, SamplerConfig, resolve_pause_token
 from .scheduler import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_QUEUE,
@@ -58,14 +69,34 @@ log = logging.getLogger("entropix_mlx.server")
 class APIError(Exception):
     """A request the server refuses, with the HTTP status and OpenAI error fields."""
 
-    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
-                 type: str = "invalid_request_error", headers: Optional[Dict[str, str]] = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: Optional[str] = None,
+        code: Optional[str] = None,
+        type: str = "invalid_request_error",
+        headers: Optional[Dict[str, str]] = None,
+    ):
         super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.status, self.message, self.param, self.code, self.type = (
+            status,
+            message,
+            param,
+            code,
+            type,
+        )
         self.headers = headers
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 def error_response(error: APIError) -> JSONResponse:
@@ -88,7 +119,9 @@ async def on_http_error(request: Request, error: HTTPException) -> JSONResponse:
 
 
 async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
-    return error_response(APIError(500, f"internal error: {error}", type="server_error", code="internal_error"))
+    return error_response(
+        APIError(500, f"internal error: {error}", type="server_error", code="internal_error")
+    )
 
 
 # --- Request validation ----------------------------------------------------------------
@@ -114,8 +147,11 @@ class RequestOptions:
 
 async def read_json_body(request: Request, limit: int) -> dict:
     """The request's JSON object; 413 past `limit` bytes (checked before parsing), 400 if not JSON."""
-    too_large = APIError(413, f"the request body is over {limit} bytes; send a shorter prompt",
-                         code="request_too_large")  # fmt: skip
+    too_large = APIError(
+        413,
+        f"the request body is over {limit} bytes; send a shorter prompt",
+        code="request_too_large",
+    )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
@@ -127,16 +163,25 @@ async def read_json_body(request: Request, limit: int) -> dict:
                 raise too_large
     except ClientDisconnect:
         log.info("a client disconnected while sending its request body")
-        raise APIError(400, "the client disconnected before its request body arrived",
-                       code="client_disconnected") from None
+        raise APIError(
+            400,
+            "the client disconnected before its request body arrived",
+            code="client_disconnected",
+        ) from None
     try:
         data = json.loads(body, parse_constant=_reject_constant)
     except RecursionError:
-        raise APIError(400, "the request body nests JSON too deeply; send a flatter object",
-                       code="invalid_json") from None
+        raise APIError(
+            400,
+            "the request body nests JSON too deeply; send a flatter object",
+            code="invalid_json",
+        ) from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise APIError(400, f"the request body is not valid JSON ({e}); send a JSON object",
-                       code="invalid_json") from None  # fmt: skip
+        raise APIError(
+            400,
+            f"the request body is not valid JSON ({e}); send a JSON object",
+            code="invalid_json",
+        ) from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
     return data
@@ -152,8 +197,12 @@ def get_field(body: dict, name: str, json_type: str, default: Any = None) -> Any
     if value is None:
         return default
     if not JSON_TYPES[json_type](value):
-        raise APIError(400, f"'{name}' must be {_with_article(json_type)}, not {_json_type_name(value)}",
-                       param=name, code="invalid_type")  # fmt: skip
+        raise APIError(
+            400,
+            f"'{name}' must be {_with_article(json_type)}, not {_json_type_name(value)}",
+            param=name,
+            code="invalid_type",
+        )
     if json_type == "number" and not math.isfinite(value):
         raise APIError(422, f"'{name}' must be a finite number", param=name, code="invalid_value")
     return value
@@ -167,116 +216,150 @@ def _with_article(noun: str) -> str:
     return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
-def check_range(name: str, value, ok: bool, rule: str):
-    if value is not None and not ok:
-        raise APIError(422, f"'{name}' {rule}, got {value!r}", param=name, code="invalid_value")
+@dataclass(frozen=True)
+class Field:
+    """A scalar request field: its JSON type, its value when absent or null, and a rule the
+    value must meet (a 422 saying `'name' <rule>, got <value>` otherwise)."""
+
+    type: str
+    default: Any = None
+    ok: Callable[[Any], bool] = lambda value: True
+    rule: str = ""
+
+
+def in_range(low: int, high: int) -> dict:
+    return dict(ok=lambda v: low <= v <= high, rule=f"must be in [{low}, {high}]")
+
+
+# The scalar fields of both APIs: JSON type, value when absent or null, rule a value must meet.
+FIELDS = {
+    "stream": Field("boolean", False),
+    "stream_options": Field("object", {}),
+    "max_tokens": Field("integer", None, lambda v: v >= 1, "must be >= 1"),
+    "max_completion_tokens": Field("integer", None, lambda v: v >= 1, "must be >= 1"),
+    "temperature": Field("number", None, lambda v: v >= 0, "must be >= 0"),
+    "top_p": Field("number", None, lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "entropix": Field("object", {}),
+    "sampler": Field("string", "entropix"),
+    "seed": Field("integer", None, lambda v: 0 <= v < 2**64, "must be in [0, 2**64)"),
+    "trace": Field("boolean", False),
+}
+# Chat's `logprobs` is a switch and `top_logprobs` the count; the completions API's is the count.
+CHAT_FIELDS = {
+    **FIELDS,
+    "logprobs": Field("boolean", False),
+    "top_logprobs": Field("integer", **in_range(0, MAX_TOP_LOGPROBS)),
+}
+COMPLETION_FIELDS = {**FIELDS, "logprobs": Field("integer", **in_range(0, MAX_COMPLETION_LOGPROBS))}
+
+
+def read_fields(body: dict, fields: Dict[str, Field]) -> Dict[str, Any]:
+    """The value of each of `fields` in `body`, checked against its type and rule."""
+    values = {}
+    for name, spec in fields.items():
+        value = values[name] = get_field(body, name, spec.type, spec.default)
+        if value is not None and not spec.ok(value):
+            raise APIError(
+                422, f"'{name}' {spec.rule}, got {value!r}", param=name, code="invalid_value"
+            )
+    return values
+
+
+def options(fields: Dict[str, Any], model: str) -> RequestOptions:
+    include_usage = get_field(fields["stream_options"], "include_usage", "boolean", False)
+    return RequestOptions(fields["stream"], include_usage, model)
 
 
 def parse_model(body: dict, served: str) -> str:
     name = get_field(body, "model", "string", served)
     if name not in (served, *MODEL_ALIASES):
-        raise APIError(404, f"the model {name!r} is not served here; use {served!r} (see GET /v1/models)",
-                       param="model", code="model_not_found")  # fmt: skip
+        raise APIError(
+            404,
+            f"the model {name!r} is not served here; use {served!r} (see GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
     return served
-
-
-def parse_options(body: dict, served: str) -> RequestOptions:
-    model = parse_model(body, served)
-    stream_options = get_field(body, "stream_options", "object", {})
-    include_usage = get_field(stream_options, "include_usage", "boolean", False)
-    return RequestOptions(get_field(body, "stream", "boolean", False), include_usage, model)
 
 
 def parse_stop(body: dict) -> Tuple[str, ...]:
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else stop
-    if stops is not None and not (isinstance(stops, list) and all(isinstance(s, str) for s in stops)):
-        raise APIError(400, "'stop' must be a string or a list of strings", param="stop", code="invalid_type")
+    if stops is not None and not (
+        isinstance(stops, list) and all(isinstance(s, str) for s in stops)
+    ):
+        raise APIError(
+            400, "'stop' must be a string or a list of strings", param="stop", code="invalid_type"
+        )
     if stops is not None and not all(stops):
         raise APIError(422, "'stop' strings must not be empty", param="stop", code="invalid_value")
     return tuple(stops or ())
 
 
-def parse_max_tokens(body: dict, limit: int) -> int:
-    """The requested max_tokens (or the chat API's max_completion_tokens), capped at `limit`."""
-    name = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
-    value = get_field(body, name, "integer")
-    check_range(name, value, value is None or value >= 1, "must be >= 1")
-    return min(value or limit, limit)
-
-
-def parse_sampler_config(body: dict, info: ModelInfo) -> SamplerConfig:
+def parse_sampler_config(fields: Dict[str, Any], info: ModelInfo) -> SamplerConfig:
     """The model's preset, then `temperature` / `top_p`, then the `entropix` overrides."""
-    temperature = get_field(body, "temperature", "number")
-    top_p = get_field(body, "top_p", "number")
-    check_range("temperature", temperature, temperature is None or temperature >= 0, "must be >= 0")
-    check_range("top_p", top_p, top_p is None or 0 < top_p <= 1, "must be in (0, 1]")
-    aliases = {"temp": temperature, "top_p": top_p}
-    overrides = get_field(body, "entropix", "object", {})
-    settings = {**{k: v for k, v in aliases.items() if v is not None}, **overrides}
+    aliases = {"temp": fields["temperature"], "top_p": fields["top_p"]}
+    settings = {**{k: v for k, v in aliases.items() if v is not None}, **fields["entropix"]}
     try:
-        return info.sampler_config(**settings)
-    except (TypeError, ValueError) as e:
-        raise APIError(400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value") from None
+        config = info.sampler_config(**settings)
+    except ConfigError as e:
+        raise APIError(
+            400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value"
+        ) from None
+    if config.branch_k:
+        raise APIError(
+            400,
+            "look-ahead branching (branch_k > 0) is not served yet; use `entropix-mlx "
+            "generate` or the Python API for it",
+            param="entropix",
+            code="invalid_value",
+        )
+    return config
 
 
-def parse_n(body: dict, limit: int) -> int:
-    n = get_field(body, "n", "integer", 1)
-    check_range("n", n, 1 <= n <= limit, f"must be in [1, {limit}] (choices are rows of one batch)")
-    return n
-
-
-def parse_chat_logprobs(body: dict) -> Optional[int]:
-    """Chat's `logprobs` (bool) and `top_logprobs` (0-20): None, or how many alternatives."""
-    wanted = get_field(body, "logprobs", "boolean", False)
-    top = get_field(body, "top_logprobs", "integer")
-    check_range("top_logprobs", top, top is None or 0 <= top <= MAX_TOP_LOGPROBS,
-                f"must be in [0, {MAX_TOP_LOGPROBS}]")
-    if top is not None and not wanted:
-        raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value")
-    return (top or 0) if wanted else None
-
-
-def parse_completion_logprobs(body: dict) -> Optional[int]:
-    """The completions API's `logprobs` (0-5 alternatives): None when absent."""
-    top = get_field(body, "logprobs", "integer")
-    check_range("logprobs", top, top is None or 0 <= top <= MAX_COMPLETION_LOGPROBS,
-                f"must be in [0, {MAX_COMPLETION_LOGPROBS}]")
-    return top
-
-
-def parse_sampler(body: dict) -> str:
-    sampler = get_field(body, "sampler", "string", "entropix")
-    if sampler not in SAMPLERS:
-        raise APIError(400, f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}",
-                       param="sampler", code="invalid_value")  # fmt: skip
-    return sampler
-
-
-def parse_seed(body: dict) -> Optional[int]:
-    seed = get_field(body, "seed", "integer")
-    check_range("seed", seed, seed is None or 0 <= seed < 2**64, "must be in [0, 2**64)")
-    return seed
+def chat_top_logprobs(fields: Dict[str, Any]) -> Optional[int]:
+    """Chat's `logprobs` (bool) and `top_logprobs`: None, or how many alternatives."""
+    if fields["top_logprobs"] is not None and not fields["logprobs"]:
+        raise APIError(
+            400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value"
+        )
+    return (fields["top_logprobs"] or 0) if fields["logprobs"] else None
 
 
 def parse_messages(body: dict) -> List[Dict[str, str]]:
     """The chat messages as {"role", "content"} with text content; 400 on anything else."""
     messages = get_field(body, "messages", "array")
     if not messages:
-        raise APIError(400, "'messages' must be a non-empty list of {role, content} objects",
-                       param="messages", code="invalid_value")  # fmt: skip
+        raise APIError(
+            400,
+            "'messages' must be a non-empty list of {role, content} objects",
+            param="messages",
+            code="invalid_value",
+        )
     return [_parse_message(i, m) for i, m in enumerate(messages)]
 
 
 def _parse_message(index: int, message: Any) -> Dict[str, str]:
     param = f"messages[{index}]"
     if not isinstance(message, dict):
-        raise APIError(400, f"{param} must be an object with 'role' and 'content'", param=param, code="invalid_type")
+        raise APIError(
+            400,
+            f"{param} must be an object with 'role' and 'content'",
+            param=param,
+            code="invalid_type",
+        )
     role = message.get("role")
     if role not in CHAT_ROLES:
-        raise APIError(400, f"{param}.role must be one of {', '.join(CHAT_ROLES)}, got {role!r}",
-                       param=f"{param}.role", code="invalid_value")  # fmt: skip
-    return {"role": CHAT_ROLES[role], "content": _message_text(message.get("content"), f"{param}.content")}
+        raise APIError(
+            400,
+            f"{param}.role must be one of {', '.join(CHAT_ROLES)}, got {role!r}",
+            param=f"{param}.role",
+            code="invalid_value",
+        )
+    return {
+        "role": CHAT_ROLES[role],
+        "content": _message_text(message.get("content"), f"{param}.content"),
+    }
 
 
 def _message_text(content: Any, param: str) -> str:
@@ -284,11 +367,16 @@ def _message_text(content: Any, param: str) -> str:
     if isinstance(content, str):
         return check_unicode(content, param)
     if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in content
     ):
         return check_unicode("".join(p["text"] for p in content), param)
-    raise APIError(400, f"{param} must be a string or a list of text parts (this model reads text only)",
-                   param=param, code="invalid_type")  # fmt: skip
+    raise APIError(
+        400,
+        f"{param} must be a string or a list of text parts (this model reads text only)",
+        param=param,
+        code="invalid_type",
+    )
 
 
 def parse_prompt(body: dict, vocab_size: int) -> Union[str, List[int]]:
@@ -298,15 +386,28 @@ def parse_prompt(body: dict, vocab_size: int) -> Union[str, List[int]]:
         prompt = prompt[0]
     if isinstance(prompt, str):
         if not prompt:
-            raise APIError(400, "'prompt' is empty; give some text to continue", param="prompt", code="invalid_value")
+            raise APIError(
+                400,
+                "'prompt' is empty; give some text to continue",
+                param="prompt",
+                code="invalid_value",
+            )
         return check_unicode(prompt, "prompt")
     if isinstance(prompt, list) and prompt and all(JSON_TYPES["integer"](t) for t in prompt):
         if not all(0 <= t < vocab_size for t in prompt):
-            raise APIError(400, f"'prompt' token ids must be in [0, {vocab_size})", param="prompt",
-                           code="invalid_value")  # fmt: skip
+            raise APIError(
+                400,
+                f"'prompt' token ids must be in [0, {vocab_size})",
+                param="prompt",
+                code="invalid_value",
+            )
         return prompt
-    raise APIError(400, "'prompt' must be a non-empty string or a list of token ids (one prompt per request)",
-                   param="prompt", code="invalid_type")  # fmt: skip
+    raise APIError(
+        400,
+        "'prompt' must be a non-empty string or a list of token ids (one prompt per request)",
+        param="prompt",
+        code="invalid_type",
+    )
 
 
 def check_unicode(text: str, param: str) -> str:
@@ -314,19 +415,30 @@ def check_unicode(text: str, param: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise APIError(400, f"{param} holds an unpaired surrogate escape at character {e.start}; send valid Unicode",
-                       param=param, code="invalid_value") from None  # fmt: skip
+        raise APIError(
+            400,
+            f"{param} holds an unpaired surrogate escape at character {e.start}; send valid Unicode",
+            param=param,
+            code="invalid_value",
+        ) from None
     return text
 
 
 def check_pause_token(config: SamplerConfig, tokenizer, vocab_size: int):
     try:
         pause_id = resolve_pause_token(config, tokenizer)
-    except ValueError as e:
-        raise APIError(400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value") from None
+    except ConfigError as e:
+        raise APIError(
+            400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value"
+        ) from None
     if pause_id >= vocab_size:
-        raise APIError(400, f"invalid 'entropix' settings: pause_token_id {pause_id} is outside the "
-                       f"vocabulary ({vocab_size})", param="entropix", code="invalid_value")  # fmt: skip
+        raise APIError(
+            400,
+            f"invalid 'entropix' settings: pause_token_id {pause_id} is outside the "
+            f"vocabulary ({vocab_size})",
+            param="entropix",
+            code="invalid_value",
+        )
 
 
 def check_context(prompt_ids: Sequence[int], context_length: Optional[int], param: str):
@@ -335,8 +447,9 @@ def check_context(prompt_ids: Sequence[int], context_length: Optional[int], para
             400,
             f"this model's maximum context length is {context_length} tokens, but the prompt has "
             f"{len(prompt_ids)} tokens; shorten the prompt",
-            param=param, code="context_length_exceeded",
-        )  # fmt: skip
+            param=param,
+            code="context_length_exceeded",
+        )
 
 
 # --- Responses -------------------------------------------------------------------------
@@ -351,12 +464,24 @@ class Endpoint:
     chunk_object: str
     chat: bool
 
-    def choice(self, index: int, text: str, finish_reason: Optional[str], trace: Optional[List[dict]],
-               stream: bool, logprobs: Optional[dict] = None, first: bool = False) -> dict:
+    def choice(
+        self,
+        index: int,
+        text: str,
+        finish_reason: Optional[str],
+        trace: Optional[List[dict]],
+        stream: bool,
+        logprobs: Optional[dict] = None,
+        first: bool = False,
+    ) -> dict:
         if not self.chat:
             content = {"text": text}
         elif stream:
-            delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
+            delta = (
+                {"role": "assistant", "content": text}
+                if first
+                else ({"content": text} if text else {})
+            )
             content = {"delta": delta}
         else:
             content = {"message": {"role": "assistant", "content": text}}
@@ -370,16 +495,26 @@ class Endpoint:
         API's parallel lists. Token text is each token decoded alone."""
         texts = [tokenizer.decode([e.token]) for e in entries]
         if self.chat:
+
             def item(text, logprob):
                 return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
-            content = [{**item(text, e.logprob), "top_logprobs": [item(tokenizer.decode([t]), lp) for t, lp in e.top]}
-                       for text, e in zip(texts, entries)]
+            content = [
+                {
+                    **item(text, e.logprob),
+                    "top_logprobs": [item(tokenizer.decode([t]), lp) for t, lp in e.top],
+                }
+                for text, e in zip(texts, entries)
+            ]
             return {"content": content, "refusal": None}
         offsets = [text_offset + sum(len(t) for t in texts[:i]) for i in range(len(texts))]
         top = [{tokenizer.decode([t]): lp for t, lp in e.top} for e in entries]
-        return {"tokens": texts, "token_logprobs": [e.logprob for e in entries], "top_logprobs": top,
-                "text_offset": offsets}
+        return {
+            "tokens": texts,
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": top,
+            "text_offset": offsets,
+        }
 
 
 CHAT = Endpoint("chatcmpl-", "chat.completion", "chat.completion.chunk", chat=True)
@@ -390,8 +525,12 @@ def usage(finishes: List[Finish]) -> dict:
     """Token counts of a whole request: its prompt once, every choice's completion."""
     prompt, cached = finishes[0].prompt_tokens, finishes[0].cached_tokens
     completion = sum(f.completion_tokens for f in finishes)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def envelope(endpoint: Endpoint, id: str, model: str, created: int, stream: bool, **fields) -> dict:
@@ -415,16 +554,20 @@ class ChoiceText:
     finish: Optional[Finish] = None
 
 
-async def complete(job: Job, request: Request, endpoint: Endpoint, options: RequestOptions,
-                   tokenizer) -> JSONResponse:
+async def complete(
+    job: Job, request: Request, endpoint: Endpoint, options: RequestOptions, tokenizer
+) -> JSONResponse:
     """Wait for the whole answer (cancelling it if the client goes away) and return it."""
     watcher = asyncio.create_task(cancel_on_disconnect(request, job))
     choices = [ChoiceText() for _ in range(job.request.n)]
     try:
         async for event in job.stream():
             if isinstance(event, Failure):
-                return error_response(APIError(event.status, event.message, type="server_error",
-                                               code="generation_failed"))
+                return error_response(
+                    APIError(
+                        event.status, event.message, type="server_error", code="generation_failed"
+                    )
+                )
             choice = choices[event.index]
             if isinstance(event, Delta):
                 choice.text.append(event.text)
@@ -437,13 +580,29 @@ async def complete(job: Job, request: Request, endpoint: Endpoint, options: Requ
         job.cancelled.set()
     wanted = job.request
     body = [
-        endpoint.choice(i, "".join(c.text), c.finish.reason, c.trace if wanted.trace else None, stream=False,
-                        logprobs=endpoint.logprobs(tokenizer, c.logprobs) if wanted.top_logprobs is not None
-                        else None)
+        endpoint.choice(
+            i,
+            "".join(c.text),
+            c.finish.reason,
+            c.trace if wanted.trace else None,
+            stream=False,
+            logprobs=endpoint.logprobs(tokenizer, c.logprobs)
+            if wanted.top_logprobs is not None
+            else None,
+        )
         for i, c in enumerate(choices)
     ]
-    return JSONResponse(envelope(endpoint, new_id(endpoint), options.model, int(time.time()), False,
-                                 choices=body, usage=usage([c.finish for c in choices])))
+    return JSONResponse(
+        envelope(
+            endpoint,
+            new_id(endpoint),
+            options.model,
+            int(time.time()),
+            False,
+            choices=body,
+            usage=usage([c.finish for c in choices]),
+        )
+    )
 
 
 async def cancel_on_disconnect(request: Request, job: Job):
@@ -452,7 +611,9 @@ async def cancel_on_disconnect(request: Request, job: Job):
     job.cancelled.set()
 
 
-async def event_stream(job: Job, endpoint: Endpoint, options: RequestOptions, tokenizer) -> AsyncIterator[str]:
+async def event_stream(
+    job: Job, endpoint: Endpoint, options: RequestOptions, tokenizer
+) -> AsyncIterator[str]:
     """The answer as OpenAI chunks; closing the stream (client gone) cancels the generation."""
     id, created, wanted = new_id(endpoint), int(time.time()), job.request
     chunk = lambda **fields: sse(envelope(endpoint, id, options.model, created, True, **fields))  # noqa: E731
@@ -463,16 +624,28 @@ async def event_stream(job: Job, endpoint: Endpoint, options: RequestOptions, to
                 yield chunk(choices=[endpoint.choice(i, "", None, None, stream=True, first=True)])
         async for event in job.stream():
             if isinstance(event, Failure):
-                yield sse(APIError(event.status, event.message, type="server_error", code="generation_failed").body())
+                yield sse(
+                    APIError(
+                        event.status, event.message, type="server_error", code="generation_failed"
+                    ).body()
+                )
             elif isinstance(event, Delta) and (event.text or wanted.trace or event.logprobs):
-                logprobs = endpoint.logprobs(tokenizer, event.logprobs, offsets[event.index]) if event.logprobs else None
+                logprobs = (
+                    endpoint.logprobs(tokenizer, event.logprobs, offsets[event.index])
+                    if event.logprobs
+                    else None
+                )
                 offsets[event.index] += len(event.text)
                 trace = event.trace if wanted.trace else None
-                yield chunk(choices=[endpoint.choice(event.index, event.text, None, trace, True, logprobs)])
+                yield chunk(
+                    choices=[endpoint.choice(event.index, event.text, None, trace, True, logprobs)]
+                )
             elif isinstance(event, Finish):
                 finishes.append(event)
                 trace = [] if wanted.trace else None
-                yield chunk(choices=[endpoint.choice(event.index, "", event.reason, trace, stream=True)])
+                yield chunk(
+                    choices=[endpoint.choice(event.index, "", event.reason, trace, stream=True)]
+                )
         if options.include_usage and len(finishes) == wanted.n:
             yield chunk(choices=[], usage=usage(finishes))
         yield sse("[DONE]")
@@ -490,15 +663,33 @@ def new_id(endpoint: Endpoint) -> str:
 class ModelServer:
     """The loaded model, its limits and its worker, and the route handlers over them."""
 
-    def __init__(self, model, tokenizer, info, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
-                 max_body_bytes: int = MAX_BODY_BYTES, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-                 max_queue: int = DEFAULT_MAX_QUEUE, prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        info,
+        max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES,
+    ):
         self.model, self.tokenizer, self.info = model, tokenizer, info
         self.name = str(info.name)
         self.vocab_size = info.args.vocab_size
         self.max_tokens_limit, self.max_body_bytes = max_tokens_limit, max_body_bytes
-        self.max_concurrency = max_concurrency
-        self.worker = GenerationWorker(model, tokenizer, max_concurrency, max_queue, prompt_cache_bytes)
+        rows = max_concurrency
+        choices = Field(
+            "integer",
+            1,
+            lambda v: 1 <= v <= rows,
+            f"must be in [1, {rows}] (choices are rows of one batch)",
+        )
+        self.chat_fields = {**CHAT_FIELDS, "n": choices}
+        self.completion_fields = {**COMPLETION_FIELDS, "n": choices}
+        self.worker = GenerationWorker(
+            model, tokenizer, max_concurrency, max_queue, prompt_cache_bytes
+        )
         self.created = int(time.time())
 
     async def health(self, request: Request) -> JSONResponse:
@@ -512,41 +703,74 @@ class ModelServer:
         return JSONResponse(self.model_card())
 
     def model_card(self) -> dict:
-        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "entropix-mlx",
-                "context_length": self.info.context_length}  # fmt: skip
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "entropix-mlx",
+            "context_length": self.info.context_length,
+        }
 
     async def chat_completions(self, request: Request):
         body = await read_json_body(request, self.max_body_bytes)
-        options, messages = parse_options(body, self.name), parse_messages(body)
-        settings = self.generation_settings(body, parse_chat_logprobs(body))
+        model, messages = parse_model(body, self.name), parse_messages(body)
+        fields = read_fields(body, self.chat_fields)
+        settings = self.generation_settings(body, fields, chat_top_logprobs(fields))
         prompt_ids = await run_in_threadpool(self._encode_chat, messages)
-        return await self._answer(request, prompt_ids, "messages", settings, CHAT, options)
+        answer = options(fields, model)
+        return await self._answer(request, prompt_ids, "messages", settings, CHAT, answer)
 
     async def completions(self, request: Request):
         body = await read_json_body(request, self.max_body_bytes)
-        options, prompt = parse_options(body, self.name), parse_prompt(body, self.vocab_size)
-        settings = self.generation_settings(body, parse_completion_logprobs(body))
-        prompt_ids = prompt if isinstance(prompt, list) else await run_in_threadpool(self._encode_text, prompt)
-        return await self._answer(request, prompt_ids, "prompt", settings, COMPLETION, options)
+        model, prompt = parse_model(body, self.name), parse_prompt(body, self.vocab_size)
+        fields = read_fields(body, self.completion_fields)
+        settings = self.generation_settings(body, fields, fields["logprobs"])
+        prompt_ids = (
+            prompt
+            if isinstance(prompt, list)
+            else await run_in_threadpool(self._encode_text, prompt)
+        )
+        answer = options(fields, model)
+        return await self._answer(request, prompt_ids, "prompt", settings, COMPLETION, answer)
 
-    def generation_settings(self, body: dict, top_logprobs: Optional[int]) -> dict:
-        """The validated sampling fields of `body`: GenerationRequest's arguments but the prompt."""
-        sampler = parse_sampler(body)
-        config = parse_sampler_config(body, self.info)
+    def generation_settings(
+        self, body: dict, fields: Dict[str, Any], top_logprobs: Optional[int]
+    ) -> dict:
+        """GenerationRequest's arguments but the prompt: checked `fields`, `stop` of `body`."""
+        sampler = fields["sampler"]
+        if sampler not in SAMPLERS:
+            raise APIError(
+                400,
+                f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}",
+                param="sampler",
+                code="invalid_value",
+            )
+        config = parse_sampler_config(fields, self.info)
         if sampler == "entropix":
             check_pause_token(config, self.tokenizer, self.vocab_size)
+        limit = self.max_tokens_limit
+        max_tokens = min(fields["max_tokens"] or fields["max_completion_tokens"] or limit, limit)
         return dict(
-            sampler=sampler, config=config, max_tokens=parse_max_tokens(body, self.max_tokens_limit),
-            seed=parse_seed(body), stop=parse_stop(body), trace=get_field(body, "trace", "boolean", False),
-            n=parse_n(body, self.max_concurrency), top_logprobs=top_logprobs,
+            sampler=sampler,
+            config=config,
+            max_tokens=max_tokens,
+            seed=fields["seed"],
+            stop=parse_stop(body),
+            trace=fields["trace"],
+            n=fields["n"],
+            top_logprobs=top_logprobs,
         )
 
     def _encode_chat(self, messages) -> List[int]:
         try:
             return encode_prompt(self.tokenizer, messages)
         except Exception as e:  # the model's own Jinja template decides what it accepts
-            raise APIError(400, f"the model's chat template rejected the messages: {e}", param="messages",
-                           code="invalid_value") from None  # fmt: skip
+            raise APIError(
+                400,
+                f"the model's chat template rejected the messages: {e}",
+                param="messages",
+                code="invalid_value",
+            ) from None
 
     def _encode_text(self, text: str) -> List[int]:
         return encode_prompt(self.tokenizer, text, chat_template=False)
@@ -556,23 +780,43 @@ class ModelServer:
         try:
             job = self.worker.submit(generation)
         except Busy as e:
-            raise APIError(429, str(e), code="rate_limit_exceeded", type="rate_limit_error",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+            raise APIError(
+                429,
+                str(e),
+                code="rate_limit_exceeded",
+                type="rate_limit_error",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
         if options.stream:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            return StreamingResponse(event_stream(job, endpoint, options, self.tokenizer),
-                                     media_type="text/event-stream", headers=headers)
+            return StreamingResponse(
+                event_stream(job, endpoint, options, self.tokenizer),
+                media_type="text/event-stream",
+                headers=headers,
+            )
         return await complete(job, request, endpoint, options, self.tokenizer)
 
-    def fit_to_context(self, prompt_ids: List[int], prompt_param: str, settings: dict) -> GenerationRequest:
+    def fit_to_context(
+        self, prompt_ids: List[int], prompt_param: str, settings: dict
+    ) -> GenerationRequest:
         """The request for an encoded prompt that fits the context window, max_tokens cut to the room
         left."""
         if not prompt_ids:
-            raise APIError(400, f"'{prompt_param}' encodes to no tokens; give some text", param=prompt_param,
-                           code="invalid_value")  # fmt: skip
+            raise APIError(
+                400,
+                f"'{prompt_param}' encodes to no tokens; give some text",
+                param=prompt_param,
+                code="invalid_value",
+            )
         check_context(prompt_ids, self.info.context_length, prompt_param)
-        room = self.info.context_length - len(prompt_ids) if self.info.context_length else settings["max_tokens"]
-        return GenerationRequest(prompt_ids=prompt_ids, **{**settings, "max_tokens": min(settings["max_tokens"], room)})
+        room = (
+            self.info.context_length - len(prompt_ids)
+            if self.info.context_length
+            else settings["max_tokens"]
+        )
+        return GenerationRequest(
+            prompt_ids=prompt_ids, **{**settings, "max_tokens": min(settings["max_tokens"], room)}
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
@@ -597,7 +841,11 @@ def create_app(model, tokenizer, info, **limits) -> Starlette:
     `limits`: ModelServer's max_tokens_limit, max_body_bytes, max_concurrency, max_queue and
     prompt_cache_bytes."""
     server = ModelServer(model, tokenizer, info, **limits)
-    handlers = {APIError: on_api_error, HTTPException: on_http_error, Exception: on_unexpected_error}
+    handlers = {
+        APIError: on_api_error,
+        HTTPException: on_http_error,
+        Exception: on_unexpected_error,
+    }
     return Starlette(routes=server.routes(), exception_handlers=handlers, lifespan=server.lifespan)
 
 

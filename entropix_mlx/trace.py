@@ -22,21 +22,34 @@ import numbers
 from pathlib import Path
 from typing import List, Optional, Union
 
-from .generate import METRICS, PARAMETERS, GenerationResponse
+from .generate import GenerationResponse
 from .jsonl import read_records
-from .sampling import STRATEGIES
+from .sampling import METRICS, PARAMETERS, STRATEGIES
 
 FIELDS = (
-    "index", "token", "text", "logprob", "strategy", *METRICS, *PARAMETERS, "finish_reason", "fork",
-)  # fmt: skip
+    "index",
+    "token",
+    "text",
+    "logprob",
+    "strategy",
+    *METRICS,
+    *PARAMETERS,
+    "finish_reason",
+    "fork",
+)
 OPTIONAL_FIELDS = ("fork",)  # traces written before look-ahead branching lack it
 
 
 def trace_record(index: int, step, text: str, finish_reason: Optional[str]) -> dict:
     """The record of one generated token: `step` is a TokenStep or GenerationResponse (token,
     logprob, strategy, metrics, params); `text` the text it added."""
-    record = {"index": index, "token": step.token, "text": text, "logprob": step.logprob,
-              "strategy": step.strategy}
+    record = {
+        "index": index,
+        "token": step.token,
+        "text": text,
+        "logprob": step.logprob,
+        "strategy": step.strategy,
+    }
     record.update({k: step.metrics.get(k) for k in METRICS})
     record.update({k: step.params.get(k) for k in PARAMETERS})
     if record["top_k"] is not None:
@@ -62,7 +75,13 @@ class TraceWriter:
     def write(self, response: GenerationResponse):
         if self.stream is None:
             self.stream = open(self.path, "w", encoding="utf-8")
-        self.stream.write(json.dumps(trace_record(self.count, response, response.text, response.finish_reason), ensure_ascii=False) + "\n")
+        self.stream.write(
+            json.dumps(
+                trace_record(self.count, response, response.text, response.finish_reason),
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
         self.stream.flush()
         self.count += 1
 

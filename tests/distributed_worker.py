@@ -22,9 +22,17 @@ PROMPT_IDS = [1, 40, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 2,
 
 
 def run(model, tokenizer, sampler: str, max_tokens: int, config: SamplerConfig) -> dict:
-    responses = list(stream_generate(
-        model, tokenizer, PROMPT_IDS, sampler=sampler, config=config, max_tokens=max_tokens, seed=7,
-    ))  # fmt: skip
+    responses = list(
+        stream_generate(
+            model,
+            tokenizer,
+            PROMPT_IDS,
+            sampler=sampler,
+            config=config,
+            max_tokens=max_tokens,
+            seed=7,
+        )
+    )
     return {
         "tokens": [r.token for r in responses],
         "strategies": [r.strategy for r in responses],

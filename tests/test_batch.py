@@ -3,10 +3,15 @@
 import mlx.core as mx
 import pytest
 
-from entropix_mlx.batch import MAX_BATCH_SIZE, BatchGenerator, batch_generate, stream_batch_generate
-from entropix_mlx.generate import GenerationError, make_sampler, stream_generate
+from entropix_mlx.batch import (
+    MAX_BATCH_SIZE,
+    BatchGenerator,
+    batch_generate,
+    stream_batch_generate,
+)
+from entropix_mlx.generate import GenerationError, stream_generate
 from entropix_mlx.loading import load
-from entropix_mlx.sampling import SamplerConfig
+from entropix_mlx.sampling import SamplerConfig, make_sampler
 
 from .tiny import tiny_model, write_float_gguf
 
@@ -22,7 +27,9 @@ def tiny(tmp_path_factory):
 
 def single_runs(model, tokenizer, prompts, seed=None, **kwargs):
     return [
-        list(stream_generate(model, tokenizer, p, seed=None if seed is None else seed + i, **kwargs))
+        list(
+            stream_generate(model, tokenizer, p, seed=None if seed is None else seed + i, **kwargs)
+        )
         for i, p in enumerate(prompts)
     ]
 
@@ -74,35 +81,61 @@ def test_rows_are_left_padded_and_scores_mask_the_padding(tiny):
 def test_a_row_that_stops_early_changes_nothing_in_the_others(tiny):
     model, tokenizer, _ = tiny
     full = batch_rows(model, tokenizer, PROMPTS, seed=3, config=CONFIG, max_tokens=12)
-    greedy = [r.token for r in single_runs(model, tokenizer, PROMPTS[:1], sampler="greedy", max_tokens=12)[0]]
+    greedy = [
+        r.token
+        for r in single_runs(model, tokenizer, PROMPTS[:1], sampler="greedy", max_tokens=12)[0]
+    ]
     first_new = next(i for i, t in enumerate(greedy) if t not in greedy[:i] and i > 0)
     batch = BatchGenerator(model)
     entropix = make_sampler("entropix", CONFIG, tokenizer)
-    uids = [batch.insert(tokenizer.encode(p), entropix, seed=3 + i, max_tokens=12) for i, p in enumerate(PROMPTS)]
-    short = batch.insert(tokenizer.encode(PROMPTS[0]), make_sampler("greedy"), with_scores=False, max_tokens=2)
-    eos = batch.insert(tokenizer.encode(PROMPTS[0]), make_sampler("greedy"), eos_ids=[greedy[first_new]])
+    uids = [
+        batch.insert(tokenizer.encode(p), entropix, seed=3 + i, max_tokens=12)
+        for i, p in enumerate(PROMPTS)
+    ]
+    short = batch.insert(
+        tokenizer.encode(PROMPTS[0]), make_sampler("greedy"), with_scores=False, max_tokens=2
+    )
+    eos = batch.insert(
+        tokenizer.encode(PROMPTS[0]), make_sampler("greedy"), eos_ids=[greedy[first_new]]
+    )
     rows = {uid: [] for uid in uids + [short, eos]}
     while len(batch):
         for row in batch.next():
             rows[row.uid].append(row)
-    assert [r.step.token for r in rows[short]] == greedy[:2] and rows[short][-1].finish_reason == "length"
+    assert [r.step.token for r in rows[short]] == greedy[:2] and rows[short][
+        -1
+    ].finish_reason == "length"
     assert [r.step.token for r in rows[eos]] == greedy[: first_new + 1]
     assert rows[eos][-1].finish_reason == "stop"
     for uid, expected in zip(uids, full):
         assert [r.step.token for r in rows[uid]] == [r.token for r in expected]
     # A stop string ends its row only: the text stops before it.
-    texts = batch_generate(model, tokenizer, [PROMPTS[0], PROMPTS[1]], sampler="greedy", max_tokens=12,
-                           stop=[tokenizer.decode(greedy[first_new:first_new + 1])])
+    texts = batch_generate(
+        model,
+        tokenizer,
+        [PROMPTS[0], PROMPTS[1]],
+        sampler="greedy",
+        max_tokens=12,
+        stop=[tokenizer.decode(greedy[first_new : first_new + 1])],
+    )
     assert texts[0] == tokenizer.decode(greedy[:first_new])
-    assert texts[1] == batch_generate(model, tokenizer, [PROMPTS[1]], sampler="greedy", max_tokens=12)[0]
+    assert (
+        texts[1]
+        == batch_generate(model, tokenizer, [PROMPTS[1]], sampler="greedy", max_tokens=12)[0]
+    )
 
 
 def test_same_seed_same_tokens_and_seeds_differ(tiny):
     model, tokenizer, _ = tiny
-    run = lambda seed: batch_generate(model, tokenizer, PROMPTS, config=CONFIG, max_tokens=16, seed=seed)  # noqa: E731
+
+    def run(seed):
+        return batch_generate(model, tokenizer, PROMPTS, config=CONFIG, max_tokens=16, seed=seed)
+
     first = run(7)
     assert run(7) == first
-    same_prompt = batch_generate(model, tokenizer, ["hello"] * 3, config=CONFIG, max_tokens=16, seed=7)
+    same_prompt = batch_generate(
+        model, tokenizer, ["hello"] * 3, config=CONFIG, max_tokens=16, seed=7
+    )
     assert len(set(same_prompt)) > 1
 
 
@@ -141,10 +174,16 @@ def test_rows_join_a_running_batch(tiny):
     [
         ([], "no prompts given; pass at least one"),
         (["fine", ""], "prompt 1: the prompt is empty; give some text to continue"),
-        (["fine", "x" * 300], "prompt 1: the prompt has 300 tokens but the model's context window is 256; "
-                              "shorten the prompt"),
-        (["a"] * (MAX_BATCH_SIZE + 1), f"{MAX_BATCH_SIZE + 1} prompts are more than one batch holds "
-                                       f"({MAX_BATCH_SIZE}); split them into smaller batches"),
+        (
+            ["fine", "x" * 300],
+            "prompt 1: the prompt has 300 tokens but the model's context window is 256; "
+            "shorten the prompt",
+        ),
+        (
+            ["a"] * (MAX_BATCH_SIZE + 1),
+            f"{MAX_BATCH_SIZE + 1} prompts are more than one batch holds "
+            f"({MAX_BATCH_SIZE}); split them into smaller batches",
+        ),
     ],
 )
 def test_bad_batches_get_one_clear_error(tiny, prompts, message):
@@ -159,14 +198,19 @@ def test_a_full_batch_refuses_another_row(tiny):
     batch = BatchGenerator(model, max_batch_size=2)
     batch.insert([5, 6])
     batch.insert([7])
-    with pytest.raises(GenerationError, match=r"^the batch is full \(2 rows\); wait for a row to finish$"):
+    with pytest.raises(
+        GenerationError, match=r"^the batch is full \(2 rows\); wait for a row to finish$"
+    ):
         batch.insert([8])
 
 
 @pytest.mark.real_model
 def test_default_model_greedy_batch_equals_single_runs(default_model):
     model, tokenizer, _ = default_model
-    prompts = [[{"role": "user", "content": "What is 2+3?"}], [{"role": "user", "content": "Name a colour."}]]
+    prompts = [
+        [{"role": "user", "content": "What is 2+3?"}],
+        [{"role": "user", "content": "Name a colour."}],
+    ]
     single = single_runs(model, tokenizer, prompts, sampler="greedy", max_tokens=8)
     batched = batch_rows(model, tokenizer, prompts, sampler="greedy", max_tokens=8)
     assert [[r.token for r in row] for row in batched] == [[r.token for r in row] for row in single]

@@ -11,8 +11,16 @@ from entropix_mlx.cli import main
 
 from .tiny import tiny_model, write_float_gguf, write_quantized_gguf
 
-FIGURES = {"prefill_tps", "decode_tps", "ttft_s", "peak_memory_mb", "working_memory_mb",
-           "prefill_cpu_ms", "decode_cpu_ms", "sampler_step_us"}  # fmt: skip
+FIGURES = {
+    "prefill_tps",
+    "decode_tps",
+    "ttft_s",
+    "peak_memory_mb",
+    "working_memory_mb",
+    "prefill_cpu_ms",
+    "decode_cpu_ms",
+    "sampler_step_us",
+}
 RUN_FIGURES = FIGURES - {"sampler_step_us"}
 
 
@@ -40,15 +48,25 @@ def test_quick_bench_writes_documented_json(tiny_gguf, home, tmp_path):
     assert {"os", "cpu", "mlx", "mlx_lm", "device"} <= set(report["machine"])
     assert report["settings"]["prompt_lengths"] == [32] and report["settings"]["repeats"] == 1
     labels = [row["label"] for row in report["rows"]]
-    assert labels == ["mlx-lm greedy", "mlx-lm sampled", "entropix-mlx greedy",
-                      "entropix-mlx standard", "entropix-mlx entropix"]  # fmt: skip
+    assert labels == [
+        "mlx-lm greedy",
+        "mlx-lm sampled",
+        "entropix-mlx greedy",
+        "entropix-mlx standard",
+        "entropix-mlx entropix",
+    ]
     for row in report["rows"]:
         assert set(row["figures"]) == FIGURES
-        assert all(stats["median"] > 0 and len(stats["samples"]) == 1 for stats in row["figures"].values())
+        assert all(
+            stats["median"] > 0 and len(stats["samples"]) == 1 for stats in row["figures"].values()
+        )
         assert set(row["ratios"]) == (FIGURES if row["baseline"] else set())
         assert row["sampler_share"] > 0
     cold = report["cold_compile"]
-    assert [(r["engine"], r["sampler"]) for r in cold["runs"]] == [("mlx-lm", "sampled"), ("entropix-mlx", "entropix")]
+    assert [(r["engine"], r["sampler"]) for r in cold["runs"]] == [
+        ("mlx-lm", "sampled"),
+        ("entropix-mlx", "entropix"),
+    ]
     for run in cold["runs"]:
         assert set(run["cold"]) == set(run["warm"]) == RUN_FIGURES
         assert run["compiled_after_cold"] >= run["compiled_before"]
@@ -63,31 +81,59 @@ def test_float32_weights_run_against_mlx_lm_on_both_forms(home, tmp_path):
     q4 = tmp_path / "tiny-q4.gguf"
     write_quantized_gguf(q4, tiny_model(seed=5), GGMLQuantizationType.Q4_1)
     out = tmp_path / "bench.json"
-    args = ["bench", "--quick", "--no-cold", "--cpu-dtype", "float32", "--model", str(q4),
-            "--pause-token", ".", "--json", str(out)]  # fmt: skip
+    args = [
+        "bench",
+        "--quick",
+        "--no-cold",
+        "--cpu-dtype",
+        "float32",
+        "--model",
+        str(q4),
+        "--pause-token",
+        ".",
+        "--json",
+        str(out),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     settings = report["settings"]
     assert settings["weight_dtype"] == "float32" and settings["cpu_dtype"] == "float32"
     rows = {row["label"]: row for row in report["rows"]}
-    assert list(rows) == ["mlx-lm greedy", "mlx-lm sampled", "mlx-lm float32 greedy",
-                          "mlx-lm float32 sampled", "entropix-mlx float32 greedy",
-                          "entropix-mlx float32 standard", "entropix-mlx float32 entropix"]
+    assert list(rows) == [
+        "mlx-lm greedy",
+        "mlx-lm sampled",
+        "mlx-lm float32 greedy",
+        "mlx-lm float32 sampled",
+        "entropix-mlx float32 greedy",
+        "entropix-mlx float32 standard",
+        "entropix-mlx float32 entropix",
+    ]
     ours = rows["entropix-mlx float32 greedy"]
     assert ours["baseline"] == "mlx-lm float32 greedy" and ours["reference"] == "mlx-lm greedy"
     assert set(ours["reference_ratios"]) == FIGURES
     assert not rows["mlx-lm float32 greedy"]["reference_ratios"]
     # float32 weights take more memory than the 4-bit ones, and as much as mlx-lm's float32 copy
-    assert rows["mlx-lm float32 greedy"]["figures"]["peak_memory_mb"]["median"] > \
-        rows["mlx-lm greedy"]["figures"]["peak_memory_mb"]["median"]
+    assert (
+        rows["mlx-lm float32 greedy"]["figures"]["peak_memory_mb"]["median"]
+        > rows["mlx-lm greedy"]["figures"]["peak_memory_mb"]["median"]
+    )
     goals = [g["goal"] for g in report["goals"]]
     assert "float32 prefill / mlx-lm prefill on the stored weights" in goals
     assert "Ours on float32 weights / mlx-lm on the stored weights" in result.output
 
 
 def test_prompt_longer_than_context_is_one_clear_line(tiny_gguf, home):
-    args = ["bench", "--model", str(tiny_gguf), "--prompt-lengths", "300", "--pause-token", ".", "--no-cold"]
+    args = [
+        "bench",
+        "--model",
+        str(tiny_gguf),
+        "--prompt-lengths",
+        "300",
+        "--pause-token",
+        ".",
+        "--no-cold",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert "context window (256)" in result.output and "Traceback" not in result.output
@@ -120,12 +166,27 @@ def test_ratios_and_goals_from_samples():
     contenders = [Row("mlx-lm", "sampled", None), Row("entropix-mlx", "entropix", "mlx-lm sampled")]
     figures = dict.fromkeys(FIGURES, [1.0, 2.0, 3.0])
     samples = {
-        (64, "mlx-lm sampled"): {**figures, "decode_tps": [10.0, 10.0, 11.0], "sampler_step_us": [1000.0] * 3},
-        (64, "entropix-mlx entropix"): {**figures, "decode_tps": [9.0, 9.0, 12.0], "sampler_step_us": [5000.0] * 3},
+        (64, "mlx-lm sampled"): {
+            **figures,
+            "decode_tps": [10.0, 10.0, 11.0],
+            "sampler_step_us": [1000.0] * 3,
+        },
+        (64, "entropix-mlx entropix"): {
+            **figures,
+            "decode_tps": [9.0, 9.0, 12.0],
+            "sampler_step_us": [5000.0] * 3,
+        },
     }
     ours = build_rows(samples, contenders, [64])[1]
-    assert summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "samples": [3.0, 1.0, 2.0]}
-    assert ours["ratios"]["decode_tps"] == pytest.approx(0.9) and ours["ratios"]["prefill_tps"] == 1.0
+    assert summarize([3.0, 1.0, 2.0]) == {
+        "median": 2.0,
+        "min": 1.0,
+        "max": 3.0,
+        "samples": [3.0, 1.0, 2.0],
+    }
+    assert (
+        ours["ratios"]["decode_tps"] == pytest.approx(0.9) and ours["ratios"]["prefill_tps"] == 1.0
+    )
     assert ours["sampler_share"] == pytest.approx(5000e-6 * 9.0)
     goals = {g["goal"]: g for g in evaluate_goals([ours])}
     assert not goals["entropix decode / mlx-lm sampled decode"]["met"]

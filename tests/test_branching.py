@@ -266,14 +266,17 @@ def test_forks_appear_in_the_trace(tiny, tmp_path):
         assert scores[fork["winner"]] == max(scores)
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"branch_k": 1}, "branch_k must be 0"),
-    ({"branch_k": 99}, "branch_k must be 0"),
-    ({"branch_k": 2.5}, "branch_k must be an integer"),
-    ({"branch_horizon": 0}, "branch_horizon must be >= 1"),
-    ({"max_branch_points": -1}, "max_branch_points must be >= 0"),
-    ({"branch_score": "vibes"}, "branch_score must be one of margin, logprob"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"branch_k": 1}, "branch_k must be 0"),
+        ({"branch_k": 99}, "branch_k must be 0"),
+        ({"branch_k": 2.5}, "branch_k must be an integer"),
+        ({"branch_horizon": 0}, "branch_horizon must be >= 1"),
+        ({"max_branch_points": -1}, "max_branch_points must be >= 0"),
+        ({"branch_score": "vibes"}, "branch_score must be one of margin, logprob"),
+    ],
+)
 def test_branch_settings_are_validated(settings, message):
     with pytest.raises(ValueError, match=message):
         SamplerConfig(**settings)

@@ -77,7 +77,9 @@ def test_rule_keeps_the_order_when_the_flattest_rows_have_the_least_varentropy()
     mix = strategy_mix(fit, config_of(thresholds))
     for name in ("argmax", "pause", "adaptive"):
         assert mix[name] == pytest.approx(TARGET_MIX[name], abs=0.001)
-    assert mix["branch"] + mix["resample"] == pytest.approx(TARGET_MIX["branch"] + TARGET_MIX["resample"], abs=0.001)
+    assert mix["branch"] + mix["resample"] == pytest.approx(
+        TARGET_MIX["branch"] + TARGET_MIX["resample"], abs=0.001
+    )
     assert_mix_near(strategy_mix(held_out, config_of(thresholds)), TARGET_MIX, HELD_OUT_TOLERANCE)
 
 
@@ -90,7 +92,10 @@ def test_rule_follows_other_targets():
 
 
 def test_rule_keeps_the_order_on_degenerate_samples():
-    for sample in (MetricSample(np.full(50, 2.0), np.full(50, 3.0)), MetricSample(np.zeros(50), np.zeros(50))):
+    for sample in (
+        MetricSample(np.full(50, 2.0), np.full(50, 3.0)),
+        MetricSample(np.zeros(50), np.zeros(50)),
+    ):
         thresholds = fit_thresholds(sample)
         assert_ordered(thresholds)
         config_of(thresholds)  # valid settings
@@ -110,16 +115,27 @@ def test_mix_is_the_samplers_own_choice():
     cfg = config_of(fit_thresholds(sample))
     import mlx.core as mx
 
-    chosen = choose_strategy({"logits_entropy": mx.array(sample.entropy, dtype=mx.float32),
-                              "logits_varentropy": mx.array(sample.varentropy, dtype=mx.float32)}, cfg).tolist()
+    chosen = choose_strategy(
+        {
+            "logits_entropy": mx.array(sample.entropy, dtype=mx.float32),
+            "logits_varentropy": mx.array(sample.varentropy, dtype=mx.float32),
+        },
+        cfg,
+    ).tolist()
     mix = strategy_mix(sample, cfg)
     assert mix == {name: chosen.count(i) / len(chosen) for i, name in enumerate(STRATEGIES)}
 
 
 def test_parse_target():
     target = parse_target("argmax=30, branch=15")
-    assert target["argmax"] == 0.30 and target["branch"] == 0.15 and target["pause"] == TARGET_MIX["pause"]
-    assert target["adaptive"] == pytest.approx(1 - 0.30 - 0.15 - TARGET_MIX["pause"] - TARGET_MIX["resample"])
+    assert (
+        target["argmax"] == 0.30
+        and target["branch"] == 0.15
+        and target["pause"] == TARGET_MIX["pause"]
+    )
+    assert target["adaptive"] == pytest.approx(
+        1 - 0.30 - 0.15 - TARGET_MIX["pause"] - TARGET_MIX["resample"]
+    )
     with pytest.raises(ValueError, match="unknown strategy 'greedy'"):
         parse_target("greedy=10")
     with pytest.raises(ValueError, match="must be a percentage like argmax=40"):
@@ -157,8 +173,19 @@ def prompt_file(tmp_path_factory):
 
 def test_calibrate_command_end_to_end(tiny_gguf, prompt_file, tmp_path):
     out = tmp_path / "tiny.toml"
-    args = ["calibrate", "-m", str(tiny_gguf), "--prompts", str(prompt_file), "--max-tokens", "24",
-            "--pause-token", ".", "-o", str(out)]  # fmt: skip
+    args = [
+        "calibrate",
+        "-m",
+        str(tiny_gguf),
+        "--prompts",
+        str(prompt_file),
+        "--max-tokens",
+        "24",
+        "--pause-token",
+        ".",
+        "-o",
+        str(out),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     text = out.read_text()
@@ -168,10 +195,14 @@ def test_calibrate_command_end_to_end(tiny_gguf, prompt_file, tmp_path):
     assert set(settings) == {*THRESHOLDS, "pause_token"} and settings["pause_token"] == "."
     assert_ordered(settings)
     config = SamplerConfig.from_toml(out)
-    assert SamplerConfig.from_toml(config.to_toml()) == config
-    assert {name: getattr(config, name) for name in THRESHOLDS} == {k: settings[k] for k in THRESHOLDS}
+    assert SamplerConfig.parse_toml(config.to_toml()) == config
+    assert {name: getattr(config, name) for name in THRESHOLDS} == {
+        k: settings[k] for k in THRESHOLDS
+    }
 
-    rows = {line.split()[0]: line.split()[1:] for line in result.output.splitlines() if line.split()}
+    rows = {
+        line.split()[0]: line.split()[1:] for line in result.output.splitlines() if line.split()
+    }
     for name in STRATEGIES:
         target, fit, _held_out, _off = rows[name]
         assert target == f"{TARGET_MIX[name]:.1%}"
@@ -183,7 +214,9 @@ def test_calibrate_command_errors(tiny_gguf, prompt_file, tmp_path):
     run = lambda *args: CliRunner().invoke(main, ["calibrate", "-m", str(tiny_gguf), *args])  # noqa: E731
     result = run("--prompts", str(prompt_file), "-o", str(tmp_path / "p.toml"))
     assert result.exit_code == 1
-    assert "pause_token '...' encodes to 3 tokens" in result.output and "single token" in result.output
+    assert (
+        "pause_token '...' encodes to 3 tokens" in result.output and "single token" in result.output
+    )
     result = run("--target", "argmax=90,branch=20", "-o", str(tmp_path / "p.toml"))
     assert result.exit_code == 1 and "add up to 1" in result.output
     result = run("-o", str(tmp_path / "missing" / "p.toml"))
@@ -205,7 +238,9 @@ def test_default_model_ships_a_calibrated_preset():
 def test_cli_config_is_preset_then_config_file_then_flags(tmp_path):
     preset = CATALOG[DEFAULT_MODEL].sampler_preset
     built = preset_config(DEFAULT_MODEL, None)
-    assert {name: getattr(built, name) for name in THRESHOLDS} == {name: preset[name] for name in THRESHOLDS}
+    assert {name: getattr(built, name) for name in THRESHOLDS} == {
+        name: preset[name] for name in THRESHOLDS
+    }
     config_file = tmp_path / "c.toml"
     config_file.write_text("low_ent = 0.1\ntemp = 0.5\n")
     built = preset_config(DEFAULT_MODEL, str(config_file), {"temp": 0.9})
@@ -221,7 +256,17 @@ def test_generate_uses_the_preset_unless_config_overrides(default_model, tmp_pat
 
     def strategies(*extra):
         trace = tmp_path / "t.jsonl"
-        args = ["generate", "-p", "Name three colours.", "--max-tokens", "6", "--seed", "1", "--trace", str(trace)]
+        args = [
+            "generate",
+            "-p",
+            "Name three colours.",
+            "--max-tokens",
+            "6",
+            "--seed",
+            "1",
+            "--trace",
+            str(trace),
+        ]
         result = CliRunner().invoke(main, args + list(extra))
         assert result.exit_code == 0, result.output
         return read_trace(trace)
@@ -229,12 +274,15 @@ def test_generate_uses_the_preset_unless_config_overrides(default_model, tmp_pat
     def agree(records, cfg):
         import mlx.core as mx
 
-        metrics = {k: mx.array([r[k] for r in records], dtype=mx.float32)
-                   for k in ("logits_entropy", "logits_varentropy")}  # fmt: skip
-        return [STRATEGIES[i] for i in choose_strategy(metrics, cfg).tolist()] == [r["strategy"] for r in records]
+        metrics = {
+            k: mx.array([r[k] for r in records], dtype=mx.float32)
+            for k in ("logits_entropy", "logits_varentropy")
+        }
+        return [STRATEGIES[i] for i in choose_strategy(metrics, cfg).tolist()] == [
+            r["strategy"] for r in records
+        ]
 
     with_preset = strategies()
     assert agree(with_preset, preset) and not agree(with_preset, SamplerConfig())
     with_defaults = strategies("--config", str(defaults_file))
     assert agree(with_defaults, SamplerConfig()) and not agree(with_defaults, preset)
-

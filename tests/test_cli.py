@@ -25,7 +25,18 @@ def run(*args, input=None):
 
 
 def tiny_args(tiny_gguf, *extra):
-    return ["generate", "-m", tiny_gguf, "--pause-token", ".", "--max-tokens", "12", "--seed", "1", *extra]
+    return [
+        "generate",
+        "-m",
+        tiny_gguf,
+        "--pause-token",
+        ".",
+        "--max-tokens",
+        "12",
+        "--seed",
+        "1",
+        *extra,
+    ]
 
 
 def test_generate_prompt_trace_and_verbose(tiny_gguf, tmp_path):
@@ -45,7 +56,9 @@ def test_generate_n_prints_the_completions_of_seeds_in_turn(tiny_gguf):
     for seed in (1, 2, 3):
         one = run(*tiny_args(tiny_gguf, "-p", "hello"), "--seed", seed)
         singles.append(one.output[: -len("\n")])
-    expected = "\n".join(f"--- completion {i} of 3 ---\n{text}\n" for i, text in enumerate(singles, 1))
+    expected = "\n".join(
+        f"--- completion {i} of 3 ---\n{text}\n" for i, text in enumerate(singles, 1)
+    )
     assert result.output == expected
     refused = run(*tiny_args(tiny_gguf, "-p", "hello", "-n", "2", "--trace", "t.jsonl"))
     assert refused.exit_code == 1
@@ -60,7 +73,9 @@ def test_generate_reads_stdin_and_seeds_reproduce(tiny_gguf):
 
 @pytest.mark.parametrize("sampler", ["standard", "greedy"])
 def test_generate_other_samplers(tiny_gguf, sampler):
-    result = run(*tiny_args(tiny_gguf, "-p", "hello", "--sampler", sampler, "--temp", "0.5", "--color"))
+    result = run(
+        *tiny_args(tiny_gguf, "-p", "hello", "--sampler", sampler, "--temp", "0.5", "--color")
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -72,9 +87,13 @@ def one_line_error(result, expected: str):
 
 
 def test_bad_input_gives_one_line_errors(tiny_gguf, tmp_path):
-    one_line_error(run("generate", "-m", tmp_path / "missing.gguf", "-p", "hi"), "no such model file or folder")
+    one_line_error(
+        run("generate", "-m", tmp_path / "missing.gguf", "-p", "hi"), "no such model file or folder"
+    )
     one_line_error(run(*tiny_args(tiny_gguf, "-p", "   ")), "the prompt is empty")
-    one_line_error(run(*tiny_args(tiny_gguf, "-p", "word " * 300)), "context window is 256; shorten the prompt")
+    one_line_error(
+        run(*tiny_args(tiny_gguf, "-p", "word " * 300)), "context window is 256; shorten the prompt"
+    )
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("temp = -1\n")
     one_line_error(run(*tiny_args(tiny_gguf, "-p", "hi", "--config", bad_toml)), "temp")
@@ -83,12 +102,17 @@ def test_bad_input_gives_one_line_errors(tiny_gguf, tmp_path):
     one_line_error(run(*tiny_args(tiny_gguf, "-p", "hi", "--config", unknown)), "temperature_typo")
     broken = tmp_path / "broken.toml"
     broken.write_text("temp = = 1\n")
-    one_line_error(run(*tiny_args(tiny_gguf, "-p", "hi", "--config", broken)), "cannot read --config")
+    one_line_error(
+        run(*tiny_args(tiny_gguf, "-p", "hi", "--config", broken)),
+        f"invalid sampler settings (--config {broken} / flags): cannot read {broken}",
+    )
     one_line_error(run("generate", "-m", tiny_gguf, "-p", "hi"), "pause_token")
 
 
 def test_chat_keeps_the_history(tiny_gguf, monkeypatch):
-    generate_module = importlib.import_module("entropix_mlx.generate")  # the package exports a `generate` function
+    generate_module = importlib.import_module(
+        "entropix_mlx.generate"
+    )  # the package exports a `generate` function
     seen = []
     original = generate_module.encode_prompt
 
@@ -97,8 +121,18 @@ def test_chat_keeps_the_history(tiny_gguf, monkeypatch):
         return original(tokenizer, prompt, *args, **kwargs)
 
     monkeypatch.setattr(generate_module, "encode_prompt", recording_encode)
-    result = run("chat", "-m", tiny_gguf, "--pause-token", ".", "--max-tokens", "6", "--seed", "2",
-                 input="first question\nsecond question\n/reset\nthird\n/quit\n")  # fmt: skip
+    result = run(
+        "chat",
+        "-m",
+        tiny_gguf,
+        "--pause-token",
+        ".",
+        "--max-tokens",
+        "6",
+        "--seed",
+        "2",
+        input="first question\nsecond question\n/reset\nthird\n/quit\n",
+    )
     assert result.exit_code == 0, result.output
     assert [len(m) for m in seen] == [1, 3, 1]
     first_answer = seen[1][1]
@@ -109,7 +143,10 @@ def test_chat_keeps_the_history(tiny_gguf, monkeypatch):
 def test_chat_prefills_only_the_new_tokens_of_a_turn(tiny_gguf, monkeypatch):
     generate_module = importlib.import_module("entropix_mlx.generate")
     fed, prompts = [], []
-    original_stream, original_encode = generate_module.stream_generate, generate_module.encode_prompt
+    original_stream, original_encode = (
+        generate_module.stream_generate,
+        generate_module.encode_prompt,
+    )
 
     def recording_stream(model, tokenizer, prompt, **kwargs):
         fed.append(len(prompt))
@@ -122,17 +159,37 @@ def test_chat_prefills_only_the_new_tokens_of_a_turn(tiny_gguf, monkeypatch):
 
     monkeypatch.setattr(generate_module, "stream_generate", recording_stream)
     monkeypatch.setattr(generate_module, "encode_prompt", recording_encode)
-    result = run("chat", "-m", tiny_gguf, "--sampler", "standard", "--temp", "1.5", "--seed", "3",
-                 "--max-tokens", "6", input="first question\nsecond question\n/quit\n")
+    result = run(
+        "chat",
+        "-m",
+        tiny_gguf,
+        "--sampler",
+        "standard",
+        "--temp",
+        "1.5",
+        "--seed",
+        "3",
+        "--max-tokens",
+        "6",
+        input="first question\nsecond question\n/quit\n",
+    )
     assert result.exit_code == 0, result.output
     assert fed[0] == len(prompts[0])
-    assert fed[1] < len(prompts[1]) - len(prompts[0])  # the first turn and the answer came from the cache
+    assert fed[1] < len(prompts[1]) - len(
+        prompts[0]
+    )  # the first turn and the answer came from the cache
     model, tokenizer, _ = importlib.import_module("entropix_mlx.loading").load(tiny_gguf)
     config = SamplerConfig(temp=1.5)
-    uncached = "".join(r.text for r in original_stream(model, tokenizer, prompts[1], sampler="standard",
-                                                       config=config, seed=3, max_tokens=6))
+    uncached = "".join(
+        r.text
+        for r in original_stream(
+            model, tokenizer, prompts[1], sampler="standard", config=config, seed=3, max_tokens=6
+        )
+    )
     assert uncached.strip()
-    assert result.output.split(">> ")[2] == f"{uncached}\n"  # the second answer, as an uncached run gives it
+    assert (
+        result.output.split(">> ")[2] == f"{uncached}\n"
+    )  # the second answer, as an uncached run gives it
 
 
 def test_models_list_and_convert_errors(tiny_gguf, tmp_path):
@@ -152,10 +209,47 @@ def test_installed_console_script_generates(default_model, tmp_path):
         pytest.skip("the entropix-mlx console script is not installed (pip install -e .)")
     trace = tmp_path / "t.jsonl"
     done = subprocess.run(
-        [script, "generate", "-p", "Name a colour.", "--max-tokens", "6", "--seed", "0", "--trace", str(trace)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            script,
+            "generate",
+            "-p",
+            "Name a colour.",
+            "--max-tokens",
+            "6",
+            "--seed",
+            "0",
+            "--trace",
+            str(trace),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     assert 1 <= len(records) <= 6
     assert done.stdout.strip() == "".join(r["text"] for r in records).strip()
+
+
+def test_package_errors_are_one_line_and_bugs_keep_their_traceback(tiny_gguf, monkeypatch):
+    from entropix_mlx.errors import GenerationError
+
+    generate_module = importlib.import_module("entropix_mlx.generate")
+
+    def fails_with(error):
+        def stream(*args, **kwargs):
+            raise error
+            yield
+
+        return stream
+
+    monkeypatch.setattr(
+        generate_module, "stream_generate", fails_with(GenerationError("the prompt is odd"))
+    )
+    result = run(*tiny_args(tiny_gguf, "-p", "hello"))
+    assert result.exit_code == 1 and result.output.endswith("Error: the prompt is odd\n")
+    monkeypatch.setattr(
+        generate_module, "stream_generate", fails_with(ValueError("[matmul] shapes differ"))
+    )
+    result = run(*tiny_args(tiny_gguf, "-p", "hello"))
+    assert isinstance(result.exception, ValueError) and "Error:" not in result.output

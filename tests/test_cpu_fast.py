@@ -62,8 +62,11 @@ print(json.dumps({{"active": status.active, "detail": status.detail, "mapped": m
 
 @pytest.fixture(scope="module")
 def tiny_q4(tmp_path_factory):
-    return write_quantized_gguf(tmp_path_factory.mktemp("cpu") / "tiny-q4.gguf", tiny_model(seed=3),
-                                GGMLQuantizationType.Q4_1)  # fmt: skip
+    return write_quantized_gguf(
+        tmp_path_factory.mktemp("cpu") / "tiny-q4.gguf",
+        tiny_model(seed=3),
+        GGMLQuantizationType.Q4_1,
+    )
 
 
 def probe(gguf, mlx_first=False, **env):
@@ -131,10 +134,13 @@ def test_a_path_that_is_not_openblas_is_named(tmp_path):
 
 @pytest.mark.parametrize(
     "flags,core",
-    [("fma avx2 avx512f avx512bw avx512vl avx512_bf16", "Cooperlake"),
-     ("fma avx2 avx512f avx512bw avx512vl", "SkylakeX"), ("sse4_2 fma avx2", "Haswell"),
-     ("sse4_2 avx", None)],
-)  # fmt: skip
+    [
+        ("fma avx2 avx512f avx512bw avx512vl avx512_bf16", "Cooperlake"),
+        ("fma avx2 avx512f avx512bw avx512vl", "SkylakeX"),
+        ("sse4_2 fma avx2", "Haswell"),
+        ("sse4_2 avx", None),
+    ],
+)
 def test_openblas_core_from_cpu_flags(tmp_path, flags, core):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Xeon\nflags\t: {flags}\n")
@@ -149,8 +155,20 @@ def test_cli_names_the_blas_and_the_weights(tiny_q4):
 
     listed = CliRunner().invoke(main, ["models", "list"])
     assert listed.exit_code == 0 and cpu_blas.STATUS.describe() in listed.output
-    args = ["generate", "-m", str(tiny_q4), "-p", "hi", "--max-tokens", "2", "--sampler", "greedy",
-            "--cpu-dtype", "float32", "-v"]  # fmt: skip
+    args = [
+        "generate",
+        "-m",
+        str(tiny_q4),
+        "-p",
+        "hi",
+        "--max-tokens",
+        "2",
+        "--sampler",
+        "greedy",
+        "--cpu-dtype",
+        "float32",
+        "-v",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert result.output.count("CPU BLAS: ") == 1

@@ -14,7 +14,6 @@ import pytest
 
 from entropix_mlx.distributed import ShardingError, check_shardable, shard_problems
 from entropix_mlx.loading import DEFAULT_MODEL
-
 from entropix_mlx.loading.convert import convert
 
 from .tiny import tiny_args, tiny_model, write_float_gguf, write_quantized_gguf
@@ -45,10 +44,21 @@ def run_worker(model, out: Path, max_tokens: int, ranks: int, timeout: int) -> l
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if ranks:
         command = [
-            launcher(), "--backend", "ring", "--hosts", "127.0.0.1", "-n", str(ranks),
-            "--starting-port", str(free_port()), "--env", f"PYTHONPATH={REPO}",
-            "--python", sys.executable, *worker,
-        ]  # fmt: skip
+            launcher(),
+            "--backend",
+            "ring",
+            "--hosts",
+            "127.0.0.1",
+            "-n",
+            str(ranks),
+            "--starting-port",
+            str(free_port()),
+            "--env",
+            f"PYTHONPATH={REPO}",
+            "--python",
+            sys.executable,
+            *worker,
+        ]
     else:
         command = [sys.executable, *worker]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -95,7 +105,6 @@ def test_two_ranks_generate_what_one_process_does(tiny_files, kind, tmp_path):
             (single["memory"]["layer_bytes"] + norms) / 2, abs=8
         )
         assert rank["memory"]["active_bytes"] < single["memory"]["active_bytes"]
-
 
 
 @pytest.mark.real_model

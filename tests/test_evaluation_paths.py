@@ -8,8 +8,17 @@ import pytest
 from entropix_mlx.branching import Rollout
 from entropix_mlx.evaluation import EvalError, load_task, make_arms, run_eval, summarize
 from entropix_mlx.evaluation.arms import Arm
-from entropix_mlx.evaluation.tuning import Candidate, best, branching_grid, single_path_grid
-from entropix_mlx.evaluation.voting import answer_margin, cot_decoding_choice, majority_vote
+from entropix_mlx.evaluation.tuning import (
+    Candidate,
+    best,
+    branching_grid,
+    single_path_grid,
+)
+from entropix_mlx.evaluation.voting import (
+    answer_margin,
+    cot_decoding_choice,
+    majority_vote,
+)
 from entropix_mlx.loading import load
 from entropix_mlx.sampling import STRATEGIES, SamplerConfig, choose_strategy
 

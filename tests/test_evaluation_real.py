@@ -13,26 +13,86 @@ from entropix_mlx.evaluation.tasks import DEFAULT_DATA_DIR
 pytestmark = pytest.mark.real_model
 
 SUMMARY_KEYS = [
-    "schema", "task", "kind", "model", "data", "items", "seeds", "max_tokens", "stop", "quick", "started",
-    "wall_seconds", "prefix_tokens", "prefill_seconds", "chance", "arms", "comparisons",
-]  # fmt: skip
+    "schema",
+    "task",
+    "kind",
+    "model",
+    "data",
+    "items",
+    "seeds",
+    "max_tokens",
+    "stop",
+    "quick",
+    "started",
+    "wall_seconds",
+    "prefix_tokens",
+    "prefill_seconds",
+    "chance",
+    "arms",
+    "comparisons",
+]
 ARM_KEYS = [
-    "name", "sampler", "settings", "answers", "correct", "accuracy", "ci95", "extraction_failures", "finish",
-    "tokens_per_answer", "row_tokens_per_answer", "forks_per_answer", "seconds_per_answer", "by_group", "strategies", "pause_per_100_tokens",
-]  # fmt: skip
+    "name",
+    "sampler",
+    "settings",
+    "answers",
+    "correct",
+    "accuracy",
+    "ci95",
+    "extraction_failures",
+    "finish",
+    "tokens_per_answer",
+    "row_tokens_per_answer",
+    "forks_per_answer",
+    "seconds_per_answer",
+    "by_group",
+    "strategies",
+    "pause_per_100_tokens",
+]
 RECORD_KEYS = [
-    "task", "item", "id", "group", "arm", "sampler", "seed", "sample_seed", "gold", "answer", "correct",
-    "extracted", "completion", "finish", "tokens", "seconds", "strategies", "pause_tokens", "scores",
-    "row_tokens", "forks", "paths", "path_answers",
-]  # fmt: skip
-COMPARISON_KEYS = ["arm", "baseline", "pairs", "both", "arm_only", "baseline_only", "neither", "accuracy_delta",
-                   "p_value"]
+    "task",
+    "item",
+    "id",
+    "group",
+    "arm",
+    "sampler",
+    "seed",
+    "sample_seed",
+    "gold",
+    "answer",
+    "correct",
+    "extracted",
+    "completion",
+    "finish",
+    "tokens",
+    "seconds",
+    "strategies",
+    "pause_tokens",
+    "scores",
+    "row_tokens",
+    "forks",
+    "paths",
+    "path_answers",
+]
+COMPARISON_KEYS = [
+    "arm",
+    "baseline",
+    "pairs",
+    "both",
+    "arm_only",
+    "baseline_only",
+    "neither",
+    "accuracy_delta",
+    "p_value",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def needs_data_and_model(default_model):
     if not DEFAULT_DATA_DIR.is_dir():
-        pytest.skip(f"{DEFAULT_DATA_DIR} is absent: the shared evaluation data must sit beside the checkout")
+        pytest.skip(
+            f"{DEFAULT_DATA_DIR} is absent: the shared evaluation data must sit beside the checkout"
+        )
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -5,7 +5,13 @@ import json
 import mlx.core as mx
 import pytest
 
-from entropix_mlx.generate import GenerationError, check_prompt, encode_prompt, generate_step, stream_generate
+from entropix_mlx.generate import (
+    GenerationError,
+    check_prompt,
+    encode_prompt,
+    generate_step,
+    stream_generate,
+)
 from entropix_mlx.loading import load
 from entropix_mlx.sampling import STRATEGIES, SamplerConfig
 from entropix_mlx.trace import FIELDS, TraceWriter, read_trace
@@ -51,7 +57,9 @@ def test_entropix_seeds_reproduce_and_differ(tiny):
 
 def test_trace_has_one_valid_record_per_token(tiny, tmp_path):
     model, tokenizer, _ = tiny
-    responses = list(stream_generate(model, tokenizer, "hello", config=TINY_CONFIG, max_tokens=16, seed=3))
+    responses = list(
+        stream_generate(model, tokenizer, "hello", config=TINY_CONFIG, max_tokens=16, seed=3)
+    )
     with TraceWriter(tmp_path / "t.jsonl") as writer:
         for response in responses:
             writer.write(response)
@@ -99,7 +107,9 @@ def test_chat_template_and_system(tiny):
     _, tokenizer, _ = tiny
     ids = encode_prompt(tokenizer, "hi", system="be brief")
     text = tokenizer.decode(ids)
-    assert text.startswith("<|im_start|>system\nbe brief") and text.endswith("<|im_start|>assistant\n")
+    assert text.startswith("<|im_start|>system\nbe brief") and text.endswith(
+        "<|im_start|>assistant\n"
+    )
     assert encode_prompt(tokenizer, "hi", chat_template=False) == tokenizer.encode("hi")
 
 

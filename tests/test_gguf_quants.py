@@ -7,14 +7,27 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize
 
-from entropix_mlx.loading.errors import ModelLoadError
-from entropix_mlx.loading.gguf_quants import AFFINE_TYPES, DENSE_TYPES, pack, tensor_arrays
+from entropix_mlx.errors import ModelLoadError
+from entropix_mlx.loading.gguf_quants import (
+    AFFINE_TYPES,
+    DENSE_TYPES,
+    pack,
+    tensor_arrays,
+)
 
 # Byte offsets of each block type's float16 scale fields (d, and dmin / m where there is one).
 F16_FIELDS = {
-    T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
-    T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
-}  # fmt: skip
+    T.Q4_0: (0,),
+    T.Q4_1: (0, 2),
+    T.Q5_0: (0,),
+    T.Q5_1: (0, 2),
+    T.Q8_0: (0,),
+    T.Q2_K: (80, 82),
+    T.Q3_K: (108,),
+    T.Q4_K: (0, 2),
+    T.Q5_K: (0, 2),
+    T.Q6_K: (208,),
+}
 ROWS, ROW_LENGTH = 6, 512
 
 
@@ -35,8 +48,15 @@ def loaded_values(arrays) -> np.ndarray:
     if "scales" not in arrays:
         return np.array(arrays["weight"])
     bits = arrays["weight"].shape[-1] * 32 // ROW_LENGTH
-    return np.array(mx.dequantize(arrays["weight"], arrays["scales"].astype(mx.float32),
-                                  arrays["biases"].astype(mx.float32), group_size=32, bits=bits))  # fmt: skip
+    return np.array(
+        mx.dequantize(
+            arrays["weight"],
+            arrays["scales"].astype(mx.float32),
+            arrays["biases"].astype(mx.float32),
+            group_size=32,
+            bits=bits,
+        )
+    )
 
 
 @pytest.mark.parametrize("qtype", sorted(AFFINE_TYPES, key=lambda t: t.name))

@@ -21,14 +21,16 @@ TESTDATA = REPO.parent / "shared" / "testdata"
 ROUND_TRIP_TEXTS = [
     "naïve café 東京 🙂",
     "Hello, world!\n\n  indented\tand tabbed  ",
-    'def f(x):\n    return x ** 2  # ünïcödé\n',
+    "def f(x):\n    return x ** 2  # ünïcödé\n",
     "<|im_start|>user\nhi<|im_end|>",
 ]
 
 
 def _require(path: Path) -> Path:
     if not path.is_file():
-        pytest.skip(f"{path} is absent (the default GGUF sits in models/, test data in ../shared/testdata)")
+        pytest.skip(
+            f"{path} is absent (the default GGUF sits in models/, test data in ../shared/testdata)"
+        )
     return path
 
 
@@ -53,7 +55,9 @@ def reference_json():
 def _ids(tok, text, chat):
     if chat:
         # The wrapper asks transformers for ids (return_dict=False), encoded without BOS/EOS.
-        return list(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True))
+        return list(
+            tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+        )
     return tok.encode(text)
 
 
@@ -70,11 +74,14 @@ def _stream(tok, ids):
 
 # --- the default model against transformers' reference ---------------------------------------
 
+
 def test_ids_match_transformers_reference(tok):
     ref = np.load(_require(TESTDATA / "smollm2_reference.npz"))
     for i in range(int(ref["n"])):
         text, chat = str(ref[f"text_{i}"]), bool(ref[f"chat_{i}"])
-        assert _ids(tok, text, chat) == ref[f"ids_{i}"].tolist(), f"prompt {i} ({'chat' if chat else 'raw'}): {text!r}"
+        assert _ids(tok, text, chat) == ref[f"ids_{i}"].tolist(), (
+            f"prompt {i} ({'chat' if chat else 'raw'}): {text!r}"
+        )
 
 
 def test_structure_matches_reference_json(tok, reference_json):
@@ -117,7 +124,9 @@ def test_add_bos_token_prepends_bos(metadata):
 def test_eot_token_joins_eos_ids(metadata):
     import mlx.core as mx
 
-    tok = tokenizer_from_gguf_metadata({**metadata, "tokenizer.ggml.eot_token_id": mx.array(0, dtype=mx.uint32)})
+    tok = tokenizer_from_gguf_metadata(
+        {**metadata, "tokenizer.ggml.eot_token_id": mx.array(0, dtype=mx.uint32)}
+    )
     assert tok.eos_token_ids == {0, 2}
 
 
@@ -130,12 +139,21 @@ def test_gpt2_hand_built_user_defined_and_duplicate_tokens():
         "tokenizer.ggml.eos_token_id": np.array(5, dtype=np.uint32),
     }
     tok = tokenizer_from_gguf_metadata(metadata)
-    assert len(tok) == 6 and None not in tok.convert_ids_to_tokens(list(range(6)))  # duplicate keeps its id
-    assert tok.encode("ab<x>ba<eos>") == [2, 3, 1, 0, 5]  # user-defined and control tokens stay whole
+    assert len(tok) == 6 and None not in tok.convert_ids_to_tokens(
+        list(range(6))
+    )  # duplicate keeps its id
+    assert tok.encode("ab<x>ba<eos>") == [
+        2,
+        3,
+        1,
+        0,
+        5,
+    ]  # user-defined and control tokens stay whole
     assert tok.decode([2, 3, 5], skip_special_tokens=True) == "ab<x>"  # user-defined is not special
 
 
 # --- pre-tokenizer choice from tokenizer.ggml.pre ----------------------------------------------
+
 
 def _pieces(metadata, pre):
     backend = build_backend_tokenizer({**metadata, "tokenizer.ggml.pre": pre})
@@ -163,6 +181,7 @@ def test_unknown_pre_falls_back_to_gpt2(metadata):
 
 # --- SentencePiece ("llama") vocabularies ------------------------------------------------------
 
+
 def _spm_metadata(pieces, scores, **extra):
     """A hand-built llama vocabulary: <unk>, <s>, </s>, 256 byte tokens, then `pieces`."""
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
@@ -184,7 +203,11 @@ def test_sentencepiece_hand_built():
     tok = tokenizer_from_gguf_metadata(_spm_metadata(pieces, [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]))
     names = lambda ids: tok.convert_ids_to_tokens(ids)  # noqa: E731
     assert names(tok.encode("ab ab")) == ["<s>", "▁ab", "▁ab"]  # BOS and space prefix by default
-    assert names(tok.encode("é", add_special_tokens=False)) == ["▁", "<0xC3>", "<0xA9>"]  # byte fallback
+    assert names(tok.encode("é", add_special_tokens=False)) == [
+        "▁",
+        "<0xC3>",
+        "<0xA9>",
+    ]  # byte fallback
     for text in ("ab ab", "é a", "naïve café 東京 🙂"):
         ids = tok.encode(text)
         assert tok.decode(ids, skip_special_tokens=True) == text
@@ -192,8 +215,12 @@ def test_sentencepiece_hand_built():
     assert tok.eos_token_ids == {2}
 
     raw = tokenizer_from_gguf_metadata(
-        _spm_metadata(pieces, [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0],
-                      **{"tokenizer.ggml.add_space_prefix": False, "tokenizer.ggml.add_bos_token": False}))
+        _spm_metadata(
+            pieces,
+            [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0],
+            **{"tokenizer.ggml.add_space_prefix": False, "tokenizer.ggml.add_bos_token": False},
+        )
+    )
     assert raw.convert_ids_to_tokens(raw.encode("ab ab")) == ["ab", "▁ab"]
     assert raw.decode(raw.encode(" ab")) == " ab"
 
@@ -206,9 +233,16 @@ def test_sentencepiece_matches_sentencepiece_library():
     corpus = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(400)]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_writer=model, model_type="bpe", vocab_size=400,
-        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        split_digits=True, minloglevel=2, hard_vocab_limit=False,
+        sentence_iterator=iter(corpus),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=400,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        minloglevel=2,
+        hard_vocab_limit=False,
     )
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     proto = model_pb2.ModelProto()
@@ -223,7 +257,15 @@ def test_sentencepiece_matches_sentencepiece_library():
         "tokenizer.ggml.unknown_token_id": np.array(sp.unk_id()),
     }
     tok = tokenizer_from_gguf_metadata(metadata)
-    for text in ["the quick brown fox", "Hello  world", "  lazy", "naïve café 東京 🙂", "dog 12345", "a\nb\tc", "x"]:
+    for text in [
+        "the quick brown fox",
+        "Hello  world",
+        "  lazy",
+        "naïve café 東京 🙂",
+        "dog 12345",
+        "a\nb\tc",
+        "x",
+    ]:
         assert tok.encode(text, add_special_tokens=False) == sp.encode(text), text
         assert tok.encode(text) == [sp.bos_id()] + sp.encode(text), text
         assert tok.decode(tok.encode(text), skip_special_tokens=True) == text
@@ -231,9 +273,12 @@ def test_sentencepiece_matches_sentencepiece_library():
 
 # --- errors ------------------------------------------------------------------------------------
 
+
 def test_unsupported_model_type():
     metadata = {"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["[PAD]", "a"]}
-    with pytest.raises(UnsupportedTokenizerError, match=r"'bert' is not supported.*Hugging Face folder"):
+    with pytest.raises(
+        UnsupportedTokenizerError, match=r"'bert' is not supported.*Hugging Face folder"
+    ):
         tokenizer_from_gguf_metadata(metadata)
     assert issubclass(UnsupportedTokenizerError, ValueError)
 
@@ -245,4 +290,6 @@ def test_missing_tokens():
 
 def test_gpt2_without_merges():
     with pytest.raises(UnsupportedTokenizerError, match=r"tokenizer\.ggml\.merges"):
-        tokenizer_from_gguf_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b"]})
+        tokenizer_from_gguf_metadata(
+            {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b"]}
+        )

@@ -12,11 +12,14 @@ def test_reads_records_up_to_the_limit(tmp_path):
     assert read_records(path, ["a"], limit=2) == [{"a": 1}, {"a": 2, "b": 0}]
 
 
-@pytest.mark.parametrize("line, message", [
-    ("[1, 2]", r"r.jsonl:2 is not a row \(not a JSON object\)"),
-    ('{"b": 1}', r"r.jsonl:2 is not a row \(missing a\)"),
-    ("{oops", r"r.jsonl:2 is not JSON"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("[1, 2]", r"r.jsonl:2 is not a row \(not a JSON object\)"),
+        ('{"b": 1}', r"r.jsonl:2 is not a row \(missing a\)"),
+        ("{oops", r"r.jsonl:2 is not JSON"),
+    ],
+)
 def test_bad_line_is_named(tmp_path, line, message):
     path = tmp_path / "r.jsonl"
     path.write_text('{"a": 1}\n' + line + "\n")

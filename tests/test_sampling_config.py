@@ -10,15 +10,37 @@ from entropix_mlx.sampling import SamplerConfig, resolve_pause_token
 def test_defaults_are_the_originals():
     cfg = SamplerConfig()
     expected = dict(
-        temp=0.666, top_p=0.90, top_k=27, min_p=0.03,
-        low_ent=0.1, low_vent=0.1, med_ent=3.0, high_ent=5.0, high_vent=5.0,
-        n_adaptive_samples=5, pause_token="...", pause_token_id=None,
-        pause_temp_offset=1.3, pause_temp_coef=0.2,
-        branch_temp_offset=1.2, branch_temp_coef=0.3, branch_top_k_coef=0.5,
-        resample_temp_offset=2.0, resample_temp_coef=0.5, resample_top_p_coef=0.2,
-        ada_temp_logits=0.3, ada_temp_attn=0.2, ada_temp_agree=0.2, ada_top_p=0.1,
-        ada_top_k_int=0.3, ada_top_k_agree=0.2, ada_min_p=0.5,
-        branch_k=0, branch_horizon=6, max_branch_points=4, branch_score="margin",  # extension; 0 = off
+        temp=0.666,
+        top_p=0.90,
+        top_k=27,
+        min_p=0.03,
+        low_ent=0.1,
+        low_vent=0.1,
+        med_ent=3.0,
+        high_ent=5.0,
+        high_vent=5.0,
+        n_adaptive_samples=5,
+        pause_token="...",
+        pause_token_id=None,
+        pause_temp_offset=1.3,
+        pause_temp_coef=0.2,
+        branch_temp_offset=1.2,
+        branch_temp_coef=0.3,
+        branch_top_k_coef=0.5,
+        resample_temp_offset=2.0,
+        resample_temp_coef=0.5,
+        resample_top_p_coef=0.2,
+        ada_temp_logits=0.3,
+        ada_temp_attn=0.2,
+        ada_temp_agree=0.2,
+        ada_top_p=0.1,
+        ada_top_k_int=0.3,
+        ada_top_k_agree=0.2,
+        ada_min_p=0.5,
+        branch_k=0,
+        branch_horizon=6,
+        max_branch_points=4,
+        branch_score="margin",  # extension; 0 = off
     )
     assert cfg.to_dict() == expected
 
@@ -62,7 +84,7 @@ def test_edges_and_numpy_numbers_are_accepted():
     assert cfg.temp == 0.0 and isinstance(cfg.temp, float)
     cfg = SamplerConfig(temp=np.float32(0.5), top_k=np.int64(40), pause_token_id=np.int32(7))
     assert (type(cfg.temp), type(cfg.top_k), type(cfg.pause_token_id)) == (float, int, int)
-    assert SamplerConfig.from_toml(cfg.to_toml()) == cfg
+    assert SamplerConfig.parse_toml(cfg.to_toml()) == cfg
 
 
 def test_from_dict_names_unknown_keys():
@@ -82,23 +104,25 @@ def test_replace_is_a_validated_copy():
 
 
 def test_toml_round_trip_text_and_file(tmp_path):
-    cfg = SamplerConfig(temp=0.5, top_k=40, min_p=1e-5, pause_token='"<|pause|>"\\', pause_token_id=3)
+    cfg = SamplerConfig(
+        temp=0.5, top_k=40, min_p=1e-5, pause_token='"<|pause|>"\\', pause_token_id=3
+    )
     text = cfg.to_toml()
     assert "temp = 0.5\n" in text
-    assert SamplerConfig.from_toml(text) == cfg
+    assert SamplerConfig.parse_toml(text) == cfg
     path = tmp_path / "sampler.toml"
     path.write_text(text)
     assert SamplerConfig.from_toml(path) == cfg
     assert SamplerConfig.from_toml(str(path)) == cfg
     assert "pause_token_id" not in SamplerConfig().to_toml()
-    assert SamplerConfig.from_toml("temp = 1\n").temp == 1.0
+    assert SamplerConfig.parse_toml("temp = 1\n").temp == 1.0
 
 
 def test_toml_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="topp"):
-        SamplerConfig.from_toml("topp = 0.5\n")
+        SamplerConfig.parse_toml("topp = 0.5\n")
     with pytest.raises(ValueError, match="min_p"):
-        SamplerConfig.from_toml("min_p = 1.5\n")
+        SamplerConfig.parse_toml("min_p = 1.5\n")
 
 
 class FakeTokenizer:
@@ -130,7 +154,10 @@ def test_pause_token_id_wins_over_text():
 
 
 def test_thresholds_must_rise_and_the_shipped_ones_do():
-    with pytest.raises(ValueError, match=r"^thresholds out of order: med_ent \(5\.0\) must be below high_ent \(5\.0\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^thresholds out of order: med_ent \(5\.0\) must be below high_ent \(5\.0\)$",
+    ):
         SamplerConfig(med_ent=5.0)
     from entropix_mlx.presets import read_preset
 

@@ -17,7 +17,11 @@ def kept_distribution(logits, temperature, top_p=1.0, top_k=None, min_p=0.0):
     order = np.argsort(-q, kind="stable")
     sorted_q = q[order]
     rank = np.arange(len(q))
-    keep = (sorted_q >= min_p * sorted_q[0]) & (rank < (top_k or len(q))) & (np.cumsum(sorted_q) - sorted_q < top_p)
+    keep = (
+        (sorted_q >= min_p * sorted_q[0])
+        & (rank < (top_k or len(q)))
+        & (np.cumsum(sorted_q) - sorted_q < top_p)
+    )
     kept = np.zeros_like(q)
     kept[order[keep]] = sorted_q[keep]
     return kept / kept.sum()
@@ -121,22 +125,32 @@ def test_per_row_parameters_and_zero_temperature(logits):
 def test_equal_seeds_equal_draws_different_seeds_different(logits):
     params = dict(temperature=1.0, top_p=1.0, top_k=100, min_p=0.0)
     batch = mx.broadcast_to(mx.array(logits), (64, len(logits)))
-    first, again, other = (np.array(sample(batch, key=mx.random.key(s), **params)) for s in (3, 3, 4))
+    first, again, other = (
+        np.array(sample(batch, key=mx.random.key(s), **params)) for s in (3, 3, 4)
+    )
     assert (first == again).all() and (first != other).any()
 
 
 @pytest.mark.parametrize(
     "params",
-    [dict(temperature=0.666, top_p=0.9, top_k=27), dict(temperature=0.8, top_p=0.7, top_k=0, min_p=0.05),
-     dict(temperature=1.2)],
+    [
+        dict(temperature=0.666, top_p=0.9, top_k=27),
+        dict(temperature=0.8, top_p=0.7, top_k=0, min_p=0.05),
+        dict(temperature=1.2),
+    ],
 )
 def test_standard_sampler_is_exact(logits, params):
     step = make_standard_sampler(**params)
     batch = mx.broadcast_to(mx.array(logits), (N_DRAWS, len(logits)))
     tokens, strategy, info = step(batch, None, None, mx.random.key(0))
     assert info == {} and (np.array(strategy) == -1).all()
-    expected = kept_distribution(logits, params["temperature"], params.get("top_p", 1.0), params.get("top_k"),
-                                 params.get("min_p", 0.0))
+    expected = kept_distribution(
+        logits,
+        params["temperature"],
+        params.get("top_p", 1.0),
+        params.get("top_k"),
+        params.get("min_p", 0.0),
+    )
     assert goodness_of_fit(np.array(tokens), expected) > P_PASS
 
 
@@ -150,8 +164,13 @@ def test_greedy_and_zero_temperature_samplers(logits):
 
 @pytest.mark.parametrize(
     "params, field",
-    [(dict(temperature=-1.0), "temp"), (dict(top_p=0.0), "top_p"), (dict(top_k=-1), "top_k"),
-     (dict(min_p=1.0), "min_p"), (dict(top_k=2.0), "top_k")],
+    [
+        (dict(temperature=-1.0), "temp"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(min_p=1.0), "min_p"),
+        (dict(top_k=2.0), "top_k"),
+    ],
 )
 def test_standard_sampler_validates(params, field):
     with pytest.raises(ValueError, match=field):

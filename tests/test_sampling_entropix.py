@@ -13,7 +13,9 @@ from entropix_mlx.sampling import (
     strategy_parameters,
 )
 
-REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata" / "entropix_reference.npz"
+REFERENCE = (
+    Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata" / "entropix_reference.npz"
+)
 PAUSE_ID = 1131
 CFG = SamplerConfig()
 PARAMETERS = ("temperature", "top_p", "top_k", "min_p")
@@ -84,7 +86,9 @@ def test_pause_is_emitted_unless_previous_token_was_pause(reference, step):
     assert [STRATEGIES[s] for s in strategy.tolist()] == ["pause", "pause"]
     assert token[0].item() == PAUSE_ID and token[1].item() != PAUSE_ID
     attn_ent = info["attn_entropy"][1].item()
-    assert info["temperature"].tolist() == pytest.approx([0.0, min(1.5, 0.666 * (1.3 + 0.2 * attn_ent))])
+    assert info["temperature"].tolist() == pytest.approx(
+        [0.0, min(1.5, 0.666 * (1.3 + 0.2 * attn_ent))]
+    )
 
 
 def metric_rows(**columns):
@@ -93,12 +97,18 @@ def metric_rows(**columns):
 
 def parameters_of(strategy, metrics, cfg=CFG):
     column = STRATEGIES.index(strategy)
-    return {name: values[column].tolist() for name, values in strategy_parameters(metrics, cfg).items()}
+    return {
+        name: values[column].tolist() for name, values in strategy_parameters(metrics, cfg).items()
+    }
 
 
 METRICS = metric_rows(
-    logits_entropy=[0.7, 6.0], logits_varentropy=[0.3, 7.5], attn_entropy=[0.9, 5.5],
-    attn_varentropy=[1.2, 2.5], agreement=[0.02, 0.4], interaction_strength=[1.6, 4.1],
+    logits_entropy=[0.7, 6.0],
+    logits_varentropy=[0.3, 7.5],
+    attn_entropy=[0.9, 5.5],
+    attn_varentropy=[1.2, 2.5],
+    agreement=[0.02, 0.4],
+    interaction_strength=[1.6, 4.1],
 )
 
 
@@ -134,14 +144,18 @@ def test_resample_parameters():
 
 
 def test_adaptive_parameters():
-    rows = [dict(ent=0.7, vent=0.3, a_ent=0.9, a_vent=1.2, agree=0.02, inter=1.6),
-            dict(ent=6.0, vent=7.5, a_ent=5.5, a_vent=2.5, agree=0.4, inter=4.1)]
+    rows = [
+        dict(ent=0.7, vent=0.3, a_ent=0.9, a_vent=1.2, agree=0.02, inter=1.6),
+        dict(ent=6.0, vent=7.5, a_ent=5.5, a_vent=2.5, agree=0.4, inter=4.1),
+    ]
     expected = {name: [] for name in PARAMETERS}
     for r in rows:
         u, a = r["ent"] + r["vent"], r["a_ent"] + r["a_vent"]
         expected["temperature"].append(0.666 * (1 + 0.3 * u + 0.2 * a - 0.2 * r["agree"]))
         expected["top_p"].append(min(max(0.9 * (1 + 0.1 * r["a_vent"]), 0.1), 1.0))
-        expected["top_k"].append(min(max(round(27 * (1 + 0.3 * r["inter"] - 0.2 * r["agree"])), 1), 100))
+        expected["top_k"].append(
+            min(max(round(27 * (1 + 0.3 * r["inter"] - 0.2 * r["agree"])), 1), 100)
+        )
         expected["min_p"].append(min(max(0.03 * (1 - 0.5 * u), 0.01), 0.5))
     assert expected["top_p"][1] == 1.0 and expected["min_p"][1] == 0.01  # clipped
     assert_parameters(parameters_of("adaptive", METRICS), **expected)
@@ -176,8 +190,11 @@ def test_adaptive_best_of_n_law():
     q = np.exp(logits / t - np.max(logits / t))
     q /= q.sum()
     order = np.argsort(-q)
-    kept = q[order] * ((q[order] >= min_p * q[order][0]) & (np.arange(128) < top_k)
-                       & (np.cumsum(q[order]) - q[order] < top_p))
+    kept = q[order] * (
+        (q[order] >= min_p * q[order][0])
+        & (np.arange(128) < top_k)
+        & (np.cumsum(q[order]) - q[order] < top_p)
+    )
     tail = np.cumsum((kept / kept.sum())[::-1])[::-1]  # S_r
     law = tail**n - np.append(tail[1:], 0.0) ** n
     counts = np.bincount(np.argsort(order)[np.array(token)], minlength=128)
@@ -192,11 +209,15 @@ def test_adaptive_best_of_n_law():
 def test_one_call_uses_a_different_strategy_per_row(reference, step):
     rows = [0, 1, 2, 3, 8]  # argmax, pause, branch, resample, adaptive (all vocab 49152)
     logits = mx.concatenate([case_inputs(reference, i)[0] for i in rows])
-    scores = mx.array(np.random.default_rng(0).standard_normal((len(rows), 9, 33)), dtype=mx.float32)
-    token, strategy, info = step(logits, scores, mx.zeros((len(rows),), dtype=mx.int32), mx.random.key(0))
+    scores = mx.array(
+        np.random.default_rng(0).standard_normal((len(rows), 9, 33)), dtype=mx.float32
+    )
+    token, strategy, info = step(
+        logits, scores, mx.zeros((len(rows),), dtype=mx.int32), mx.random.key(0)
+    )
     assert [STRATEGIES[s] for s in strategy.tolist()] == list(STRATEGIES)
     for row, i in enumerate(rows):
-        one = step(logits[row:row + 1], scores[row:row + 1], mx.array([0]), mx.random.key(0))[2]
+        one = step(logits[row : row + 1], scores[row : row + 1], mx.array([0]), mx.random.key(0))[2]
         for name, values in info.items():
             assert values[row].item() == pytest.approx(one[name].item(), rel=1e-5, abs=1e-6), name
     assert token[0].item() == int(np.argmax(reference["logits_0"])) and token[1].item() == PAUSE_ID
@@ -205,25 +226,33 @@ def test_one_call_uses_a_different_strategy_per_row(reference, step):
 def test_step_compiles_and_matches_eager(reference):
     rows = [0, 1, 2, 3, 8]
     logits = mx.concatenate([case_inputs(reference, i)[0] for i in rows]).astype(mx.bfloat16)
-    scores = mx.array(np.random.default_rng(0).standard_normal((len(rows), 9, 33)), dtype=mx.float32)
+    scores = mx.array(
+        np.random.default_rng(0).standard_normal((len(rows), 9, 33)), dtype=mx.float32
+    )
     prev = mx.array([0, 0, 0, 0, PAUSE_ID], dtype=mx.int32)
     eager = make_entropix_sampler(CFG, PAUSE_ID, compile=False)
     compiled_vocab_part = make_entropix_sampler(CFG, PAUSE_ID, compile=True)
     # mx.compile raises if anything inside syncs with the host (.item(), bool(array), ...).
-    results = [f(logits, scores, prev, mx.random.key(5))
-               for f in (eager, mx.compile(eager), compiled_vocab_part)]
+    results = [
+        f(logits, scores, prev, mx.random.key(5))
+        for f in (eager, mx.compile(eager), compiled_vocab_part)
+    ]
     for token, strategy, info in results[1:]:
         assert token.tolist() == results[0][0].tolist()
         assert strategy.tolist() == results[0][1].tolist()
         for name, values in info.items():
-            np.testing.assert_allclose(np.array(values), np.array(results[0][2][name]), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                np.array(values), np.array(results[0][2][name]), rtol=1e-5, atol=1e-6
+            )
 
 
 def test_equal_seeds_equal_tokens_different_seeds_different(reference, step):
     logits, scores = case_inputs(reference, 5)  # adaptive, high entropy
     logits, scores = mx.repeat(logits, 32, axis=0), mx.repeat(scores, 32, axis=0)
     prev = mx.zeros((32,), dtype=mx.int32)
-    first, again, other = (step(logits, scores, prev, mx.random.key(s))[0].tolist() for s in (1, 1, 2))
+    first, again, other = (
+        step(logits, scores, prev, mx.random.key(s))[0].tolist() for s in (1, 1, 2)
+    )
     assert first == again and first != other
 
 

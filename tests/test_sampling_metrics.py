@@ -7,9 +7,17 @@ import pytest
 from entropix_mlx.sampling import attention_metrics, calculate_metrics
 from entropix_mlx.sampling.metrics import precise_sum
 
-REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata" / "entropix_reference.npz"
-METRICS = ("logits_entropy", "logits_varentropy", "attn_entropy", "attn_varentropy", "agreement",
-           "interaction_strength")
+REFERENCE = (
+    Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata" / "entropix_reference.npz"
+)
+METRICS = (
+    "logits_entropy",
+    "logits_varentropy",
+    "attn_entropy",
+    "attn_varentropy",
+    "agreement",
+    "interaction_strength",
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +41,13 @@ def test_metrics_match_reference(reference, i):
     got = calculate_metrics(*case_inputs(reference, i))
     for name in METRICS:
         assert got[name].shape == (1,) and got[name].dtype == mx.float32
-        np.testing.assert_allclose(got[name].item(), reference_value(reference, name, i), rtol=1e-3, atol=1e-4,
-                                   err_msg=f"case {i} ({reference['name'][i]}): {name}")
+        np.testing.assert_allclose(
+            got[name].item(),
+            reference_value(reference, name, i),
+            rtol=1e-3,
+            atol=1e-4,
+            err_msg=f"case {i} ({reference['name'][i]}): {name}",
+        )
 
 
 def test_attn_varentropy_is_across_heads_and_nonzero(reference):
@@ -68,7 +81,7 @@ def test_rows_of_a_batch_are_independent(reference):
     scores = mx.concatenate([case_inputs(reference, i)[1][:, :, :7] for i in rows])
     batched = calculate_metrics(logits, scores)
     for row, i in enumerate(rows):
-        single = calculate_metrics(logits[row:row + 1], scores[row:row + 1])
+        single = calculate_metrics(logits[row : row + 1], scores[row : row + 1])
         for name in METRICS:
             np.testing.assert_allclose(batched[name][row].item(), single[name].item(), rtol=1e-6)
 

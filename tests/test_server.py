@@ -20,8 +20,12 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("starlette", reason="the server extra is not installed: pip install -e '.[server]'")
-pytest.importorskip("uvicorn", reason="the server extra is not installed: pip install -e '.[server]'")
+pytest.importorskip(
+    "starlette", reason="the server extra is not installed: pip install -e '.[server]'"
+)
+pytest.importorskip(
+    "uvicorn", reason="the server extra is not installed: pip install -e '.[server]'"
+)
 
 from entropix_mlx.cli import main  # noqa: E402
 from entropix_mlx.generate import StopMatcher, stream_generate  # noqa: E402
@@ -50,7 +54,11 @@ def free_port() -> int:
 def tiny(tmp_path_factory):
     path = write_float_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", tiny_model())
     model, tokenizer, info = load(str(path))
-    return model, tokenizer, dataclasses.replace(info, sampler_preset={"pause_token_id": TINY_PAUSE_ID})
+    return (
+        model,
+        tokenizer,
+        dataclasses.replace(info, sampler_preset={"pause_token_id": TINY_PAUSE_ID}),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +102,12 @@ def test_stop_matcher_holds_back_a_partial_stop_and_cuts_at_the_first():
 
 
 def tiny_request(tokenizer, **fields) -> GenerationRequest:
-    settings = dict(prompt_ids=tokenizer.encode("hello"), sampler="greedy",
-                    config=SamplerConfig(pause_token_id=TINY_PAUSE_ID), max_tokens=6)  # fmt: skip
+    settings = dict(
+        prompt_ids=tokenizer.encode("hello"),
+        sampler="greedy",
+        config=SamplerConfig(pause_token_id=TINY_PAUSE_ID),
+        max_tokens=6,
+    )
     return GenerationRequest(**{**settings, **fields})
 
 
@@ -117,7 +129,11 @@ def worker_events(worker_args, *requests, cancel_first_after=None, cancel_before
                 events = []
                 async for event in job.stream():
                     events.append(event)
-                    if i == 0 and cancel_first_after is not None and len(events) >= cancel_first_after:
+                    if (
+                        i == 0
+                        and cancel_first_after is not None
+                        and len(events) >= cancel_first_after
+                    ):
                         job.cancelled.set()
                 results.append(events)
             return results, jobs
@@ -133,7 +149,9 @@ def test_worker_cuts_at_a_stop_string_and_traces_every_token(tiny):
     full = "".join(e.text for e in free[:-1])
     assert free[-1].reason in ("stop", "length") and len(full) >= 3, full
     stop = full[1:3]
-    (events,), _ = worker_events((model, tokenizer), tiny_request(tokenizer, stop=(stop,), trace=True))
+    (events,), _ = worker_events(
+        (model, tokenizer), tiny_request(tokenizer, stop=(stop,), trace=True)
+    )
     *deltas, finish = events
     assert "".join(e.text for e in deltas) == full[: full.index(stop)]
     assert finish.reason == "stop" and finish.completion_tokens == len(deltas)
@@ -144,9 +162,14 @@ def test_worker_cuts_at_a_stop_string_and_traces_every_token(tiny):
 
 def test_worker_batches_requests_and_a_cancelled_one_leaves_between_tokens(tiny):
     model, tokenizer, _ = tiny
-    requests = [tiny_request(tokenizer, max_tokens=200), tiny_request(tokenizer, max_tokens=3), tiny_request(tokenizer)]
-    (long_events, short_events, skipped), jobs = worker_events((model, tokenizer), *requests, cancel_first_after=1,
-                                                               cancel_before=(2,))
+    requests = [
+        tiny_request(tokenizer, max_tokens=200),
+        tiny_request(tokenizer, max_tokens=3),
+        tiny_request(tokenizer),
+    ]
+    (long_events, short_events, skipped), jobs = worker_events(
+        (model, tokenizer), *requests, cancel_first_after=1, cancel_before=(2,)
+    )
     assert type(long_events[-1]).__name__ == "Failure" and long_events[-1].status == 503
     assert len(long_events) < 10  # stopped within a few tokens of 200
     assert type(short_events[-1]).__name__ == "Finish" and short_events[-1].completion_tokens == 3
@@ -157,10 +180,20 @@ def test_rows_of_one_batch_each_equal_their_request_alone(tiny):
     model, tokenizer, _ = tiny
     config = SamplerConfig(pause_token_id=TINY_PAUSE_ID)
     requests = [
-        tiny_request(tokenizer, prompt_ids=tokenizer.encode(text), sampler=sampler, seed=seed, max_tokens=8,
-                     config=config.replace(temp=temp))
-        for text, sampler, seed, temp in [("hello", "entropix", 1, 0.666), ("the tiny", "standard", 2, 1.0),
-                                          ("a b c", "greedy", None, 0.666), ("hello", "entropix", 3, 0.9)]
+        tiny_request(
+            tokenizer,
+            prompt_ids=tokenizer.encode(text),
+            sampler=sampler,
+            seed=seed,
+            max_tokens=8,
+            config=config.replace(temp=temp),
+        )
+        for text, sampler, seed, temp in [
+            ("hello", "entropix", 1, 0.666),
+            ("the tiny", "standard", 2, 1.0),
+            ("a b c", "greedy", None, 0.666),
+            ("hello", "entropix", 3, 0.9),
+        ]
     ]
     together, _ = worker_events((model, tokenizer), *requests)
     alone = [worker_events((model, tokenizer), r)[0][0] for r in requests]
@@ -175,7 +208,9 @@ def test_a_full_queue_answers_busy(tiny):
     async def scenario():
         worker = GenerationWorker(model, tokenizer, 2, 1)  # not started: nothing is admitted
         worker.submit(tiny_request(tokenizer))
-        with pytest.raises(Busy, match=r"^the server is busy \(1 requests are waiting\); retry shortly$"):
+        with pytest.raises(
+            Busy, match=r"^the server is busy \(1 requests are waiting\); retry shortly$"
+        ):
             worker.submit(tiny_request(tokenizer))
 
     asyncio.run(scenario())
@@ -206,11 +241,16 @@ def test_worker_outlives_a_failing_generation(tiny):
 
 
 def test_chat_completion_shape_usage_and_trace(client, tiny):
-    body = client.post("/v1/chat/completions", json=chat(max_tokens=4, seed=1, trace=True, user="ignored")).json()
+    body = client.post(
+        "/v1/chat/completions", json=chat(max_tokens=4, seed=1, trace=True, user="ignored")
+    ).json()
     assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
     assert body["model"] == tiny[2].name and isinstance(body["created"], int)
     (choice,) = body["choices"]
-    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in (
+        "stop",
+        "length",
+    )
     usage = body["usage"]
     assert usage["completion_tokens"] == len(choice["entropix_trace"]) <= 4
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
@@ -222,12 +262,17 @@ def test_chat_completion_shape_usage_and_trace(client, tiny):
 
 def test_same_seed_same_entropix_text(client):
     request = {"prompt": "hello", "max_tokens": 8, "temperature": 1.0, "entropix": {"top_k": 50}}
-    texts = [client.post("/v1/completions", json={**request, "seed": 7}).json()["choices"][0]["text"] for _ in range(2)]
+    texts = [
+        client.post("/v1/completions", json={**request, "seed": 7}).json()["choices"][0]["text"]
+        for _ in range(2)
+    ]
     assert texts[0] == texts[1] and texts[0]
 
 
 def test_max_tokens_is_capped_by_the_server_limit(client):
-    body = client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 1000, "sampler": "greedy"}).json()
+    body = client.post(
+        "/v1/completions", json={"prompt": "hello", "max_tokens": 1000, "sampler": "greedy"}
+    ).json()
     assert body["usage"]["completion_tokens"] <= 8
     assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
 
@@ -243,7 +288,10 @@ def test_streaming_chat_chunks_end_with_finish_usage_and_done(client):
     *token_chunks, finish, usage = chunks[1:]
     assert all(c["choices"][0]["finish_reason"] is None for c in token_chunks)
     assert [len(c["choices"][0]["entropix_trace"]) for c in token_chunks] == [1] * len(token_chunks)
-    assert finish["choices"][0]["finish_reason"] in ("stop", "length") and finish["choices"][0]["delta"] == {}
+    assert (
+        finish["choices"][0]["finish_reason"] in ("stop", "length")
+        and finish["choices"][0]["delta"] == {}
+    )
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == len(token_chunks)
 
 
@@ -251,7 +299,9 @@ def test_prompt_forms_and_text_parts_give_the_same_answer(client, tiny):
     tokenizer = tiny[1]
     greedy = {"max_tokens": 4, "sampler": "greedy"}
     answers = [
-        client.post("/v1/completions", json={"prompt": prompt, **greedy}).json()["choices"][0]["text"]
+        client.post("/v1/completions", json={"prompt": prompt, **greedy}).json()["choices"][0][
+            "text"
+        ]
         for prompt in ("hello", ["hello"], tokenizer.encode("hello"))
     ]
     assert answers[0] == answers[1] == answers[2]
@@ -264,22 +314,88 @@ def test_prompt_forms_and_text_parts_give_the_same_answer(client, tiny):
 BAD_REQUESTS = [
     # (route, body, status, code, param, words in the message)
     ("/v1/chat/completions", {"messages": []}, 400, "invalid_value", "messages", "non-empty"),
-    ("/v1/chat/completions", {"messages": "hi"}, 400, "invalid_type", "messages", "must be an array"),
-    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "invalid_value",
-     "messages[0].role", "must be one of"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "invalid_type",
-     "messages[0].content", "text"),
-    ("/v1/chat/completions", chat(max_tokens="8"), 400, "invalid_type", "max_tokens", "must be an integer"),
-    ("/v1/chat/completions", chat(temperature=True), 400, "invalid_type", "temperature",
-     "must be a number, not boolean"),
+    (
+        "/v1/chat/completions",
+        {"messages": "hi"},
+        400,
+        "invalid_type",
+        "messages",
+        "must be an array",
+    ),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "robot", "content": "x"}]},
+        400,
+        "invalid_value",
+        "messages[0].role",
+        "must be one of",
+    ),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": 5}]},
+        400,
+        "invalid_type",
+        "messages[0].content",
+        "text",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(max_tokens="8"),
+        400,
+        "invalid_type",
+        "max_tokens",
+        "must be an integer",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(temperature=True),
+        400,
+        "invalid_type",
+        "temperature",
+        "must be a number, not boolean",
+    ),
     ("/v1/chat/completions", chat(stream="yes"), 400, "invalid_type", "stream", "boolean"),
     ("/v1/chat/completions", chat(stop=[1]), 400, "invalid_type", "stop", "list of strings"),
-    ("/v1/chat/completions", chat(sampler="magic"), 400, "invalid_value", "sampler", "entropix, standard, greedy"),
-    ("/v1/chat/completions", chat(entropix={"top_k": 1000}), 400, "invalid_value", "entropix", "top_k"),
-    ("/v1/chat/completions", chat(entropix={"warp": 9}), 400, "invalid_value", "entropix", "unknown sampler"),
-    ("/v1/chat/completions", chat(entropix=[1]), 400, "invalid_type", "entropix", "must be an object, not array"),
-    ("/v1/chat/completions", chat(entropix={"low_ent": 5.0, "med_ent": 3.0}), 400, "invalid_value", "entropix",
-     "invalid 'entropix' settings: thresholds out of order: low_ent (5.0) must be below med_ent (3.0)"),
+    (
+        "/v1/chat/completions",
+        chat(sampler="magic"),
+        400,
+        "invalid_value",
+        "sampler",
+        "entropix, standard, greedy",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(entropix={"top_k": 1000}),
+        400,
+        "invalid_value",
+        "entropix",
+        "top_k",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(entropix={"warp": 9}),
+        400,
+        "invalid_value",
+        "entropix",
+        "unknown sampler",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(entropix=[1]),
+        400,
+        "invalid_type",
+        "entropix",
+        "must be an object, not array",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(entropix={"low_ent": 5.0, "med_ent": 3.0}),
+        400,
+        "invalid_value",
+        "entropix",
+        "invalid 'entropix' settings: thresholds out of order: low_ent (5.0) must be below med_ent (3.0)",
+    ),
     ("/v1/chat/completions", chat(model="gpt-4"), 404, "model_not_found", "model", "not served"),
     ("/v1/chat/completions", chat(max_tokens=0), 422, "invalid_value", "max_tokens", ">= 1"),
     ("/v1/chat/completions", chat(temperature=-0.5), 422, "invalid_value", "temperature", ">= 0"),
@@ -287,18 +403,79 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", chat(top_p=1.5), 422, "invalid_value", "top_p", "(0, 1]"),
     ("/v1/chat/completions", chat(seed=-1), 422, "invalid_value", "seed", "[0, 2**64)"),
     ("/v1/chat/completions", chat(n=9), 422, "invalid_value", "n", "must be in [1, 8]"),
-    ("/v1/chat/completions", chat(entropix={"n_adaptive_samples": 200_000_000}), 400, "invalid_value", "entropix",
-     "n_adaptive_samples must be in [1, 64], got 200000000"),
-    ("/v1/chat/completions", chat(entropix={"pause_token_id": 2**62}), 400, "invalid_value", "entropix",
-     "outside the vocabulary"),
-    ("/v1/chat/completions", chat(top_logprobs=3), 400, "invalid_value", "top_logprobs", "needs 'logprobs': true"),
-    ("/v1/chat/completions", chat(logprobs=True, top_logprobs=21), 422, "invalid_value", "top_logprobs",
-     "must be in [0, 20]"),
-    ("/v1/completions", {"prompt": "hi", "logprobs": 6}, 422, "invalid_value", "logprobs", "must be in [0, 5]"),
+    (
+        "/v1/chat/completions",
+        chat(entropix={"n_adaptive_samples": 200_000_000}),
+        400,
+        "invalid_value",
+        "entropix",
+        "n_adaptive_samples must be in [1, 64], got 200000000",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(entropix={"pause_token_id": 2**62}),
+        400,
+        "invalid_value",
+        "entropix",
+        "outside the vocabulary",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(entropix={"branch_k": 3}),
+        400,
+        "invalid_value",
+        "entropix",
+        "look-ahead branching (branch_k > 0) is not served yet",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(top_logprobs=3),
+        400,
+        "invalid_value",
+        "top_logprobs",
+        "needs 'logprobs': true",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(logprobs=True, top_logprobs=21),
+        422,
+        "invalid_value",
+        "top_logprobs",
+        "must be in [0, 20]",
+    ),
+    (
+        "/v1/completions",
+        {"prompt": "hi", "logprobs": 6},
+        422,
+        "invalid_value",
+        "logprobs",
+        "must be in [0, 5]",
+    ),
     ("/v1/completions", {"prompt": ""}, 400, "invalid_value", "prompt", "empty"),
-    ("/v1/completions", {"prompt": "hi", "stop": ["", "x"]}, 422, "invalid_value", "stop", "must not be empty"),
-    ("/v1/completions", {"prompt": "hi", "stream_options": 1}, 400, "invalid_type", "stream_options", "object"),
-    ("/v1/completions", {"prompt": ["a", "b"]}, 400, "invalid_type", "prompt", "one prompt per request"),
+    (
+        "/v1/completions",
+        {"prompt": "hi", "stop": ["", "x"]},
+        422,
+        "invalid_value",
+        "stop",
+        "must not be empty",
+    ),
+    (
+        "/v1/completions",
+        {"prompt": "hi", "stream_options": 1},
+        400,
+        "invalid_type",
+        "stream_options",
+        "object",
+    ),
+    (
+        "/v1/completions",
+        {"prompt": ["a", "b"]},
+        400,
+        "invalid_type",
+        "prompt",
+        "one prompt per request",
+    ),
     ("/v1/completions", {}, 400, "invalid_type", "prompt", "non-empty string"),
 ]
 
@@ -310,24 +487,63 @@ def test_bad_request_gets_an_openai_error(client, route, body, status, code, par
 
 def test_malformed_bodies_unknown_routes_and_oversize_bodies(client):
     truncated = b'{"messages": '
-    assert_error(client.post("/v1/chat/completions", content=truncated), 400, "invalid_json", None, "not valid JSON")
-    assert_error(client.post("/v1/chat/completions", content=b"[1]"), 400, "invalid_json", None, "JSON object")
-    assert_error(client.post("/v1/completions", content=b'{"prompt": NaN}'), 400, "invalid_json", None, "NaN")
+    assert_error(
+        client.post("/v1/chat/completions", content=truncated),
+        400,
+        "invalid_json",
+        None,
+        "not valid JSON",
+    )
+    assert_error(
+        client.post("/v1/chat/completions", content=b"[1]"),
+        400,
+        "invalid_json",
+        None,
+        "JSON object",
+    )
+    assert_error(
+        client.post("/v1/completions", content=b'{"prompt": NaN}'), 400, "invalid_json", None, "NaN"
+    )
     surrogate = b'{"prompt": "a\\ud800b"}'  # valid JSON, but no valid text
-    assert_error(client.post("/v1/completions", content=surrogate), 400, "invalid_value", "prompt", "surrogate")
+    assert_error(
+        client.post("/v1/completions", content=surrogate),
+        400,
+        "invalid_value",
+        "prompt",
+        "surrogate",
+    )
     surrogate_chat = b'{"messages": [{"role": "user", "content": "\\udfff"}]}'
-    assert_error(client.post("/v1/chat/completions", content=surrogate_chat), 400, "invalid_value",
-                 "messages[0].content", "surrogate")
+    assert_error(
+        client.post("/v1/chat/completions", content=surrogate_chat),
+        400,
+        "invalid_value",
+        "messages[0].content",
+        "surrogate",
+    )
     huge = b'{"prompt": "hi", "temperature": 1e400}'  # JSON allows it; Python reads inf
-    assert_error(client.post("/v1/completions", content=huge), 422, "invalid_value", "temperature", "finite")
+    assert_error(
+        client.post("/v1/completions", content=huge), 422, "invalid_value", "temperature", "finite"
+    )
     assert_error(client.get("/v1/engines"), 404, "not_found", None, "GET /v1/engines")
     assert_error(client.get("/v1/chat/completions"), 405, "method_not_allowed", None, "use POST")
-    assert_error(client.post("/v1/completions", content=b" " * 10_001), 413, "request_too_large", None, "10000 bytes")
+    assert_error(
+        client.post("/v1/completions", content=b" " * 10_001),
+        413,
+        "request_too_large",
+        None,
+        "10000 bytes",
+    )
 
 
 def test_deeply_nested_json_is_a_400(client):
     nested = b'{"x": ' + b"[" * 4000 + b"]" * 4000 + b"}"  # under the body limit, too deep to parse
-    assert_error(client.post("/v1/completions", content=nested), 400, "invalid_json", None, "nests JSON too deeply")
+    assert_error(
+        client.post("/v1/completions", content=nested),
+        400,
+        "invalid_json",
+        None,
+        "nests JSON too deeply",
+    )
     assert client.get("/health").json()["status"] == "ok"
 
 
@@ -336,7 +552,13 @@ def test_a_full_queue_is_a_429_with_retry_after(tiny):
 
     with TestClient(create_app(*tiny, max_tokens_limit=8, max_queue=0)) as busy:
         response = busy.post("/v1/completions", json={"prompt": "hello", "max_tokens": 2})
-        assert_error(response, 429, "rate_limit_exceeded", None, "the server is busy (0 requests are waiting)")
+        assert_error(
+            response,
+            429,
+            "rate_limit_exceeded",
+            None,
+            "the server is busy (0 requests are waiting)",
+        )
         assert response.headers["retry-after"] == "2"
         assert busy.get("/health").json()["status"] == "ok"
 
@@ -345,19 +567,26 @@ def test_logprobs_are_the_untempered_model_log_probabilities(client, tiny):
     model, tokenizer, _ = tiny
     ids = tokenizer.encode("hello")
     expected = list(stream_generate(model, tokenizer, ids, sampler="greedy", max_tokens=4))
-    body = client.post("/v1/chat/completions", json=chat(max_tokens=4, sampler="greedy", logprobs=True,
-                                                         top_logprobs=3)).json()
+    body = client.post(
+        "/v1/chat/completions",
+        json=chat(max_tokens=4, sampler="greedy", logprobs=True, top_logprobs=3),
+    ).json()
     content = body["choices"][0]["logprobs"]["content"]
     assert len(content) == body["usage"]["completion_tokens"]
-    assert all(len(c["top_logprobs"]) == 3 and c["top_logprobs"][0]["token"] == c["token"] for c in content)
-    completion = client.post("/v1/completions", json={"prompt": ids, "max_tokens": 4, "sampler": "greedy",
-                                                      "logprobs": 2}).json()["choices"][0]
+    assert all(
+        len(c["top_logprobs"]) == 3 and c["top_logprobs"][0]["token"] == c["token"] for c in content
+    )
+    completion = client.post(
+        "/v1/completions", json={"prompt": ids, "max_tokens": 4, "sampler": "greedy", "logprobs": 2}
+    ).json()["choices"][0]
     logprobs = completion["logprobs"]
     assert logprobs["token_logprobs"] == pytest.approx([r.logprob for r in expected], abs=1e-4)
     assert logprobs["tokens"] == [tokenizer.decode([r.token]) for r in expected]
     assert [len(t) for t in logprobs["top_logprobs"]] == [2] * len(expected)
     assert logprobs["text_offset"][0] == 0
-    plain = client.post("/v1/completions", json={"prompt": ids, "max_tokens": 4, "sampler": "greedy"}).json()
+    plain = client.post(
+        "/v1/completions", json={"prompt": ids, "max_tokens": 4, "sampler": "greedy"}
+    ).json()
     assert plain["choices"][0]["logprobs"] is None
 
 
@@ -365,12 +594,21 @@ def test_n_choices_equal_seeded_single_requests(client):
     request = {"prompt": "hello", "max_tokens": 6, "temperature": 1.0}
     choices = client.post("/v1/completions", json={**request, "n": 3, "seed": 10}).json()["choices"]
     assert [c["index"] for c in choices] == [0, 1, 2]
-    singles = [client.post("/v1/completions", json={**request, "seed": 10 + i}).json()["choices"][0]["text"]
-               for i in range(3)]
+    singles = [
+        client.post("/v1/completions", json={**request, "seed": 10 + i}).json()["choices"][0][
+            "text"
+        ]
+        for i in range(3)
+    ]
     assert [c["text"] for c in choices] == singles
-    with client.stream("POST", "/v1/completions", json={**request, "n": 2, "seed": 10, "stream": True}) as response:
+    with client.stream(
+        "POST", "/v1/completions", json={**request, "n": 2, "seed": 10, "stream": True}
+    ) as response:
         chunks = sse_payloads(response.iter_lines())
-    streamed = ["".join(c["choices"][0]["text"] for c in chunks if c["choices"][0]["index"] == i) for i in range(2)]
+    streamed = [
+        "".join(c["choices"][0]["text"] for c in chunks if c["choices"][0]["index"] == i)
+        for i in range(2)
+    ]
     assert streamed == singles[:2]
 
 
@@ -379,26 +617,42 @@ def test_a_second_chat_turn_prefills_only_its_new_tokens(tiny):
 
     turn = lambda history: {"messages": history, "max_tokens": 6, "sampler": "greedy"}  # noqa: E731
     first = [{"role": "user", "content": "hello there"}]
-    with TestClient(create_app(*tiny, max_tokens_limit=8)) as cached, \
-            TestClient(create_app(*tiny, max_tokens_limit=8, prompt_cache_bytes=0)) as uncached:
+    with (
+        TestClient(create_app(*tiny, max_tokens_limit=8)) as cached,
+        TestClient(create_app(*tiny, max_tokens_limit=8, prompt_cache_bytes=0)) as uncached,
+    ):
         one = cached.post("/v1/chat/completions", json=turn(first)).json()
         second = first + [one["choices"][0]["message"], {"role": "user", "content": "and again"}]
         two = cached.post("/v1/chat/completions", json=turn(second)).json()
         fresh = uncached.post("/v1/chat/completions", json=turn(second)).json()
     assert one["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     reused = two["usage"]["prompt_tokens_details"]["cached_tokens"]
-    assert reused >= one["usage"]["prompt_tokens"]  # the whole first prompt, and the answer's tokens
+    assert (
+        reused >= one["usage"]["prompt_tokens"]
+    )  # the whole first prompt, and the answer's tokens
     assert fresh["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     assert two["choices"][0]["message"] == fresh["choices"][0]["message"]
 
 
 def test_prompt_longer_than_the_context_window(client, tiny):
     ids = [5] * TINY_CONTEXT
-    assert_error(client.post("/v1/completions", json={"prompt": ids}), 400, "context_length_exceeded", "prompt",
-                 f"maximum context length is {TINY_CONTEXT} tokens, but the prompt has {TINY_CONTEXT}")
-    assert_error(client.post("/v1/completions", json={"prompt": [TINY_CONTEXT + 10_000]}), 400, "invalid_value",
-                 "prompt", "token ids must be in")
-    near_the_end = client.post("/v1/completions", json={"prompt": ids[:-2], "max_tokens": 8, "sampler": "greedy"})
+    assert_error(
+        client.post("/v1/completions", json={"prompt": ids}),
+        400,
+        "context_length_exceeded",
+        "prompt",
+        f"maximum context length is {TINY_CONTEXT} tokens, but the prompt has {TINY_CONTEXT}",
+    )
+    assert_error(
+        client.post("/v1/completions", json={"prompt": [TINY_CONTEXT + 10_000]}),
+        400,
+        "invalid_value",
+        "prompt",
+        "token ids must be in",
+    )
+    near_the_end = client.post(
+        "/v1/completions", json={"prompt": ids[:-2], "max_tokens": 8, "sampler": "greedy"}
+    )
     assert near_the_end.json()["usage"]["completion_tokens"] <= 2
 
 
@@ -406,7 +660,12 @@ def test_models_lists_the_served_model_and_default_is_an_alias(client, tiny):
     name = tiny[2].name
     listing = client.get("/v1/models").json()
     assert listing["object"] == "list" and [m["id"] for m in listing["data"]] == [name]
-    assert client.post("/v1/completions", json={"model": "default", "prompt": "hi", "max_tokens": 1}).status_code == 200
+    assert (
+        client.post(
+            "/v1/completions", json={"model": "default", "prompt": "hi", "max_tokens": 1}
+        ).status_code
+        == 200
+    )
     assert client.get("/health").json() == {"status": "ok", "model": name}
 
 
@@ -421,7 +680,9 @@ def test_serve_without_the_extra_names_the_pip_command(monkeypatch, tmp_path):
     for name in [m for m in sys.modules if m.split(".")[0] == "starlette"]:
         monkeypatch.setitem(sys.modules, name, None)  # as if starlette were not installed
     # Were the import to succeed, the missing model would end the command at once.
-    result = CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--model", str(tmp_path / "absent.gguf")])
+    result = CliRunner().invoke(
+        main, ["serve", "--port", str(free_port()), "--model", str(tmp_path / "absent.gguf")]
+    )
     assert result.exit_code == 1
     assert "pip install 'entropix-mlx[server]'" in result.output
 
@@ -431,13 +692,20 @@ def test_serve_on_a_busy_port_says_so_before_loading(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = CliRunner().invoke(main, ["serve", "--port", str(port), "--model", str(tmp_path / "absent.gguf")])
+        result = CliRunner().invoke(
+            main, ["serve", "--port", str(port), "--model", str(tmp_path / "absent.gguf")]
+        )
     assert result.exit_code == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "pick another --port" in result.output
+    assert (
+        f"cannot listen on 127.0.0.1:{port}" in result.output
+        and "pick another --port" in result.output
+    )
 
 
 def test_serve_with_a_missing_model_fails_in_one_line(tmp_path):
-    result = CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--model", str(tmp_path / "absent.gguf")])
+    result = CliRunner().invoke(
+        main, ["serve", "--port", str(free_port()), "--model", str(tmp_path / "absent.gguf")]
+    )
     assert result.exit_code == 1
     assert "no such model file or folder" in result.output and "Traceback" not in result.output
 
@@ -455,9 +723,20 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "stderr.txt"
     with open(log, "w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "entropix_mlx", "serve", "--port", str(port), "--max-tokens-limit", "32"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "entropix_mlx",
+                "serve",
+                "--port",
+                str(port),
+                "--max-tokens-limit",
+                "32",
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(url, process, log)
@@ -469,14 +748,18 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    assert process.returncode == 0, f"the server exited with {process.returncode}:\n{log.read_text()}"
+    assert process.returncode == 0, (
+        f"the server exited with {process.returncode}:\n{log.read_text()}"
+    )
 
 
 def wait_for_health(url, process, log: Path):
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode} before answering /health:\n{log.read_text()}")
+            pytest.fail(
+                f"the server exited with {process.returncode} before answering /health:\n{log.read_text()}"
+            )
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return
@@ -484,7 +767,9 @@ def wait_for_health(url, process, log: Path):
             pass
         time.sleep(0.5)
     process.kill()
-    pytest.fail(f"the server did not answer /health within {SERVER_START_TIMEOUT} s; its stderr:\n{log.read_text()}")
+    pytest.fail(
+        f"the server did not answer /health within {SERVER_START_TIMEOUT} s; its stderr:\n{log.read_text()}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -499,8 +784,9 @@ FRANCE = "The capital of France is"
 
 
 def completion_text(client, prompt, max_tokens=TOKENS) -> str:
-    response = client.completions.create(model="default", prompt=prompt, max_tokens=max_tokens, seed=0,
-                                         extra_body=GREEDY)  # fmt: skip
+    response = client.completions.create(
+        model="default", prompt=prompt, max_tokens=max_tokens, seed=0, extra_body=GREEDY
+    )
     return response.choices[0].text
 
 
@@ -512,13 +798,20 @@ def france(openai_client):
 
 @pytest.mark.real_model
 def test_real_chat_non_streaming_and_streaming_agree(openai_client):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a color."},
+    ]
     request = dict(model=DEFAULT_MODEL, messages=messages, max_tokens=TOKENS, seed=0)
     whole = openai_client.chat.completions.create(**request, extra_body=GREEDY)
     assert whole.object == "chat.completion" and whole.model == DEFAULT_MODEL
     assert whole.choices[0].finish_reason in ("stop", "length") and whole.choices[0].message.content
     assert whole.usage.completion_tokens <= TOKENS
-    chunks = list(openai_client.chat.completions.create(**request, stream=True, extra_body={**GREEDY, "trace": True}))
+    chunks = list(
+        openai_client.chat.completions.create(
+            **request, stream=True, extra_body={**GREEDY, "trace": True}
+        )
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert streamed == whole.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
@@ -533,8 +826,18 @@ def test_real_models_endpoint(openai_client):
 
 @pytest.mark.real_model
 def test_real_greedy_completion_matches_the_generate_command(france):
-    command = ["generate", "-p", FRANCE, "--no-chat-template", "--sampler", "greedy", "--seed", "0",
-               "--max-tokens", str(TOKENS)]  # fmt: skip
+    command = [
+        "generate",
+        "-p",
+        FRANCE,
+        "--no-chat-template",
+        "--sampler",
+        "greedy",
+        "--seed",
+        "0",
+        "--max-tokens",
+        str(TOKENS),
+    ]
     cli = CliRunner().invoke(main, command)
     assert cli.exit_code == 0, cli.output
     assert france and cli.stdout == france + "\n"
@@ -543,8 +846,9 @@ def test_real_greedy_completion_matches_the_generate_command(france):
 @pytest.mark.real_model
 def test_real_stop_string_ends_the_answer(openai_client, france):
     stop = france.strip().split()[0][-2:]  # the end of the first word: a cut inside a token
-    response = openai_client.completions.create(model="default", prompt=FRANCE, seed=0, max_tokens=TOKENS,
-                                                stop=[stop], extra_body=GREEDY)  # fmt: skip
+    response = openai_client.completions.create(
+        model="default", prompt=FRANCE, seed=0, max_tokens=TOKENS, stop=[stop], extra_body=GREEDY
+    )
     assert response.choices[0].text == france[: france.index(stop)]
     assert response.choices[0].finish_reason == "stop"
 
@@ -553,12 +857,14 @@ def test_real_stop_string_ends_the_answer(openai_client, france):
 def test_real_concurrent_streams_each_get_their_own_answer(server, openai_client):
     prompts = ["One, two,", "Red, green,", "Monday,", "Cats and"]
     alone = {p: completion_text(openai_client, p, max_tokens=4) for p in prompts}
+    bound = served_within(openai_client)
     answers, errors = {}, []
 
     def stream(prompt):
         try:
-            chunks = openai_client.completions.create(model="default", prompt=prompt, max_tokens=4, seed=0,
-                                                      stream=True, extra_body=GREEDY)  # fmt: skip
+            chunks = openai_client.completions.create(
+                model="default", prompt=prompt, max_tokens=4, seed=0, stream=True, extra_body=GREEDY
+            )
             answers[prompt] = "".join(c.choices[0].text for c in chunks)
         except Exception as e:  # reported below, with the prompt
             errors.append(f"{prompt!r}: {e!r}")
@@ -574,12 +880,15 @@ def test_real_concurrent_streams_each_get_their_own_answer(server, openai_client
     assert not errors, errors
     assert answers == alone
     assert len(set(alone.values())) == len(prompts)  # distinct answers, so a mix-up would show
-    assert health_wait < 1.0, f"/health took {health_wait:.2f} s while generating"  # the event loop stays free
+    # The event loop stays free: /health does not wait for the four generations.
+    assert health_wait < bound, f"/health took {health_wait:.2f} s (> {bound:.2f}) while generating"
 
 
 def time_to_first_token(client) -> float:
     start = time.monotonic()
-    stream = client.completions.create(model="default", prompt="Hello", max_tokens=4, stream=True, extra_body=GREEDY)
+    stream = client.completions.create(
+        model="default", prompt="Hello", max_tokens=4, stream=True, extra_body=GREEDY
+    )
     next(c for c in stream if c.choices and c.choices[0].text)
     waited = time.monotonic() - start
     stream.close()
@@ -598,12 +907,15 @@ def served_within(client) -> float:
 @pytest.mark.real_model
 def test_real_disconnect_mid_stream_frees_the_model(openai_client):
     bound = served_within(openai_client)
-    long = openai_client.completions.create(model="default", prompt="Once upon a time", max_tokens=32,
-                                            stream=True, extra_body=GREEDY)  # fmt: skip
+    long = openai_client.completions.create(
+        model="default", prompt="Once upon a time", max_tokens=32, stream=True, extra_body=GREEDY
+    )
     next(iter(long))
     long.close()
     waited = time_to_first_token(openai_client)
-    assert waited < bound, f"the next request's first token came {waited:.2f} s after the disconnect"
+    assert waited < bound, (
+        f"the next request's first token came {waited:.2f} s after the disconnect"
+    )
 
 
 @pytest.mark.real_model
@@ -613,14 +925,20 @@ def test_real_client_that_gives_up_on_a_whole_answer_frees_the_model(server, ope
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server + "/v1/completions", json=body, timeout=httpx.Timeout(10, read=1.0))
     waited = time_to_first_token(openai_client)
-    assert waited < bound, f"the next request's first token came {waited:.2f} s after the client left"
+    assert waited < bound, (
+        f"the next request's first token came {waited:.2f} s after the client left"
+    )
 
 
 REAL_BAD_REQUESTS = [
     ({"messages": []}, 400, "invalid_value"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "8"}, 400, "invalid_type"),
     ({"messages": [{"role": "user", "content": "hi"}], "sampler": "magic"}, 400, "invalid_value"),
-    ({"messages": [{"role": "user", "content": "hi"}], "entropix": {"top_k": 0}}, 400, "invalid_value"),
+    (
+        {"messages": [{"role": "user", "content": "hi"}], "entropix": {"top_k": 0}},
+        400,
+        "invalid_value",
+    ),
     ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4"}, 404, "model_not_found"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 422, "invalid_value"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 422, "invalid_value"),
@@ -634,10 +952,21 @@ def test_real_bad_requests_get_errors_and_the_server_lives_on(server, openai_cli
     with httpx.Client(base_url=server, timeout=60) as http:
         for body, status, code in REAL_BAD_REQUESTS:
             response = http.post("/v1/chat/completions", json=body)
-            assert response.status_code == status and response.json()["error"]["code"] == code, (body, response.text)
-        assert_error(http.post("/v1/chat/completions", content=b"{oops"), 400, "invalid_json", None, "not valid JSON")
+            assert response.status_code == status and response.json()["error"]["code"] == code, (
+                body,
+                response.text,
+            )
+        assert_error(
+            http.post("/v1/chat/completions", content=b"{oops"),
+            400,
+            "invalid_json",
+            None,
+            "not valid JSON",
+        )
         oversize = b'{"prompt": "' + b"x" * 1_100_000 + b'"}'
-        assert_error(http.post("/v1/completions", content=oversize), 413, "request_too_large", None, "bytes")
+        assert_error(
+            http.post("/v1/completions", content=oversize), 413, "request_too_large", None, "bytes"
+        )
         assert_error(http.get("/v1/nowhere"), 404, "not_found", None, "no route")
         assert http.get("/health").json()["status"] == "ok"
     assert completion_text(openai_client, "Hi", max_tokens=2)

@@ -48,7 +48,9 @@ def tokenizer_metadata() -> dict:
         "tokenizer.ggml.pre": "gpt2",
         "tokenizer.ggml.tokens": tokens,
         "tokenizer.ggml.merges": ["Ġ t"],
-        "tokenizer.ggml.token_type": mx.array([3] * len(SPECIAL_TOKENS) + [1] * (len(tokens) - 3), dtype=mx.int32),
+        "tokenizer.ggml.token_type": mx.array(
+            [3] * len(SPECIAL_TOKENS) + [1] * (len(tokens) - 3), dtype=mx.int32
+        ),
         "tokenizer.ggml.bos_token_id": mx.array(1, dtype=mx.uint32),
         "tokenizer.ggml.eos_token_id": mx.array(2, dtype=mx.uint32),
         "tokenizer.ggml.add_bos_token": mx.array(False),
@@ -73,11 +75,16 @@ def model_metadata(args: ModelArgs, architecture: str = "llama") -> dict:
 
 
 _GGUF_LAYER = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
-}  # fmt: skip
+}
 
 
 def permute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -101,7 +108,11 @@ def gguf_tensors(model: Model) -> dict:
                 w = permute_rows(w, args.num_key_value_heads)
             out[f"blk.{i}.{_GGUF_LAYER[module]}.{leaf}"] = w
         else:
-            top = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+            top = {
+                "model.embed_tokens": "token_embd",
+                "model.norm": "output_norm",
+                "lm_head": "output",
+            }
             module, leaf = name.rsplit(".", 1)
             out[f"{top[module]}.{leaf}"] = w
     return out
@@ -113,7 +124,9 @@ def write_float_gguf(path: Path, model: Model, architecture: str = "llama") -> P
     return path
 
 
-def write_quantized_gguf(path: Path, model: Model, qtype_2d=None, metadata=None, tensors=None) -> Path:
+def write_quantized_gguf(
+    path: Path, model: Model, qtype_2d=None, metadata=None, tensors=None
+) -> Path:
     """A GGUF written by llama.cpp's own `gguf` package, 2-D weights quantized (Q8_0 default).
 
     `metadata` overrides keys (a value of None drops the key); `tensors` adds or replaces

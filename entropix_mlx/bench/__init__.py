@@ -43,7 +43,7 @@ JSON report (`schema` "entropix-mlx-bench/1"; every number is measured in the sa
   goals[]     goal, target (">= 0.95" ...), checks[] {row, value, met}, met
 """
 
-from .errors import BenchError
+from ..errors import BenchError
 from .runner import SCHEMA, BenchSettings, run_benchmark
 from .table import format_report
 

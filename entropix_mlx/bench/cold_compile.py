@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import BenchError
+from ..errors import BenchError
 
 MODULE = "entropix_mlx.bench.cold_compile"
 
@@ -24,19 +24,36 @@ def compiled_libraries() -> int:
     return sum(1 for _ in (Path(tempfile.gettempdir()) / "mlx").rglob("*.so"))
 
 
-def measure_cold_compile(engine: str, sampler: str, model: str, pause_token, prompt_length: int,
-                         gen_tokens: int, cpu_dtype: str = "auto", weights: str = "") -> dict:
+def measure_cold_compile(
+    engine: str,
+    sampler: str,
+    model: str,
+    pause_token,
+    prompt_length: int,
+    gen_tokens: int,
+    cpu_dtype: str = "auto",
+    weights: str = "",
+) -> dict:
     """Run one contender cold, then warm, in a child process with an empty compile cache.
 
     `cpu_dtype` is ours (load's argument); `weights` is mlx-lm's (contenders.FLOAT32 or "")."""
-    settings = dict(engine=engine, sampler=sampler, model=model, pause_token=pause_token,
-                    prompt_length=prompt_length, gen_tokens=gen_tokens, cpu_dtype=cpu_dtype,
-                    weights=weights)
+    settings = dict(
+        engine=engine,
+        sampler=sampler,
+        model=model,
+        pause_token=pause_token,
+        prompt_length=prompt_length,
+        gen_tokens=gen_tokens,
+        cpu_dtype=cpu_dtype,
+        weights=weights,
+    )
     with tempfile.TemporaryDirectory(prefix="entropix-bench-cold-") as fresh:
         child = subprocess.run(
             [sys.executable, "-m", MODULE, json.dumps(settings)],
-            env={**os.environ, "TMPDIR": fresh}, capture_output=True, text=True,
-        )  # fmt: skip
+            env={**os.environ, "TMPDIR": fresh},
+            capture_output=True,
+            text=True,
+        )
     lines = child.stdout.strip().splitlines()
     if child.returncode or not lines:
         detail = (child.stderr.strip().splitlines() or ["no output"])[-1]
@@ -50,16 +67,18 @@ def _child(settings: dict) -> dict:
     from .text import benchmark_prompt
 
     model = settings["model"]
-    ours, tokenizer, _ = our_contenders(model, settings["pause_token"],
-                                        cpu_dtype=settings["cpu_dtype"])
+    ours, tokenizer, _ = our_contenders(
+        model, settings["pause_token"], cpu_dtype=settings["cpu_dtype"]
+    )
     theirs = settings["engine"] == MLX_LM
     contenders = mlx_lm_contenders(model, weights=settings["weights"]) if theirs else ours
     contender = next(c for c in contenders if c.sampler == settings["sampler"])
     prompt = benchmark_prompt(tokenizer, settings["prompt_length"])
     result = {"compiled_before": compiled_libraries()}
     for phase in ("cold", "warm"):
-        figures = measure_generation(contender.run(prompt, settings["gen_tokens"]), len(prompt),
-                                     contender.weights_bytes)
+        figures = measure_generation(
+            contender.run(prompt, settings["gen_tokens"]), len(prompt), contender.weights_bytes
+        )
         result[phase] = dataclasses.asdict(figures)
         result[f"compiled_after_{phase}"] = compiled_libraries()
     return result

@@ -10,11 +10,11 @@ from typing import Callable, Iterator, List, Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from ..generate import generate_step, make_sampler
+from ..errors import BenchError, ConfigError
+from ..generate import generate_step
 from ..loading import ModelLoadError, load
 from ..loading.cpu_weights import dequantize_model
-from ..sampling import SamplerConfig
-from .errors import BenchError
+from ..sampling import SamplerConfig, make_sampler
 from .same_weights import mlx_lm_folder
 
 MLX_LM, OURS = "mlx-lm", "entropix-mlx"
@@ -57,8 +57,9 @@ def random_logits(vocab_size: int) -> mx.array:
     return 4.0 * mx.random.normal((1, vocab_size), key=mx.random.key(SEED))
 
 
-def mlx_lm_contenders(name: str, log: Callable[[str], None] = lambda msg: None,
-                      weights: str = "") -> List[Contender]:
+def mlx_lm_contenders(
+    name: str, log: Callable[[str], None] = lambda msg: None, weights: str = ""
+) -> List[Contender]:
     """mlx-lm's greedy and sampled rows on the MLX copy of `name` (FLOAT32: dequantized)."""
     import mlx_lm
     from mlx_lm.generate import generate_step as mlx_lm_generate_step
@@ -94,17 +95,18 @@ def mlx_lm_contenders(name: str, log: Callable[[str], None] = lambda msg: None,
 
 def entropix_config(preset: dict, pause_token: Optional[str]) -> SamplerConfig:
     """The model's Entropix preset, with `pause_token` (text) if given."""
-    settings = dict(preset)
-    if pause_token is not None:
-        settings["pause_token"] = pause_token
     try:
-        return SamplerConfig.from_dict(settings)
-    except (TypeError, ValueError) as e:
+        return SamplerConfig.merged(preset, overrides={"pause_token": pause_token})
+    except ConfigError as e:
         raise BenchError(f"invalid Entropix settings: {e}") from None
 
 
-def our_contenders(name: str, pause_token: Optional[str] = None, log: Callable[[str], None] = lambda msg: None,
-                   cpu_dtype: str = "auto"):
+def our_contenders(
+    name: str,
+    pause_token: Optional[str] = None,
+    log: Callable[[str], None] = lambda msg: None,
+    cpu_dtype: str = "auto",
+):
     """Our greedy, standard and entropix rows -> (contenders, tokenizer, model info)."""
     model, tokenizer, info = load(name, log=log, cpu_dtype=cpu_dtype)
     dequantized = info.weight_dtype == FLOAT32 and info.quantization != "float"
@@ -115,9 +117,11 @@ def our_contenders(name: str, pause_token: Optional[str] = None, log: Callable[[
         samplers = {
             "greedy": make_sampler("greedy"),
             "standard": make_sampler("standard", standard),
-            "entropix": make_sampler("entropix", entropix_config(info.sampler_preset, pause_token), tokenizer),
+            "entropix": make_sampler(
+                "entropix", entropix_config(info.sampler_preset, pause_token), tokenizer
+            ),
         }
-    except ValueError as e:
+    except ConfigError as e:
         raise BenchError(f"{e} (see --pause-token)") from None
 
     def contender(sampler_name, baseline_sampler):
@@ -125,8 +129,14 @@ def our_contenders(name: str, pause_token: Optional[str] = None, log: Callable[[
         with_scores = sampler_name == "entropix"
 
         def run(prompt_ids, n):
-            steps = generate_step(mx.array(prompt_ids), model, sampler, max_tokens=n, seed=SEED,
-                                  with_scores=with_scores)
+            steps = generate_step(
+                mx.array(prompt_ids),
+                model,
+                sampler,
+                max_tokens=n,
+                seed=SEED,
+                with_scores=with_scores,
+            )
             return (step.token for step in steps)
 
         def sampler_step(attention_length):

@@ -15,7 +15,9 @@ def cpu_name() -> str:
     """The CPU or chip as the OS names it ("Apple M2 Pro", "Intel(R) Xeon(R) ...")."""
     if sys.platform == "darwin":
         try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True)
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True
+            )
             if out.stdout.strip():
                 return out.stdout.strip()
         except OSError:

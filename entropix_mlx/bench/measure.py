@@ -7,6 +7,8 @@ from typing import Callable, Iterable, List
 
 import mlx.core as mx
 
+from ..errors import BenchError
+
 MB = 1e6
 
 
@@ -36,7 +38,7 @@ def measure_generation(tokens: Iterable, prompt_tokens: int, weights_bytes: int)
     mx.synchronize()
     working = max(mx.get_peak_memory() - active_before, 0)
     if len(stamps) < 2:
-        raise ValueError(f"a timed run needs at least 2 tokens, got {len(stamps)}")
+        raise BenchError(f"a timed run needs at least 2 tokens, got {len(stamps)}")
     (first, cpu_first), (last, cpu_last) = stamps[0], stamps[-1]
     decoded = len(stamps) - 1
     return RunFigures(

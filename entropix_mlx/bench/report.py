@@ -4,37 +4,72 @@ import statistics
 from typing import Dict, List, Sequence
 
 FIGURES = (
-    "prefill_tps", "decode_tps", "ttft_s", "peak_memory_mb", "working_memory_mb",
-    "prefill_cpu_ms", "decode_cpu_ms", "sampler_step_us",
-)  # fmt: skip
+    "prefill_tps",
+    "decode_tps",
+    "ttft_s",
+    "peak_memory_mb",
+    "working_memory_mb",
+    "prefill_cpu_ms",
+    "decode_cpu_ms",
+    "sampler_step_us",
+)
 
 # (what is compared, which of our samplers, figure, direction, target); ratios are ours / mlx-lm.
 GOALS = (
     ("entropix decode / mlx-lm sampled decode", ("entropix",), "decode_tps", ">=", 0.95),
     ("greedy decode / mlx-lm greedy decode", ("greedy",), "decode_tps", ">=", 1.0),
     ("prefill / mlx-lm prefill", ("greedy", "standard", "entropix"), "prefill_tps", ">=", 1.0),
-    ("peak memory / mlx-lm peak memory", ("greedy", "standard", "entropix"), "peak_memory_mb", "<=", 1.05),
-    ("sampler step / one decode step", ("greedy", "standard", "entropix"), "sampler_share", "<=", 0.05),
+    (
+        "peak memory / mlx-lm peak memory",
+        ("greedy", "standard", "entropix"),
+        "peak_memory_mb",
+        "<=",
+        1.05,
+    ),
+    (
+        "sampler step / one decode step",
+        ("greedy", "standard", "entropix"),
+        "sampler_share",
+        "<=",
+        0.05,
+    ),
 )
 # Ours on float32 weights (the CPU policy) against mlx-lm on the stored, quantized ones.
 REFERENCE_GOALS = (
-    ("float32 prefill / mlx-lm prefill on the stored weights", ("greedy", "standard", "entropix"),
-     "prefill_tps", ">=", 10.0),
-    ("float32 greedy decode / mlx-lm greedy decode on the stored weights", ("greedy",),
-     "decode_tps", ">=", 1.3),
-)  # fmt: skip
+    (
+        "float32 prefill / mlx-lm prefill on the stored weights",
+        ("greedy", "standard", "entropix"),
+        "prefill_tps",
+        ">=",
+        10.0,
+    ),
+    (
+        "float32 greedy decode / mlx-lm greedy decode on the stored weights",
+        ("greedy",),
+        "decode_tps",
+        ">=",
+        1.3,
+    ),
+)
 COLD_GOAL = ("first-use (cold compile cache) entropix decode / mlx-lm sampled decode", ">=", 0.95)
 
 
 def summarize(values: Sequence[float]) -> Dict[str, object]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "samples": list(values)}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "samples": list(values),
+    }
 
 
 def median(row: dict, figure: str) -> float:
     return row["figures"][figure]["median"]
 
 
-def build_rows(samples: Dict[tuple, Dict[str, List[float]]], contenders, prompt_lengths) -> List[dict]:
+def build_rows(
+    samples: Dict[tuple, Dict[str, List[float]]], contenders, prompt_lengths
+) -> List[dict]:
     """One row per (prompt length, contender), with ratios to its mlx-lm baseline row."""
     rows = []
     for length in prompt_lengths:
@@ -84,8 +119,10 @@ def evaluate_goals(rows: List[dict], cold_compile: dict = None) -> List[dict]:
         goals.append(_goal(name, direction, target, checks))
     for name, samplers, figure, direction, target in REFERENCE_GOALS:
         checks = [
-            {"row": f"{row['prompt_tokens']} tok {row['label']}",
-             "value": row["reference_ratios"][figure]}
+            {
+                "row": f"{row['prompt_tokens']} tok {row['label']}",
+                "value": row["reference_ratios"][figure],
+            }
             for row in rows
             if row["reference_ratios"] and row["sampler"] in samplers
         ]
@@ -94,15 +131,26 @@ def evaluate_goals(rows: List[dict], cold_compile: dict = None) -> List[dict]:
     ratio = (cold_compile or {}).get("entropix_over_mlx_lm_cold_decode")
     if ratio is not None:
         name, direction, target = COLD_GOAL
-        goals.append(_goal(name, direction, target, [{"row": f"{cold_compile['prompt_tokens']} tok", "value": ratio}]))
+        goals.append(
+            _goal(
+                name,
+                direction,
+                target,
+                [{"row": f"{cold_compile['prompt_tokens']} tok", "value": ratio}],
+            )
+        )
     return goals
 
 
 def _goal(name, direction, target, checks):
     for check in checks:
         check["met"] = _meets(check["value"], direction, target)
-    return {"goal": name, "target": f"{direction} {target}", "checks": checks,
-            "met": all(c["met"] for c in checks)}
+    return {
+        "goal": name,
+        "target": f"{direction} {target}",
+        "checks": checks,
+        "met": all(c["met"] for c in checks),
+    }
 
 
 def cold_compile_section(runs: List[dict], prompt_tokens: int, gen_tokens: int) -> dict:
@@ -113,5 +161,7 @@ def cold_compile_section(runs: List[dict], prompt_tokens: int, gen_tokens: int) 
     by_engine = {run["engine"]: run for run in runs}
     if {"mlx-lm", "entropix-mlx"} <= set(by_engine):
         ours, theirs = by_engine["entropix-mlx"], by_engine["mlx-lm"]
-        section["entropix_over_mlx_lm_cold_decode"] = ours["cold"]["decode_tps"] / theirs["cold"]["decode_tps"]
+        section["entropix_over_mlx_lm_cold_decode"] = (
+            ours["cold"]["decode_tps"] / theirs["cold"]["decode_tps"]
+        )
     return section

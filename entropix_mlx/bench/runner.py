@@ -9,13 +9,20 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import mlx.core as mx
 
+from ..errors import BenchError
 from ..generate import default_prefill_step_size
 from ..loading import DEFAULT_MODEL
 from .cold_compile import measure_cold_compile
 from .contenders import (
-    MLX_LM, OURS, SAMPLED, SEED, Contender, entropix_config, mlx_lm_contenders, our_contenders,
-)  # fmt: skip
-from .errors import BenchError
+    MLX_LM,
+    OURS,
+    SAMPLED,
+    SEED,
+    Contender,
+    entropix_config,
+    mlx_lm_contenders,
+    our_contenders,
+)
 from .machine import load_average, machine_info
 from .measure import measure_generation, measure_step_us
 from .report import FIGURES, build_rows, cold_compile_section, evaluate_goals
@@ -43,15 +50,27 @@ class BenchSettings:
     @classmethod
     def quick(cls, **overrides) -> "BenchSettings":
         """One short prompt, a few tokens, one repeat: a smoke test, not a measurement."""
-        return cls(**{"prompt_lengths": (32,), "gen_tokens": 8, "repeats": 1, "sampler_iterations": 5, **overrides})
+        return cls(
+            **{
+                "prompt_lengths": (32,),
+                "gen_tokens": 8,
+                "repeats": 1,
+                "sampler_iterations": 5,
+                **overrides,
+            }
+        )
 
     def check(self, context_length: Optional[int] = None):
         if not self.prompt_lengths or min(self.prompt_lengths) < 1:
             raise BenchError(f"prompt lengths must be >= 1 token, got {list(self.prompt_lengths)}")
         if self.gen_tokens < 2:
-            raise BenchError(f"gen_tokens must be >= 2 (decode speed needs two tokens), got {self.gen_tokens}")
+            raise BenchError(
+                f"gen_tokens must be >= 2 (decode speed needs two tokens), got {self.gen_tokens}"
+            )
         if self.repeats < 1 or self.sampler_iterations < 1:
-            raise BenchError(f"repeats and sampler_iterations must be >= 1, got {self.repeats}, {self.sampler_iterations}")
+            raise BenchError(
+                f"repeats and sampler_iterations must be >= 1, got {self.repeats}, {self.sampler_iterations}"
+            )
         longest = max(self.prompt_lengths) + self.gen_tokens
         if context_length and longest > context_length:
             raise BenchError(
@@ -60,13 +79,15 @@ class BenchSettings:
             )
 
 
-def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda msg: None,
-                  progress: bool = True) -> dict:
+def run_benchmark(
+    settings: BenchSettings, log: Callable[[str], None] = lambda msg: None, progress: bool = True
+) -> dict:
     """Measure every contender at every prompt length; the report as a JSON-ready dict."""
     settings.check()
     machine = machine_info()
-    ours, tokenizer, info = our_contenders(settings.model, settings.pause_token, log,
-                                           settings.cpu_dtype)
+    ours, tokenizer, info = our_contenders(
+        settings.model, settings.pause_token, log, settings.cpu_dtype
+    )
     settings.check(info.context_length)
     prompts = {n: benchmark_prompt(tokenizer, n) for n in settings.prompt_lengths}
     contenders = mlx_lm_contenders(settings.model, log)
@@ -123,7 +144,9 @@ def collect(contenders: List[Contender], prompts: Dict[int, list], settings: Ben
             shift = repeat % len(contenders)
             for c in contenders[shift:] + contenders[:shift]:
                 bar.set_description(f"{length} tok, {repeat + 1}/{settings.repeats}: {c.label}")
-                figures = measure_generation(c.run(prompt, settings.gen_tokens), length, c.weights_bytes)
+                figures = measure_generation(
+                    c.run(prompt, settings.gen_tokens), length, c.weights_bytes
+                )
                 record = dataclasses.asdict(figures)
                 # The sampler on the attention length of the middle of the decode.
                 step = c.sampler_step(length + settings.gen_tokens // 2)
@@ -138,9 +161,16 @@ def cold_compile_runs(settings: BenchSettings, prompt_length: int, weights: str,
     runs = []
     for engine, sampler in COLD_CONTENDERS:
         bar.set_description(f"cold compile cache: {engine} {sampler}")
-        result = measure_cold_compile(engine, sampler, settings.model, settings.pause_token,
-                                      prompt_length, settings.gen_tokens, settings.cpu_dtype,
-                                      weights)
+        result = measure_cold_compile(
+            engine,
+            sampler,
+            settings.model,
+            settings.pause_token,
+            prompt_length,
+            settings.gen_tokens,
+            settings.cpu_dtype,
+            weights,
+        )
         runs.append({"engine": engine, "sampler": sampler, **result})
         bar.update()
     return cold_compile_section(runs, prompt_length, settings.gen_tokens)

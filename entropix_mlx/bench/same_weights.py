@@ -13,7 +13,9 @@ from ..loading.convert import convert
 def cache_folder(path: Path) -> Path:
     """Where the MLX copy of the GGUF file `path` is kept: named by file, size and mtime."""
     stat = path.stat()
-    fingerprint = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    ).hexdigest()
     return models_dir() / "mlx-lm" / f"{path.stem}-{fingerprint[:12]}"
 
 
@@ -35,6 +37,8 @@ def mlx_lm_folder(name: str, log: Callable[[str], None] = lambda msg: None) -> P
     try:
         convert(str(path), partial, bits=None, log=log)
     except OSError as e:
-        raise ModelLoadError(f"cannot write the mlx-lm copy of {path.name} to {partial}: {e}") from None
+        raise ModelLoadError(
+            f"cannot write the mlx-lm copy of {path.name} to {partial}: {e}"
+        ) from None
     partial.rename(folder)
     return folder

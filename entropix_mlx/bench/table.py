@@ -34,21 +34,30 @@ def machine_line(machine: dict) -> str:
     if machine.get("cpu_blas"):
         line += f"; CPU BLAS: {machine['cpu_blas']}"
     if machine.get("load_average_start") is not None:
-        line += (f"; load average {machine['load_average_start']} at start, "
-                 f"{machine.get('load_average_end')} at end")
+        line += (
+            f"; load average {machine['load_average_start']} at start, "
+            f"{machine.get('load_average_end')} at end"
+        )
     return line
 
 
 def rows_table(rows: List[dict]) -> List[str]:
     header = ["prompt", "engine / sampler", *(h for h, _ in COLUMNS), "sampler/step"]
     body = [
-        [str(r["prompt_tokens"]), r["label"], *(cell(r, f) for _, f in COLUMNS), f"{100 * r['sampler_share']:.1f}%"]
+        [
+            str(r["prompt_tokens"]),
+            r["label"],
+            *(cell(r, f) for _, f in COLUMNS),
+            f"{100 * r['sampler_share']:.1f}%",
+        ]
         for r in rows
     ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def fmt(line):  # the label column left-aligned, numbers right-aligned
-        return "  ".join(v.ljust(w) if i == 1 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths)))
+        return "  ".join(
+            v.ljust(w) if i == 1 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths))
+        )
 
     lines = [fmt(header), "  ".join("-" * w for w in widths)]
     for i, line in enumerate(body):
@@ -66,15 +75,19 @@ def reference_lines(rows: List[dict]) -> List[str]:
     lines = ["Ours on float32 weights / mlx-lm on the stored weights (CPU weight policy):"]
     for r in compared:
         q = r["reference_ratios"]
-        lines.append(f"  {r['prompt_tokens']} tok {r['label']} / {r['reference']}: "
-                     f"prefill {q['prefill_tps']:.2f}×, decode {q['decode_tps']:.2f}×, "
-                     f"peak memory {q['peak_memory_mb']:.2f}×")
+        lines.append(
+            f"  {r['prompt_tokens']} tok {r['label']} / {r['reference']}: "
+            f"prefill {q['prefill_tps']:.2f}×, decode {q['decode_tps']:.2f}×, "
+            f"peak memory {q['peak_memory_mb']:.2f}×"
+        )
     return lines
 
 
 def cold_lines(section: dict) -> List[str]:
-    lines = [f"First use, empty MLX compile cache ({section['prompt_tokens']}-token prompt, "
-             f"{section['gen_tokens']} tokens; a fresh process each):"]
+    lines = [
+        f"First use, empty MLX compile cache ({section['prompt_tokens']}-token prompt, "
+        f"{section['gen_tokens']} tokens; a fresh process each):"
+    ]
     for run in section["runs"]:
         cold, warm = run["cold"], run["warm"]
         compiled = run["compiled_after_cold"] - run["compiled_before"]
@@ -87,7 +100,9 @@ def cold_lines(section: dict) -> List[str]:
             f"{compiled} on first use, {added} more when warm"
         )
     if "entropix_over_mlx_lm_cold_decode" in section:
-        lines.append(f"  entropix cold decode / mlx-lm cold decode: {section['entropix_over_mlx_lm_cold_decode']:.2f}×")
+        lines.append(
+            f"  entropix cold decode / mlx-lm cold decode: {section['entropix_over_mlx_lm_cold_decode']:.2f}×"
+        )
     return lines
 
 
@@ -95,7 +110,9 @@ def goal_lines(goals: List[dict]) -> List[str]:
     lines = ["Goals (ours / mlx-lm on the same weights):"]
     for goal in goals:
         values = ", ".join(f"{c['value']:.2f}" + ("" if c["met"] else "!") for c in goal["checks"])
-        lines.append(f"  [{'met' if goal['met'] else 'MISSED'}] {goal['goal']} {goal['target']}: {values}")
+        lines.append(
+            f"  [{'met' if goal['met'] else 'MISSED'}] {goal['goal']} {goal['target']}: {values}"
+        )
     return lines
 
 

@@ -6,7 +6,7 @@ Entropix attention metrics, look like those of a real prompt.
 
 from typing import List
 
-from .errors import BenchError
+from ..errors import BenchError
 
 PARAGRAPHS = (
     "The lighthouse at the end of the harbour wall was built in the years when the town still "

@@ -3,10 +3,9 @@
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
-from ..generate import SAMPLERS
-from ..sampling import SamplerConfig
+from ..errors import EvalError
+from ..sampling import SAMPLERS, SamplerConfig
 from ..sampling.config import MAX_BRANCH_K
-from .errors import EvalError
 
 ARMS = ("greedy", "standard", "entropix")
 # Answer-level methods over several paths, chosen with --sampler: CoT-decoding (greedy paths after
@@ -15,7 +14,9 @@ ARMS = ("greedy", "standard", "entropix")
 ANSWER_LEVEL = ("cot-decoding", "self-consistency")
 DEFAULT_PATHS = 5
 BASELINES = ("greedy", "standard")  # every other arm is compared against each one present
-CONTROL_TEMPERATURE = 0.7  # the non-adaptive control: the same base top_p/top_k/min_p, fixed temperature
+CONTROL_TEMPERATURE = (
+    0.7  # the non-adaptive control: the same base top_p/top_k/min_p, fixed temperature
+)
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,15 @@ class Arm:
         return self.config.to_dict()
 
 
-def make_arms(samplers: Sequence[str] = ARMS, preset: Optional[Mapping[str, object]] = None,
-              presets: Sequence[Tuple[str, SamplerConfig]] = (),
-              paths: int = DEFAULT_PATHS) -> list:
+def make_arms(
+    samplers: Sequence[str] = ARMS,
+    preset: Optional[Mapping[str, object]] = None,
+    presets: Sequence[Tuple[str, SamplerConfig]] = (),
+    paths: int = DEFAULT_PATHS,
+) -> list:
     """Arms for `samplers` on the model's `preset`, plus one entropix arm per (name, config) preset;
     the answer-level arms decode `paths` paths per answer."""
-    base = SamplerConfig.from_dict(dict(preset or {}))
+    base = SamplerConfig.merged(preset or {})
     if paths < 2 or ("cot-decoding" in samplers and paths > MAX_BRANCH_K):
         raise EvalError(
             f"--paths must be >= 2 (at most {MAX_BRANCH_K} for cot-decoding), not {paths}"
@@ -76,7 +80,9 @@ def make_arms(samplers: Sequence[str] = ARMS, preset: Optional[Mapping[str, obje
     names = [arm.name for arm in arms]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise EvalError(f"two arms are named {duplicates[0]!r}; give the --config files different names")
+        raise EvalError(
+            f"two arms are named {duplicates[0]!r}; give the --config files different names"
+        )
     if not arms:
         raise EvalError("no arms to compare; pass --sampler and/or --config")
     return arms

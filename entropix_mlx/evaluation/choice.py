@@ -21,7 +21,9 @@ class ChoiceScore:
         return self.logprob / max(self.chars, 1)
 
 
-def continuation_logprob(model, cache: List, last_context_id: int, continuation: Sequence[int]) -> float:
+def continuation_logprob(
+    model, cache: List, last_context_id: int, continuation: Sequence[int]
+) -> float:
     """log p(continuation | context) where `cache` holds the context except its last token."""
     tokens = mx.array([last_context_id, *continuation])[None]
     logits = model(tokens, cache)[0, :-1].astype(mx.float32)
@@ -42,6 +44,8 @@ def score_choices(model, tokenizer, context: str, choices: Sequence[str]) -> Lis
     for choice in choices:
         continuation = " " + choice
         ids = list(tokenizer.encode(continuation, add_special_tokens=False))
-        logprob = continuation_logprob(model, fork(cache, len(context_ids) - 1), context_ids[-1], ids)
+        logprob = continuation_logprob(
+            model, fork(cache, len(context_ids) - 1), context_ids[-1], ids
+        )
         scores.append(ChoiceScore(logprob, len(ids), len(continuation)))
     return scores

@@ -56,29 +56,53 @@ CHOICE_SETTINGS = {
 Key = Tuple[int, Optional[int]]
 
 
-def summarize(task, run, arms: Sequence = (), *, model: str, seeds: Sequence[int], max_tokens: Optional[int],
-              quick: bool = False, started: Optional[datetime] = None,
-              baselines: Sequence[str] = BASELINES) -> dict:
+def summarize(
+    task,
+    run,
+    arms: Sequence = (),
+    *,
+    model: str,
+    seeds: Sequence[int],
+    max_tokens: Optional[int],
+    quick: bool = False,
+    started: Optional[datetime] = None,
+    baselines: Sequence[str] = BASELINES,
+) -> dict:
     """The summary.json object of a finished run (see this module's docstring)."""
     choice = task.kind == "choice"
-    arm_rows = [(name, None, CHOICE_SETTINGS[name]) for name in CHOICE_ARMS] if choice else [
-        (arm.name, arm.sampler, arm.settings()) for arm in arms]
+    arm_rows = (
+        [(name, None, CHOICE_SETTINGS[name]) for name in CHOICE_ARMS]
+        if choice
+        else [(arm.name, arm.sampler, arm.settings()) for arm in arms]
+    )
     records = run.records
     started = started or datetime.now(timezone.utc)
     return {
-        "schema": SCHEMA, "task": task.name, "kind": task.kind, "model": model,
+        "schema": SCHEMA,
+        "task": task.name,
+        "kind": task.kind,
+        "model": model,
         "data": {"source": task.source, "licence": task.licence, "file": task.data},
-        "items": len(task.items), "seeds": None if choice else list(seeds),
-        "max_tokens": None if choice else (max_tokens or task.max_tokens), "stop": list(task.stop),
-        "quick": quick, "started": started.isoformat(timespec="seconds"),
-        "wall_seconds": round(run.wall_seconds, 2), "prefix_tokens": run.prefix_tokens,
+        "items": len(task.items),
+        "seeds": None if choice else list(seeds),
+        "max_tokens": None if choice else (max_tokens or task.max_tokens),
+        "stop": list(task.stop),
+        "quick": quick,
+        "started": started.isoformat(timespec="seconds"),
+        "wall_seconds": round(run.wall_seconds, 2),
+        "prefix_tokens": run.prefix_tokens,
         "prefill_seconds": round(run.prefill_seconds, 2),
-        "chance": round(sum(1 / len(i.choices) for i in task.items) / len(task.items), 6) if choice else None,
-        "arms": [arm_summary(name, sampler, settings, [r for r in records if r["arm"] == name])
-                 for name, sampler, settings in arm_rows],
-        "comparisons": comparisons([row[0] for row in arm_rows], records,
-                                   ("loglik-sum",) if choice else baselines),
-    }  # fmt: skip
+        "chance": round(sum(1 / len(i.choices) for i in task.items) / len(task.items), 6)
+        if choice
+        else None,
+        "arms": [
+            arm_summary(name, sampler, settings, [r for r in records if r["arm"] == name])
+            for name, sampler, settings in arm_rows
+        ],
+        "comparisons": comparisons(
+            [row[0] for row in arm_rows], records, ("loglik-sum",) if choice else baselines
+        ),
+    }
 
 
 def arm_summary(name: str, sampler: Optional[str], settings: dict, records: List[dict]) -> dict:
@@ -92,8 +116,13 @@ def arm_summary(name: str, sampler: Optional[str], settings: dict, records: List
         strategies.update(r["strategies"])
     entropix = sampler == "entropix"
     return {
-        "name": name, "sampler": sampler, "settings": settings, "answers": n, "correct": correct,
-        "accuracy": ratio(correct, n), "ci95": [round(low, 6), round(high, 6)],
+        "name": name,
+        "sampler": sampler,
+        "settings": settings,
+        "answers": n,
+        "correct": correct,
+        "accuracy": ratio(correct, n),
+        "ci95": [round(low, 6), round(high, 6)],
         "extraction_failures": sum(not r["extracted"] for r in records),
         "finish": {reason: finish[reason] for reason in FINISH_REASONS} if sampler else None,
         "tokens_per_answer": ratio(tokens, n),
@@ -102,8 +131,10 @@ def arm_summary(name: str, sampler: Optional[str], settings: dict, records: List
         "seconds_per_answer": ratio(sum(r["seconds"] for r in records), n),
         "by_group": by_group(records),
         "strategies": {s: ratio(strategies[s], tokens) for s in STRATEGIES} if entropix else None,
-        "pause_per_100_tokens": ratio(100 * sum(r["pause_tokens"] or 0 for r in records), tokens) if entropix else None,
-    }  # fmt: skip
+        "pause_per_100_tokens": ratio(100 * sum(r["pause_tokens"] or 0 for r in records), tokens)
+        if entropix
+        else None,
+    }
 
 
 def ratio(a: float, b: float) -> Optional[float]:
@@ -115,8 +146,10 @@ def by_group(records: List[dict]) -> Dict[str, dict]:
     for r in records:
         if r["group"] is not None:
             groups.setdefault(r["group"], []).append(r["correct"])
-    return {g: {"answers": len(v), "correct": sum(v), "accuracy": ratio(sum(v), len(v))}
-            for g, v in sorted(groups.items())}
+    return {
+        g: {"answers": len(v), "correct": sum(v), "accuracy": ratio(sum(v), len(v))}
+        for g, v in sorted(groups.items())
+    }
 
 
 def outcomes(records: Iterable[dict], arm: str) -> Dict[Key, bool]:
@@ -125,7 +158,11 @@ def outcomes(records: Iterable[dict], arm: str) -> Dict[Key, bool]:
 
 def pair_up(a: Dict[Key, bool], b: Dict[Key, bool]) -> Dict[Key, bool]:
     """`b` keyed like `a`: a seedless (greedy) answer stands for every seed of its item."""
-    return {key: b[key] if key in b else b[(key[0], None)] for key in a if key in b or (key[0], None) in b}
+    return {
+        key: b[key] if key in b else b[(key[0], None)]
+        for key in a
+        if key in b or (key[0], None) in b
+    }
 
 
 def comparisons(arm_names: List[str], records: List[dict], baselines: Sequence[str]) -> List[dict]:
@@ -138,12 +175,19 @@ def comparisons(arm_names: List[str], records: List[dict], baselines: Sequence[s
                 continue
             a = outcomes(records, arm)
             counts = paired_counts(a, pair_up(a, outcomes(records, baseline)))
-            rows.append({
-                "arm": arm, "baseline": baseline, "pairs": counts.pairs, "both": counts.both,
-                "arm_only": counts.only_a, "baseline_only": counts.only_b, "neither": counts.neither,
-                "accuracy_delta": ratio(counts.only_a - counts.only_b, counts.pairs),
-                "p_value": round(counts.p_value, 6),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "arm": arm,
+                    "baseline": baseline,
+                    "pairs": counts.pairs,
+                    "both": counts.both,
+                    "arm_only": counts.only_a,
+                    "baseline_only": counts.only_b,
+                    "neither": counts.neither,
+                    "accuracy_delta": ratio(counts.only_a - counts.only_b, counts.pairs),
+                    "p_value": round(counts.p_value, 6),
+                }
+            )
     return rows
 
 
@@ -205,44 +249,81 @@ def aligned(rows: List[List[str]]) -> str:
     """Left-align the first column, right-align the rest."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
-        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths))
+        )
         for row in rows
     )
 
 
 def arms_table(s: dict) -> str:
-    rows = [["arm", "accuracy", "95% CI", "answers", "no answer", "eos/stop/max", "tokens",
-             "row tokens", "s/answer"]]
+    rows = [
+        [
+            "arm",
+            "accuracy",
+            "95% CI",
+            "answers",
+            "no answer",
+            "eos/stop/max",
+            "tokens",
+            "row tokens",
+            "s/answer",
+        ]
+    ]
     for arm in s["arms"]:
         low, high = arm["ci95"]
         finish = "/".join(str(arm["finish"][k]) for k in FINISH_REASONS) if arm["finish"] else "-"
-        rows.append([
-            arm["name"], percent(arm["accuracy"]), f"[{100 * low:.1f}, {100 * high:.1f}]", str(arm["answers"]),
-            str(arm["extraction_failures"]), finish, f"{arm['tokens_per_answer'] or 0:.1f}",
-            f"{arm.get('row_tokens_per_answer') or 0:.1f}",
-            f"{arm['seconds_per_answer'] or 0:.2f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                arm["name"],
+                percent(arm["accuracy"]),
+                f"[{100 * low:.1f}, {100 * high:.1f}]",
+                str(arm["answers"]),
+                str(arm["extraction_failures"]),
+                finish,
+                f"{arm['tokens_per_answer'] or 0:.1f}",
+                f"{arm.get('row_tokens_per_answer') or 0:.1f}",
+                f"{arm['seconds_per_answer'] or 0:.2f}",
+            ]
+        )
     return aligned(rows)
 
 
 def groups_table(s: dict, groups: List[str]) -> str:
     rows = [["accuracy by group", *groups]]
     for arm in s["arms"]:
-        rows.append([arm["name"], *(percent(arm["by_group"].get(g, {}).get("accuracy")) for g in groups)])
+        rows.append(
+            [arm["name"], *(percent(arm["by_group"].get(g, {}).get("accuracy")) for g in groups)]
+        )
     return aligned(rows)
 
 
 def comparisons_table(s: dict) -> str:
-    rows = [["paired comparison", "pairs", "arm only", "baseline only", "delta", "p (exact McNemar)"]]
+    rows = [
+        ["paired comparison", "pairs", "arm only", "baseline only", "delta", "p (exact McNemar)"]
+    ]
     for c in s["comparisons"]:
         delta = f"{100 * c['accuracy_delta']:+.1f} pt" if c["accuracy_delta"] is not None else "-"
-        rows.append([f"{c['arm']} vs {c['baseline']}", str(c["pairs"]), str(c["arm_only"]),
-                     str(c["baseline_only"]), delta, f"{c['p_value']:.3g}"])
+        rows.append(
+            [
+                f"{c['arm']} vs {c['baseline']}",
+                str(c["pairs"]),
+                str(c["arm_only"]),
+                str(c["baseline_only"]),
+                delta,
+                f"{c['p_value']:.3g}",
+            ]
+        )
     return aligned(rows)
 
 
 def strategy_line(arm: dict) -> str:
-    shares = "  ".join(f"{name} {percent(share)}" for name, share in arm["strategies"].items() if share)
+    shares = "  ".join(
+        f"{name} {percent(share)}" for name, share in arm["strategies"].items() if share
+    )
     pauses = arm["pause_per_100_tokens"]
-    return f"{arm['name']} strategies (share of tokens): {shares or '-'}; pause tokens per 100 tokens: " + (
-        "-" if pauses is None else f"{pauses:.2f}")
+    return (
+        f"{arm['name']} strategies (share of tokens): {shares or '-'}; pause tokens per 100 tokens: "
+        + ("-" if pauses is None else f"{pauses:.2f}")
+    )

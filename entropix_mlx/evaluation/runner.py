@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from ..batch import RowStep, row_text
 from ..branching import BranchingGenerator, BranchRules
-from ..generate import StopMatcher, check_prompt, make_sampler
-from ..sampling import resolve_pause_token
+from ..generate import StopMatcher, check_prompt
+from ..sampling import make_sampler, resolve_pause_token
 from .answers import extract_answer, same_number
 from .arms import Arm
 from .choice import score_choices
@@ -68,7 +68,11 @@ class Answer:
     """One answer being generated: its text (cut at the first stop string) and its costs."""
 
     def __init__(self, tokenizer, stop: Sequence[str], pause_id: Optional[int]):
-        self.detokenizer, self.stops, self.pause_id = tokenizer.detokenizer, StopMatcher(stop), pause_id
+        self.detokenizer, self.stops, self.pause_id = (
+            tokenizer.detokenizer,
+            StopMatcher(stop),
+            pause_id,
+        )
         self.text, self.tokens, self.pauses, self.seconds, self.forks = "", 0, 0, 0.0, 0
         self.strategies: Counter = Counter()
 
@@ -84,16 +88,30 @@ class Answer:
         self.text += text
         if finish is None:
             return None
-        finish = {"stop": "eos", "length": "max_tokens"}[row.finish_reason] if row.finish_reason else "stop_string"
+        finish = (
+            {"stop": "eos", "length": "max_tokens"}[row.finish_reason]
+            if row.finish_reason
+            else "stop_string"
+        )
         pauses = self.pauses if self.pause_id is not None else None
-        return Completion(self.text, finish, self.tokens, self.seconds, self.strategies, pauses,
-                          self.forks)
+        return Completion(
+            self.text, finish, self.tokens, self.seconds, self.strategies, pauses, self.forks
+        )
 
 
-def run_eval(model, tokenizer, task, arms: Sequence[Arm] = (), seeds: Sequence[int] = (0,), *,
-             max_tokens: Optional[int] = None, batch_size: int = 1, progress: bool = True,
-             on_record: Callable[[dict], None] = lambda record: None,
-             log: Callable[[str], None] = lambda message: None) -> EvalRun:
+def run_eval(
+    model,
+    tokenizer,
+    task,
+    arms: Sequence[Arm] = (),
+    seeds: Sequence[int] = (0,),
+    *,
+    max_tokens: Optional[int] = None,
+    batch_size: int = 1,
+    progress: bool = True,
+    on_record: Callable[[dict], None] = lambda record: None,
+    log: Callable[[str], None] = lambda message: None,
+) -> EvalRun:
     """Evaluate `task` (from `load_task`): each arm on each item and seed, paired.
 
     Greedy runs once per item (its seed is null). Answers are generated `batch_size` at a time
@@ -106,9 +124,16 @@ def run_eval(model, tokenizer, task, arms: Sequence[Arm] = (), seeds: Sequence[i
     if task.kind == "choice":
         run_choice(model, tokenizer, task, run, progress, on_record)
     else:
-        jobs = answer_jobs(model, tokenizer, task, arms, seeds, max_tokens or task.max_tokens, run, log)
-        with tqdm(total=len(task.items) * len(list(arm_runs(arms, seeds))), desc=f"eval {task.name}",
-                  unit="answer", disable=not progress, dynamic_ncols=True) as bar:
+        jobs = answer_jobs(
+            model, tokenizer, task, arms, seeds, max_tokens or task.max_tokens, run, log
+        )
+        with tqdm(
+            total=len(task.items) * len(list(arm_runs(arms, seeds))),
+            desc=f"eval {task.name}",
+            unit="answer",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
             for record in run_batched(model, tokenizer, task, arms, jobs, batch_size):
                 run.records.append(record)
                 on_record(record)
@@ -153,8 +178,15 @@ def answer_jobs(model, tokenizer, task, arms, seeds, max_tokens, run, log) -> It
 def look_ahead(arm: Arm, task, budget: int) -> Optional[BranchRules]:
     """How an arm's rows fork: Entropix by its config (branch_k), CoT-decoding at the start."""
     if arm.sampler == "cot-decoding":
-        return BranchRules(arm.paths, budget, 1, trigger="first", stops=task.stop,
-                           choose=cot_decoding_choice(task.stop), sentences=False)
+        return BranchRules(
+            arm.paths,
+            budget,
+            1,
+            trigger="first",
+            stops=task.stop,
+            choose=cot_decoding_choice(task.stop),
+            sentences=False,
+        )
     return BranchRules.from_config(arm.config, task.stop) if arm.sampler == "entropix" else None
 
 
@@ -172,17 +204,29 @@ class Group:
         pick = majority_vote([c.text for c in done]) if len(done) > 1 else 0
         chosen = done[pick]
         seconds = sum(c.seconds for c in done)
-        chosen = Completion(chosen.text, chosen.finish, chosen.tokens, seconds, chosen.strategies,
-                            chosen.pause_tokens, chosen.forks)
+        chosen = Completion(
+            chosen.text,
+            chosen.finish,
+            chosen.tokens,
+            seconds,
+            chosen.strategies,
+            chosen.pause_tokens,
+            chosen.forks,
+        )
         job = self.job
         record = generation_record(task, job.item, job.arm, job.run_seed, job.sample_seed, chosen)
-        record.update(row_tokens=self.row_tokens, forks=chosen.forks, paths=len(done),
-                      path_answers=[extract_answer(c.text) for c in done] if len(done) > 1
-                      else None)
+        record.update(
+            row_tokens=self.row_tokens,
+            forks=chosen.forks,
+            paths=len(done),
+            path_answers=[extract_answer(c.text) for c in done] if len(done) > 1 else None,
+        )
         return record
 
 
-def run_batched(model, tokenizer, task, arms, jobs: Iterator[Job], batch_size: int) -> Iterator[dict]:
+def run_batched(
+    model, tokenizer, task, arms, jobs: Iterator[Job], batch_size: int
+) -> Iterator[dict]:
     """Generate the jobs' answers as rows of one batch, kept full; their records in job order.
 
     A row's step time is shared by the rows of that step; a forking answer pays for its rollouts
@@ -199,10 +243,16 @@ def run_batched(model, tokenizer, task, arms, jobs: Iterator[Job], batch_size: i
             group = Group(queued, job, [None] * paths)
             for path in range(paths):
                 seed = None if job.sample_seed is None else job.sample_seed + path
-                uid = batch.insert(job.last, step, with_scores=with_scores, seed=seed,
-                                   max_tokens=job.budget, eos_ids=tokenizer.eos_token_ids,
-                                   prompt_cache=job.cache,
-                                   branching=look_ahead(job.arm, task, job.budget))
+                uid = batch.insert(
+                    job.last,
+                    step,
+                    with_scores=with_scores,
+                    seed=seed,
+                    max_tokens=job.budget,
+                    eos_ids=tokenizer.eos_token_ids,
+                    prompt_cache=job.cache,
+                    branching=look_ahead(job.arm, task, job.budget),
+                )
                 live[uid] = (group, path, Answer(tokenizer, task.stop, pause_id))
             queued += 1
         if not len(batch):
@@ -245,25 +295,41 @@ def arm_runs(arms: Sequence[Arm], seeds: Sequence[int]):
 def generation_record(task, item, arm: Arm, run_seed, sample_seed, done: Completion) -> dict:
     answer = extract_answer(done.text)
     return {
-        "task": task.name, "item": item.index, "id": item.id, "group": item.group,
-        "arm": arm.name, "sampler": arm.sampler, "seed": run_seed, "sample_seed": sample_seed,
-        "gold": item.answer, "answer": answer, "correct": same_number(answer, item.answer),
-        "extracted": answer is not None, "completion": done.text, "finish": done.finish,
-        "tokens": done.tokens, "seconds": round(done.seconds, 4),
-        "strategies": dict(done.strategies), "pause_tokens": done.pause_tokens, "scores": None,
-    }  # fmt: skip
+        "task": task.name,
+        "item": item.index,
+        "id": item.id,
+        "group": item.group,
+        "arm": arm.name,
+        "sampler": arm.sampler,
+        "seed": run_seed,
+        "sample_seed": sample_seed,
+        "gold": item.answer,
+        "answer": answer,
+        "correct": same_number(answer, item.answer),
+        "extracted": answer is not None,
+        "completion": done.text,
+        "finish": done.finish,
+        "tokens": done.tokens,
+        "seconds": round(done.seconds, 4),
+        "strategies": dict(done.strategies),
+        "pause_tokens": done.pause_tokens,
+        "scores": None,
+    }
 
 
 def run_choice(model, tokenizer, task, run, progress, on_record):
-    with tqdm(task.items, desc=f"eval {task.name}", unit="item", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        task.items, desc=f"eval {task.name}", unit="item", disable=not progress, dynamic_ncols=True
+    ) as bar:
         for item in bar:
             tic = time.perf_counter()
             context = task.prefix + item.prompt
             scores = score_choices(model, tokenizer, context, item.choices)
             seconds = time.perf_counter() - tic
             tokens = len(tokenizer.encode(context)) + sum(s.tokens for s in scores)
-            for arm, values in zip(CHOICE_ARMS, ([s.logprob for s in scores], [s.per_char for s in scores])):
+            for arm, values in zip(
+                CHOICE_ARMS, ([s.logprob for s in scores], [s.per_char for s in scores])
+            ):
                 record = choice_record(task, item, arm, values, tokens, seconds)
                 run.records.append(record)
                 on_record(record)
@@ -274,14 +340,30 @@ def choice_record(task, item, arm: str, scores: List[float], tokens: int, second
     pick = max(range(len(scores)), key=scores.__getitem__)
     gold = int(item.answer)
     return {
-        "task": task.name, "item": item.index, "id": item.id, "group": item.group,
-        "arm": arm, "sampler": None, "seed": None, "sample_seed": None,
-        "gold": gold, "answer": pick, "correct": pick == gold,
-        "extracted": True, "completion": None, "finish": None,
-        "tokens": tokens, "seconds": round(seconds, 4),
-        "strategies": {}, "pause_tokens": None, "scores": [round(s, 6) for s in scores],
-        "row_tokens": tokens, "forks": 0, "paths": 1, "path_answers": None,
-    }  # fmt: skip
+        "task": task.name,
+        "item": item.index,
+        "id": item.id,
+        "group": item.group,
+        "arm": arm,
+        "sampler": None,
+        "seed": None,
+        "sample_seed": None,
+        "gold": gold,
+        "answer": pick,
+        "correct": pick == gold,
+        "extracted": True,
+        "completion": None,
+        "finish": None,
+        "tokens": tokens,
+        "seconds": round(seconds, 4),
+        "strategies": {},
+        "pause_tokens": None,
+        "scores": [round(s, 6) for s in scores],
+        "row_tokens": tokens,
+        "forks": 0,
+        "paths": 1,
+        "path_answers": None,
+    }
 
 
 def running_accuracy(records: List[dict]) -> str:

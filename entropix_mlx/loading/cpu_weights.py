@@ -14,7 +14,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 from .. import cpu_blas
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 CPU_DTYPES = ("auto", "float32", "quantized")
 BUDGET_ENV = "ENTROPIX_MLX_FLOAT32_BUDGET_MB"
@@ -63,8 +63,9 @@ def _dequantized(module: nn.Module) -> nn.Module:
     # float32 scales and biases: with float16 ones MLX computes in float16 (errors of ~1e-3).
     scales, biases = (module.scales, module.get("biases"))
     scales, biases = (None if a is None else a.astype(mx.float32) for a in (scales, biases))
-    weight = mx.dequantize(module.weight, scales, biases, module.group_size, module.bits,
-                           mode=module.mode)  # fmt: skip
+    weight = mx.dequantize(
+        module.weight, scales, biases, module.group_size, module.bits, mode=module.mode
+    )
     if isinstance(module, nn.QuantizedEmbedding):
         layer = nn.Embedding(*weight.shape)
     else:
@@ -98,8 +99,9 @@ def wants_float32(cpu_dtype: str, on_cpu: bool, blas_active: bool, needed: int, 
     return cpu_dtype == "float32" or (blas_active and needed <= budget)
 
 
-def apply_cpu_weight_policy(model: nn.Module, cpu_dtype: str = "auto",
-                            log: Callable[[str], None] = lambda msg: None) -> str:
+def apply_cpu_weight_policy(
+    model: nn.Module, cpu_dtype: str = "auto", log: Callable[[str], None] = lambda msg: None
+) -> str:
     """Apply the policy to a loaded model in place -> the weight dtype it now runs in.
 
     `cpu_dtype`: "auto" (float32 when OpenBLAS is active and the float32 weights fit the
@@ -112,8 +114,10 @@ def apply_cpu_weight_policy(model: nn.Module, cpu_dtype: str = "auto",
     budget = float32_budget() if cpu_dtype == "auto" and on_cpu and blas_active else None
     if not wants_float32(cpu_dtype, on_cpu, blas_active, needed, budget or 0):
         if budget is not None:
-            log(f"Keeping the quantized weights: float32 would take {needed / MB:.0f} MB, "
-                f"over the {budget / MB:.0f} MB budget ({BUDGET_ENV})")
+            log(
+                f"Keeping the quantized weights: float32 would take {needed / MB:.0f} MB, "
+                f"over the {budget / MB:.0f} MB budget ({BUDGET_ENV})"
+            )
         return "quantized"
     dequantize_model(model)
     return "float32"

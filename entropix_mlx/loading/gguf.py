@@ -19,10 +19,16 @@ import mlx.nn as nn
 import numpy as np
 from gguf import GGMLQuantizationType
 
+from ..errors import ModelLoadError
 from ..model.llama import Model, ModelArgs
-from .errors import ModelLoadError
 from .gguf_file import GGUFFile, TensorInfo
-from .gguf_quants import DENSE_TYPES, FLOAT_TYPES, GROUP_SIZE, SUPPORTED_TYPES, tensor_arrays
+from .gguf_quants import (
+    DENSE_TYPES,
+    FLOAT_TYPES,
+    GROUP_SIZE,
+    SUPPORTED_TYPES,
+    tensor_arrays,
+)
 from .gguf_tokenizer import tokenizer_from_gguf_metadata
 
 _LAYER_NAMES = {
@@ -133,8 +139,12 @@ def _rope_scaling(name: str, metadata: dict, rope_freqs, context: Optional[int])
                 f"{name}: rope_freqs.weight must hold positive finite factors; the file is damaged"
             )
         factors = rope_freqs.astype(float).tolist()
-        return {"type": "longrope", "long_factor": factors, "short_factor": factors,
-                "original_max_position_embeddings": context}  # fmt: skip
+        return {
+            "type": "longrope",
+            "long_factor": factors,
+            "short_factor": factors,
+            "original_max_position_embeddings": context,
+        }
     if metadata.get("llama.rope.scaling.type") == "linear":
         return {"type": "linear", "factor": metadata.get("llama.rope.scaling.factor")}
     return None
@@ -144,11 +154,23 @@ def expected_shapes(args: ModelArgs) -> Dict[str, tuple]:
     """Every tensor a llama GGUF of these args may hold -> its shape (GGUF order, row length first)."""
     h, f, vocab = args.hidden_size, args.intermediate_size, args.vocab_size
     q, kv = args.num_attention_heads * args.head_dim, args.num_key_value_heads * args.head_dim
-    layer = {"attn_norm": (h,), "ffn_norm": (h,), "attn_q": (h, q), "attn_k": (h, kv),
-             "attn_v": (h, kv), "attn_output": (q, h), "ffn_gate": (h, f), "ffn_up": (h, f),
-             "ffn_down": (f, h)}  # fmt: skip
-    shapes = {"token_embd.weight": (h, vocab), "output_norm.weight": (h,), "output.weight": (h, vocab),
-              "rope_freqs.weight": (args.head_dim // 2,)}  # fmt: skip
+    layer = {
+        "attn_norm": (h,),
+        "ffn_norm": (h,),
+        "attn_q": (h, q),
+        "attn_k": (h, kv),
+        "attn_v": (h, kv),
+        "attn_output": (q, h),
+        "ffn_gate": (h, f),
+        "ffn_up": (h, f),
+        "ffn_down": (f, h),
+    }
+    shapes = {
+        "token_embd.weight": (h, vocab),
+        "output_norm.weight": (h,),
+        "output.weight": (h, vocab),
+        "rope_freqs.weight": (args.head_dim // 2,),
+    }
     for i in range(args.num_hidden_layers):
         shapes.update({f"blk.{i}.{k}.weight": s for k, s in layer.items()})
     return shapes

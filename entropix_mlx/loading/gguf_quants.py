@@ -26,7 +26,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from gguf.quants import Q4_K, dequantize
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 GROUP_SIZE = 32
 FLOAT_TYPES = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16}
@@ -132,8 +132,11 @@ def _affine(raw: np.ndarray, qtype: T, row_length: int, label: str) -> Dict[str,
         weight[chunk] = pack(codes_of(blocks).reshape(len(scales[chunk]), -1), bits)
     _check_finite(scales, label)
     _check_finite(biases, label)
-    return {"weight": mx.array(weight), "scales": mx.array(_exact_dtype(scales)),
-            "biases": mx.array(_exact_dtype(biases))}  # fmt: skip
+    return {
+        "weight": mx.array(weight),
+        "scales": mx.array(_exact_dtype(scales)),
+        "biases": mx.array(_exact_dtype(biases)),
+    }
 
 
 def _dense(raw: np.ndarray, qtype: T, row_length: int, label: str) -> np.ndarray:

@@ -27,7 +27,7 @@ from tokenizers import (
 )
 from transformers import PreTrainedTokenizerFast
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 __all__ = ["UnsupportedTokenizerError", "build_backend_tokenizer", "tokenizer_from_gguf_metadata"]
 
@@ -46,12 +46,28 @@ _QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 # llama.cpp digit pre-split is a no-op for a vocabulary with no multi-digit tokens.
 _LLAMA3 = (_LLAMA3_SPLIT, True)
 _PRE_SPLITS = {
-    **dict.fromkeys(["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral"], _LLAMA3),
+    **dict.fromkeys(
+        ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral"], _LLAMA3
+    ),
     **dict.fromkeys(["dbrx", "smaug-bpe"], (_LLAMA3_SPLIT, False)),
     **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "megrez", "stablelm2"], (_QWEN2_SPLIT, False)),
 }
-_GPT2_PRES = {"default", "gpt2", "gpt-2", "smollm", "starcoder", "refact", "command-r", "codeshell",
-              "exaone", "minerva", "mpt", "olmo", "jais", "phi-2"}
+_GPT2_PRES = {
+    "default",
+    "gpt2",
+    "gpt-2",
+    "smollm",
+    "starcoder",
+    "refact",
+    "command-r",
+    "codeshell",
+    "exaone",
+    "minerva",
+    "mpt",
+    "olmo",
+    "jais",
+    "phi-2",
+}
 
 _HF_FOLDER_HINT = "load the model from its Hugging Face folder (with tokenizer.json) instead"
 
@@ -165,10 +181,12 @@ def _byte_level_bpe(meta: _TokenizerMetadata) -> Tokenizer:
     if split is None:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(split), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
@@ -178,7 +196,9 @@ def _split_for_pre(pre: str):
     if pre in _PRE_SPLITS:
         return _PRE_SPLITS[pre]
     if pre not in _GPT2_PRES:
-        warnings.warn(f"unknown GGUF pre-tokenizer {pre!r}: using GPT-2's split; tokens may differ from llama.cpp's")
+        warnings.warn(
+            f"unknown GGUF pre-tokenizer {pre!r}: using GPT-2's split; tokens may differ from llama.cpp's"
+        )
     return None, False
 
 
@@ -191,9 +211,15 @@ def _sentencepiece_bpe(meta: _TokenizerMetadata) -> Tokenizer:
         scores = meta.get("tokenizer.ggml.scores") or [-float(i) for i in range(len(meta.tokens))]
         merges = _merges_from_scores(meta.tokens, scores, meta.types)
     vocab = {token: i for i, token in enumerate(meta.tokens)}
-    tokenizer = Tokenizer(models.BPE(
-        vocab=vocab, merges=merges, unk_token=meta.token("unknown"), fuse_unk=True, byte_fallback=True,
-    ))
+    tokenizer = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            unk_token=meta.token("unknown"),
+            fuse_unk=True,
+            byte_fallback=True,
+        )
+    )
     # llama.cpp prefixes a space to every text run that starts the input or follows a special
     # token; a Prepend normalizer does the same, as added tokens are split out before it runs.
     steps = [normalizers.Prepend("▁")] if meta.add_space_prefix else []
@@ -238,9 +264,17 @@ def _post_processor(meta: _TokenizerMetadata) -> processors.TemplateProcessing:
     eos = meta.token("eos") if meta.add_eos else None
 
     def framed(sequence: str, type_id: int) -> List[str]:
-        return ([f"{bos}:{type_id}"] if bos else []) + [sequence] + ([f"{eos}:{type_id}"] if eos else [])
+        return (
+            ([f"{bos}:{type_id}"] if bos else [])
+            + [sequence]
+            + ([f"{eos}:{type_id}"] if eos else [])
+        )
 
-    specials = [(meta.token(name), meta.id(name)) for name, on in (("bos", bos), ("eos", eos)) if on]
+    specials = [
+        (meta.token(name), meta.id(name)) for name, on in (("bos", bos), ("eos", eos)) if on
+    ]
     return processors.TemplateProcessing(
-        single=framed("$A", 0), pair=framed("$A", 0) + framed("$B:1", 1), special_tokens=specials,
+        single=framed("$A", 0),
+        pair=framed("$A", 0) + framed("$B:1", 1),
+        special_tokens=specials,
     )

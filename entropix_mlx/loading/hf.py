@@ -1,31 +1,40 @@
-"""An MLX or Hugging Face folder (config.json, safetensors, tokenizer files), or a Hub repo id."""
+"""An MLX or Hugging Face folder (config.json, safetensors, tokenizer files), or a Hub repo id.
 
-import glob
+mlx-lm reads the folder (`load_model` with this project's Llama classes, `load_tokenizer`);
+what is added here is the checking that turns a bad file into one clear line.
+"""
+
 import json
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
-import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.utils import load_tokenizer
+from mlx_lm.utils import load_config, load_model, load_tokenizer
 
+from ..errors import ModelLoadError
 from ..model.llama import Model, ModelArgs
-from .errors import ModelLoadError
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
 # The config.json keys ModelArgs reads: (type, required); all numbers must be positive.
 CONFIG_FIELDS = {
-    "hidden_size": (int, True), "num_hidden_layers": (int, True),
-    "intermediate_size": (int, True), "num_attention_heads": (int, True),
-    "vocab_size": (int, True), "num_key_value_heads": (int, False), "head_dim": (int, False),
-    "max_position_embeddings": (int, False), "rms_norm_eps": (float, False),
-    "rope_theta": (float, False), "tie_word_embeddings": (bool, False),
-}  # fmt: skip
+    "hidden_size": (int, True),
+    "num_hidden_layers": (int, True),
+    "intermediate_size": (int, True),
+    "num_attention_heads": (int, True),
+    "vocab_size": (int, True),
+    "num_key_value_heads": (int, False),
+    "head_dim": (int, False),
+    "max_position_embeddings": (int, False),
+    "rms_norm_eps": (float, False),
+    "rope_theta": (float, False),
+    "tie_word_embeddings": (bool, False),
+}
 
 
 def read_config(folder: Path) -> dict:
+    """mlx-lm's view of config.json, checked to describe a Llama this project can build."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ModelLoadError(
@@ -33,9 +42,13 @@ def read_config(folder: Path) -> dict:
             "tokenizer files), a .gguf file or a Hub repo id"
         )
     try:
-        config = json.loads(config_path.read_text())
+        config = load_config(folder)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{config_path} is not valid JSON ({e}); fix or re-download it") from None
+        raise ModelLoadError(
+            f"{config_path} is not valid JSON ({e}); fix or re-download it"
+        ) from None
+    except TypeError:  # a JSON list, which load_config indexes like an object
+        config = None
     if not isinstance(config, dict):
         raise ModelLoadError(f"{config_path} is not a JSON object; fix or re-download it")
     model_type = config.get("model_type")
@@ -50,6 +63,10 @@ def read_config(folder: Path) -> dict:
             raise ModelLoadError(
                 f"{key} in {config_path} {problem}; fix or re-download config.json"
             )
+    try:
+        ModelArgs.from_dict(config)
+    except ValueError as e:  # heads that do not divide
+        raise ModelLoadError(f"config.json is inconsistent: {e}; fix or re-download it") from None
     return config
 
 
@@ -64,67 +81,46 @@ def config_problem(value, kind: type, required: bool) -> Optional[str]:
     return None if value > 0 else f"must be positive, got {value!r}"
 
 
-def read_safetensors(folder: Path) -> Dict[str, mx.array]:
-    files = sorted(glob.glob(str(folder / "*.safetensors")))
-    if not files:
-        raise ModelLoadError(f"{folder} has no *.safetensors weight files; download the weights too")
-    weights = {}
-    for file in files:
-        try:
-            weights.update(mx.load(file))
-        except Exception as e:  # MLX reports corrupt files with a bare RuntimeError
-            raise ModelLoadError(f"cannot read {file} ({e}); re-download it") from None
-    return weights
+def llama_classes(config: dict):
+    """mlx-lm's model-class hook: this project's Llama port instead of mlx-lm's own."""
+    return Model, ModelArgs
 
 
-def quantization_predicate(quantization: dict, weights: Dict[str, mx.array]):
-    """nn.quantize predicate for an MLX-quantized checkpoint, honouring per-layer overrides."""
-
-    def predicate(path, module):
-        if not hasattr(module, "to_quantized"):
-            return False
-        if path in quantization:
-            return quantization[path]
-        return f"{path}.scales" in weights
-
-    return predicate
-
-
-def build_model(
-    config: dict, weights: Dict[str, mx.array], quantize: Optional[int] = None
-) -> Tuple[Model, ModelArgs, str]:
-    """Model (lazy) from a config dict and checkpoint weights; float weights optionally quantized."""
+def read_model(folder: Path, quantize: Optional[int] = None):
+    """The model (weights still lazy) and its quantization description."""
     try:
-        args = ModelArgs.from_dict(config)
-    except ValueError as e:  # heads that do not divide
-        raise ModelLoadError(f"config.json is inconsistent: {e}; fix or re-download it") from None
-    model = Model(args)
-    weights = model.sanitize(weights)
-    quantization = config.get("quantization") or config.get("quantization_config")
-    if quantization and any(k.endswith(".scales") for k in weights):
-        q = {"group_size": quantization.get("group_size", 64), "bits": quantization.get("bits", 4)}
-        nn.quantize(model, **q, class_predicate=quantization_predicate(quantization, weights))
-        description = f"MLX {q['bits']}-bit (group {q['group_size']})"
-    else:
-        description = "float"
-    try:
-        model.load_weights(list(weights.items()), strict=True)
+        model, config = load_model(folder, lazy=True, get_model_classes=llama_classes)
+    except FileNotFoundError:
+        raise ModelLoadError(
+            f"{folder} has no model*.safetensors weight files; download the weights too"
+        ) from None
+    except RuntimeError as e:  # MLX reports a corrupt file with a bare RuntimeError
+        raise ModelLoadError(
+            f"cannot read the weights in {folder} ({e}); re-download them"
+        ) from None
+    except KeyError as e:  # mlx-lm indexes the quantization settings it expects
+        raise ModelLoadError(f"config.json lacks the quantization setting {e}; fix it") from None
     except ValueError as e:
         raise ModelLoadError(f"weights do not match the config: {e}") from None
-    if quantize and description == "float":
-        if quantize not in (4, 8):
-            raise ModelLoadError(f"quantize must be 4 or 8 bits, not {quantize}")
-        nn.quantize(model, group_size=64, bits=quantize)
-        description = f"MLX {quantize}-bit (group 64, quantized on load)"
-    return model, args, description
+    q = config.get("quantization")
+    if q:
+        return model, f"MLX {q['bits']}-bit (group {q['group_size']})"
+    if not quantize:
+        return model, "float"
+    if quantize not in (4, 8):
+        raise ModelLoadError(f"quantize must be 4 or 8 bits, not {quantize}")
+    nn.quantize(model, group_size=64, bits=quantize)
+    return model, f"MLX {quantize}-bit (group 64, quantized on load)"
 
 
 def load_folder(folder: Path, quantize: Optional[int] = None):
     """Load an MLX / Hugging Face folder -> (model, tokenizer, args, quantization description)."""
     config = read_config(folder)
-    model, args, description = build_model(config, read_safetensors(folder), quantize)
+    model, description = read_model(folder, quantize)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelLoadError(f"{folder} has no tokenizer.json or tokenizer.model; add the tokenizer files")
+        raise ModelLoadError(
+            f"{folder} has no tokenizer.json or tokenizer.model; add the tokenizer files"
+        )
     eos = config.get("eos_token_id")
     try:
         tokenizer = load_tokenizer(folder, eos_token_ids=eos if isinstance(eos, list) else None)
@@ -133,7 +129,7 @@ def load_folder(folder: Path, quantize: Optional[int] = None):
         raise ModelLoadError(
             f"cannot read the tokenizer files in {folder} ({reason}); fix or re-download them"
         ) from None
-    return model, tokenizer, args, description
+    return model, tokenizer, model.args, description
 
 
 def snapshot_path(repo_id: str) -> Path:

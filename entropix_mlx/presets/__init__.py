@@ -1,18 +1,20 @@
 """Shipped sampler presets: one TOML file of SamplerConfig settings per catalog model."""
 
-import tomllib
 from importlib import resources
 from typing import Dict
 
-from ..sampling.config import SamplerConfig
+from ..errors import ConfigError
+from ..sampling.config import SamplerConfig, parse_settings
 
 
 def read_preset(name: str) -> Dict[str, object]:
     """The settings in `<name>.toml` beside this module, checked by SamplerConfig."""
     source = resources.files(__name__).joinpath(f"{name}.toml")
     try:
-        settings = tomllib.loads(source.read_text(encoding="utf-8"))
+        settings = parse_settings(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"no shipped preset {name!r}: {name}.toml is missing from entropix_mlx/presets") from None
+        raise ConfigError(
+            f"no shipped preset {name!r}: {name}.toml is missing from entropix_mlx/presets"
+        ) from None
     SamplerConfig.from_dict(settings)
     return settings

@@ -10,11 +10,19 @@ from .entropix import (
     resolve_pause_token,
     strategy_parameters,
 )
-from .metrics import attention_metrics, calculate_metrics, logits_entropy_varentropy
+from .metrics import (
+    METRICS,
+    attention_metrics,
+    calculate_metrics,
+    logits_entropy_varentropy,
+)
+from .samplers import SAMPLERS, make_sampler
 
 __all__ = [
     "MAX_CANDIDATES",
+    "METRICS",
     "PARAMETERS",
+    "SAMPLERS",
     "STRATEGIES",
     "SamplerConfig",
     "attention_metrics",
@@ -23,6 +31,7 @@ __all__ = [
     "logits_entropy_varentropy",
     "make_entropix_sampler",
     "make_greedy_sampler",
+    "make_sampler",
     "make_standard_sampler",
     "resolve_pause_token",
     "sample",

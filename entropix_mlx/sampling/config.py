@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from ..errors import ConfigError
+
 # One sorted candidate set of this many tokens serves every strategy, so no
 # top_k (configured or derived) can exceed it.
 MAX_CANDIDATES = 100
@@ -90,42 +92,63 @@ class SamplerConfig:
         _check_range("top_p", self.top_p, 0.0, 1.0, "must be in (0, 1]", low_open=True)
         _check_range("top_k", self.top_k, 1, MAX_CANDIDATES, f"must be in [1, {MAX_CANDIDATES}]")
         _check_range("min_p", self.min_p, 0.0, 1.0, "must be in [0, 1)", high_open=True)
-        _check_range("n_adaptive_samples", self.n_adaptive_samples, 1, MAX_ADAPTIVE_SAMPLES,
-                     f"must be in [1, {MAX_ADAPTIVE_SAMPLES}]")
+        _check_range(
+            "n_adaptive_samples",
+            self.n_adaptive_samples,
+            1,
+            MAX_ADAPTIVE_SAMPLES,
+            f"must be in [1, {MAX_ADAPTIVE_SAMPLES}]",
+        )
         if self.pause_token_id is not None:
             _check_range("pause_token_id", self.pause_token_id, 0, math.inf, "must be >= 0")
         for lower, higher in _ORDERED_THRESHOLDS:
             if not getattr(self, lower) < getattr(self, higher):
-                raise ValueError(
+                raise ConfigError(
                     f"thresholds out of order: {lower} ({getattr(self, lower)!r}) must be below "
                     f"{higher} ({getattr(self, higher)!r})"
                 )
         if self.branch_k == 1 or not 0 <= self.branch_k <= MAX_BRANCH_K:
-            raise ValueError(
+            raise ConfigError(
                 f"branch_k must be 0 (no look-ahead) or in [2, {MAX_BRANCH_K}], "
                 f"got {self.branch_k!r}"
             )
         _check_range("branch_horizon", self.branch_horizon, 1, math.inf, "must be >= 1")
         _check_range("max_branch_points", self.max_branch_points, 0, math.inf, "must be >= 0")
         if self.branch_score not in BRANCH_SCORES:
-            raise ValueError(
+            raise ConfigError(
                 f"branch_score must be one of {', '.join(BRANCH_SCORES)}, got {self.branch_score!r}"
             )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SamplerConfig":
-        """Build a config from a flat mapping; unknown keys raise ValueError."""
+        """Build a config from a flat mapping; unknown keys raise ConfigError."""
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"unknown sampler setting(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown sampler setting(s): {', '.join(unknown)}")
         return cls(**values)
 
     @classmethod
-    def from_toml(cls, source: Union[str, Path]) -> "SamplerConfig":
-        """Read a flat TOML table from a file path or from TOML text."""
-        if isinstance(source, Path) or ("=" not in source and "\n" not in source):
-            source = Path(source).read_text(encoding="utf-8")
-        return cls.from_dict(tomllib.loads(source))
+    def from_toml(cls, path: Union[str, Path]) -> "SamplerConfig":
+        """The settings of a TOML file (a flat table); see also `parse_toml` for TOML text."""
+        return cls.from_dict(read_settings(path))
+
+    @classmethod
+    def parse_toml(cls, text: str) -> "SamplerConfig":
+        """The settings of TOML text (a flat table)."""
+        return cls.from_dict(parse_settings(text))
+
+    @classmethod
+    def merged(
+        cls,
+        preset: Mapping[str, Any] = {},
+        config_file: Optional[Union[str, Path]] = None,
+        overrides: Mapping[str, Any] = {},
+    ) -> "SamplerConfig":
+        """The one merge order, validated once: a model's preset, then a TOML file's settings, then
+        `overrides` (those that are None are left out)."""
+        settings = {**preset, **(read_settings(config_file) if config_file else {})}
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(settings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -142,37 +165,59 @@ class SamplerConfig:
 
 # Each family of strategy thresholds must rise: low_ent < med_ent < high_ent, low_vent < high_vent.
 _ORDERED_THRESHOLDS = (("low_ent", "med_ent"), ("med_ent", "high_ent"), ("low_vent", "high_vent"))
+
+
+def read_settings(path: Union[str, Path]) -> dict:
+    """The flat table of a TOML settings file; ConfigError naming the file if it cannot be read."""
+    try:
+        return parse_settings(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ConfigError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+
+
+def parse_settings(text: str) -> dict:
+    """The flat table of TOML settings text (the one TOML parser of the package)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML ({e})") from None
+
+
 _INT_FIELDS = {
-    "top_k", "n_adaptive_samples", "pause_token_id", "branch_k", "branch_horizon",
+    "top_k",
+    "n_adaptive_samples",
+    "pause_token_id",
+    "branch_k",
+    "branch_horizon",
     "max_branch_points",
-}  # fmt: skip
+}
 _TEXT_FIELDS = {"pause_token", "branch_score"}
 
 
 def _check_text(name, value):
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
 
 
 def _check_int(name, value, optional=False):
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
 
 
 def _check_number(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ConfigError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ConfigError(f"{name} must be finite, got {value!r}")
 
 
 def _check_range(name, value, low, high, rule, low_open=False, high_open=False):
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
-        raise ValueError(f"{name} {rule}, got {value!r}")
+        raise ConfigError(f"{name} {rule}, got {value!r}")
 
 
 def _toml_value(value):

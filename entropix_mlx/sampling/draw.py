@@ -7,6 +7,7 @@ from typing import Union
 
 import mlx.core as mx
 
+from ..errors import ConfigError
 from .config import MAX_CANDIDATES, SamplerConfig
 from .metrics import logsumexp
 
@@ -65,8 +66,14 @@ def as_row_array(value: Number, batch: int) -> mx.array:
     return mx.broadcast_to(mx.array(value, dtype=mx.float32), (batch,))
 
 
-def sample(logits: mx.array, temperature: Number, top_p: Number, top_k: Number,
-           min_p: Number, key: mx.array) -> mx.array:
+def sample(
+    logits: mx.array,
+    temperature: Number,
+    top_p: Number,
+    top_k: Number,
+    min_p: Number,
+    key: mx.array,
+) -> mx.array:
     """One exact draw per row: softmax(logits / temperature), then min_p, top_k, top_p.
 
     Parameters are numbers or [B] arrays; temperature 0 means argmax; top_k is capped
@@ -82,8 +89,9 @@ def sample(logits: mx.array, temperature: Number, top_p: Number, top_k: Number,
     return take_rank(candidate_ids, rank)
 
 
-def sample_rank(logits, candidate_logits, temperature, top_p, top_k, min_p, key,
-                num_draws=None, max_draws=1):
+def sample_rank(
+    logits, candidate_logits, temperature, top_p, top_k, min_p, key, num_draws=None, max_draws=1
+):
     """Rank of the drawn candidate [B]; with num_draws [B], the best (lowest rank,
     i.e. highest log-probability) of that many draws per row. Temperature 0: rank 0."""
     sampling = temperature > 0
@@ -99,8 +107,9 @@ def take_rank(candidate_ids: mx.array, rank: mx.array) -> mx.array:
     return mx.take_along_axis(candidate_ids, rank[:, None], axis=-1)[:, 0].astype(mx.int32)
 
 
-def make_standard_sampler(temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0,
-                          min_p: float = 0.0):
+def make_standard_sampler(
+    temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0
+):
     """A plain sampler with the Entropix step signature (strategy -1, empty info).
 
     temperature 0 gives greedy; top_k 0 means no top_k (then top_p/min_p sort the
@@ -138,6 +147,6 @@ def make_greedy_sampler():
 
 def _check_standard(temperature, top_p, top_k, min_p):
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+        raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     # Reuse SamplerConfig's checks so errors read the same everywhere.
     SamplerConfig(temp=temperature, top_p=top_p, min_p=min_p)

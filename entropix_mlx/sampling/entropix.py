@@ -7,6 +7,7 @@ from typing import Optional
 
 import mlx.core as mx
 
+from ..errors import ConfigError
 from .config import MAX_CANDIDATES, SamplerConfig
 from .draw import sample_rank, take_rank, top_candidates
 from .metrics import attention_metrics, logits_entropy_varentropy
@@ -124,7 +125,7 @@ def make_entropix_sampler(
     cfg = config if config is not None else SamplerConfig()
     pause_id = cfg.pause_token_id if pause_token_id is None else pause_token_id
     if isinstance(pause_id, bool) or not isinstance(pause_id, numbers.Integral) or pause_id < 0:
-        raise ValueError(
+        raise ConfigError(
             f"pause_token_id must be a token id >= 0, got {pause_id!r}; "
             "resolve it with resolve_pause_token(config, tokenizer)"
         )
@@ -134,7 +135,7 @@ def make_entropix_sampler(
         logits = logits.astype(mx.float32)
         vocab = logits.shape[-1]
         if pause_id >= vocab:
-            raise ValueError(f"pause_token_id {pause_id} is outside the vocabulary ({vocab})")
+            raise ConfigError(f"pause_token_id {pause_id} is outside the vocabulary ({vocab})")
         entropy, varentropy = logits_entropy_varentropy(logits)
         metrics = {"logits_entropy": entropy, "logits_varentropy": varentropy, **attn}
         strategy = choose_strategy(metrics, cfg)
@@ -148,8 +149,12 @@ def make_entropix_sampler(
         candidate_logits, candidate_ids = top_candidates(logits)
         draws = mx.where(strategy == ADAPTIVE, cfg.n_adaptive_samples, 1)
         rank = sample_rank(
-            logits, candidate_logits, *(used[name] for name in PARAMETERS), key,
-            num_draws=draws, max_draws=cfg.n_adaptive_samples,
+            logits,
+            candidate_logits,
+            *(used[name] for name in PARAMETERS),
+            key,
+            num_draws=draws,
+            max_draws=cfg.n_adaptive_samples,
         )
         token = mx.where(emit_pause, pause_id, take_rank(candidate_ids, rank))
         return token.astype(mx.int32), strategy, {**metrics, **used}
@@ -174,7 +179,7 @@ def resolve_pause_token(config: SamplerConfig, tokenizer) -> int:
         return config.pause_token_id
     ids = list(tokenizer.encode(config.pause_token, add_special_tokens=False))
     if len(ids) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"pause_token {config.pause_token!r} encodes to {len(ids)} tokens {ids}, "
             "not one; choose text that is a single token or set pause_token_id"
         )

@@ -6,6 +6,14 @@ import math
 
 import mlx.core as mx
 
+METRICS = (  # what calculate_metrics returns, in this order
+    "logits_entropy",
+    "logits_varentropy",
+    "attn_entropy",
+    "attn_varentropy",
+    "agreement",
+    "interaction_strength",
+)
 LN_2 = math.log(2.0)
 _CHUNK = 256
 _LOGP_FLOOR = -200.0
