@@ -69,6 +69,10 @@ RECORD_KEYS = [
     "strategies",
     "pause_tokens",
     "scores",
+    "row_tokens",
+    "forks",
+    "paths",
+    "path_answers",
 ]
 GENERATED_KEYS = ["row_tokens", "forks", "paths", "path_answers"]  # generated answers only
 COMPARISON_KEYS = [

@@ -12,11 +12,12 @@ items.jsonl: one JSON object per answer, keys always present in this order:
   multiple choice), tokens (generated tokens; for multiple choice the tokens scored),
   seconds (this answer's time, shared prompt prefill excluded), strategies (entropix:
   {strategy: tokens}, else {}), pause_tokens (entropix: pause tokens emitted, else null),
-  scores (multiple choice: one score per choice, else null); generated answers also carry
+  scores (multiple choice: one score per choice, else null),
   row_tokens (tokens decoded by every row the answer used: rollouts and paths included; the
-  answer's compute, one row of a forward pass each), forks (look-ahead forks committed in the
-  answer), paths (decoded paths: >1 for self-consistency; CoT-decoding's paths are forks) and
-  path_answers (each path's extracted answer when paths > 1, else null).
+  answer's compute, one row of a forward pass each; multiple choice: the tokens scored),
+  forks (look-ahead forks committed in the answer), paths (decoded paths: >1 for
+  self-consistency; CoT-decoding's paths are forks) and path_answers (each path's extracted
+  answer when paths > 1, else null).
 
 summary.json (schema "entropix-mlx/eval-summary/1"):
   schema, task, kind (generate | choice), model, data {source, licence, file},

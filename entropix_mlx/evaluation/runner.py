@@ -359,6 +359,10 @@ def choice_record(task, item, arm: str, scores: List[float], tokens: int, second
         "strategies": {},
         "pause_tokens": None,
         "scores": [round(s, 6) for s in scores],
+        "row_tokens": tokens,
+        "forks": 0,
+        "paths": 1,
+        "path_answers": None,
     }
 
 
