@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import mlx.core as mx
-from mlx_lm.sample_utils import make_sampler
-
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # when not installed
+# isort: off
+import entropix_mlx  # noqa: E402, F401 - first: it loads the system OpenBLAS before mlx
+import mlx.core as mx  # noqa: E402
+
+# isort: on
+from mlx_lm.sample_utils import make_sampler  # noqa: E402
+
+from entropix_mlx.bench.cold_compile import empty_compile_cache, json_child  # noqa: E402
 from entropix_mlx.sampling import make_entropix_sampler, make_standard_sampler  # noqa: E402
 
 PAUSE_ID = 0
@@ -87,31 +89,12 @@ def growing_worker(name, batch, vocab, heads, length, n_steps):
 def bench_growing(batch, vocab, heads, length, n_steps):
     results = {}
     for name in samplers():
-        with tempfile.TemporaryDirectory() as cache_dir:
-            env = {**os.environ, "TMPDIR": cache_dir}
-            args = [
-                sys.executable,
-                __file__,
-                "--growing-worker",
-                name,
-                "--batch",
-                str(batch),
-                "--vocab",
-                str(vocab),
-                "--heads",
-                str(heads),
-                "--length",
-                str(length),
-                "--growing-steps",
-                str(n_steps),
-            ]
-            runs = [
-                json.loads(
-                    subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
-                )
-                for _ in ("cold", "warm")
-            ]
-        results[name] = {"cold": runs[0], "warm": runs[1]}
+        args = [sys.executable, __file__, "--growing-worker", name, "--batch", str(batch)]
+        args += ["--vocab", str(vocab), "--heads", str(heads), "--length", str(length)]
+        args += ["--growing-steps", str(n_steps)]
+        with empty_compile_cache() as env:
+            cold, warm = (json_child(args, env, f"the growing-L run of {name}") for _ in range(2))
+        results[name] = {"cold": cold, "warm": warm}
     return results
 
 

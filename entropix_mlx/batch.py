@@ -12,17 +12,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Generator,
-    List,
-    Optional,
-    Sequence,
-    Tuple,
-    Union,
-)
+from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache
@@ -37,9 +27,9 @@ from .generate import (
     TokenStep,
     check_prompt,
     check_seed,
+    literal_prompt_ids,
     make_sampler,
     prefill,
-    prompt_token_ids,
     step_outputs,
     to_token_steps,
 )
@@ -107,11 +97,11 @@ def concat_outputs(parts: Sequence[tuple]) -> tuple:
 class BatchGenerator:
     """Rows of different prompts decoded together, one forward pass per `next()`.
 
-    `insert` queues a row; the next `next()` prefills every queued row in one padded batch,
-    merges them into the running batch and returns one token per row. A row leaves after its
-    EOS or `max_tokens` token, or when `remove`d. Like `generate_step`, the next forward pass
-    is queued before the host reads the current tokens (so a row that stops at EOS or is
-    removed for a stop string has cost one pass more than it used).
+    `insert` queues a row; the next `next()` prefills every queued row in one padded batch and
+    merges them into the running batch, whose forward pass then yields their first tokens. A
+    row leaves after its EOS or `max_tokens` token, or when `remove`d. Like `generate_step`, the
+    next forward pass is queued before the host reads the current tokens (so a row that stops at
+    EOS or is removed for a stop string has cost one pass more than it used).
     """
 
     def __init__(
@@ -228,17 +218,22 @@ class BatchGenerator:
         return [uid] + [row.uid for row in copies]
 
     def next(self) -> List[RowStep]:
-        """One token for every row (admitting queued rows first); [] when none is left."""
-        if self.pending:
+        """One token for every running row; [] when none is left. Queued rows join this step's
+        forward pass (their first token comes from the next call), except in an empty batch,
+        where they are prefilled and return their first token at once."""
+        if self.pending and not self.rows:
             self._admit()
         if not self.rows:
             return []
         rows, current = self.rows, self.outputs
         # A row at its last token leaves before the next forward pass is queued: it needs none.
         self._keep([i for i, row in enumerate(rows) if row.generated + 1 < row.max_tokens])
+        tokens = [self.outputs[0]] if self.rows else []
+        if self.pending:
+            tokens.append(self._join())
         if self.rows:
             self.outputs, self.keys = self._decode(
-                self.cache, self.rows, self.keys, self.outputs[0]
+                self.cache, self.rows, self.keys, mx.concatenate(tokens)
             )
         results = []
         for row, step, top in zip(rows, to_token_steps(*current), top_logprobs(current[3], rows)):
@@ -266,8 +261,24 @@ class BatchGenerator:
         return outputs, split[:, 0]
 
     def _admit(self):
+        """The queued rows' first tokens, queued now in a forward pass of their own."""
+        rows, cache, keys, last = self._take_pending()
+        outputs, keys = self._decode(cache, rows, keys, last)
+        running = self.outputs if self.rows else None
+        self._append(rows, cache, keys)
+        self.outputs = outputs if running is None else concat_outputs([running, outputs])
+
+    def _join(self) -> mx.array:
+        """Merge the queued rows into the running batch before its next forward pass, which
+        yields their first tokens; the tokens they feed it (their prompts' last)."""
+        rows, cache, keys, last = self._take_pending()
+        self._append(rows, cache, keys)
+        return last
+
+    def _take_pending(self):
+        """The queued rows with their prompts but the last token prefilled together -> (rows,
+        their batch cache, their keys, their last prompt tokens)."""
         pending, self.pending = self.pending, []
-        rows = [row for row, *_ in pending]
         caches = [
             cache if cache is not None else self.model.make_cache() for _, _, cache, _ in pending
         ]
@@ -276,15 +287,17 @@ class BatchGenerator:
         if any(rest):
             self._prefill_padded(cache, rest)
         last = mx.array([ids[-1] for _, ids, _, _ in pending])
-        outputs, keys = self._decode(cache, rows, mx.stack([key for *_, key in pending]), last)
+        keys = mx.stack([key for *_, key in pending])
+        return [row for row, *_ in pending], cache, keys, last
+
+    def _append(self, rows: List[Row], cache: List[BatchKVCache], keys: mx.array):
         if not self.rows:
-            self.rows, self.cache, self.keys, self.outputs = rows, cache, keys, outputs
+            self.rows, self.cache, self.keys = rows, cache, keys
             return
         for mine, theirs in zip(self.cache, cache):
             mine.extend(theirs)
-        self.rows += rows
+        self.rows = self.rows + rows  # a new list: next() still holds the step's rows
         self.keys = mx.concatenate([self.keys, keys])
-        self.outputs = concat_outputs([self.outputs, outputs])
 
     def _prefill_padded(self, cache: List[BatchKVCache], prompts: List[List[int]]):
         """Prefill prompts of different lengths together: right-padded while they run (the
@@ -354,7 +367,7 @@ def check_prompts(
     context_length = getattr(getattr(model, "args", None), "max_position_embeddings", None)
     checked = []
     for i, prompt in enumerate(prompts):
-        ids = prompt_token_ids(tokenizer, prompt)
+        ids = literal_prompt_ids(tokenizer, prompt)
         try:
             checked.append((ids, check_prompt(ids, context_length, max_tokens)))
         except GenerationError as e:

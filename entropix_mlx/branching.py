@@ -177,7 +177,8 @@ class BranchingGenerator(BatchGenerator):
         super().remove(rows)
 
     def next(self) -> List[RowStep]:
-        self.admit()
+        if not self.rows:  # else queued rows join the step (a fork waits for their first token)
+            self.admit()
         if not self.rows:
             return []
         self._fork_where_due()

@@ -12,7 +12,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import CalibrationError
-from .generate import encode_prompt, stream_generate
+from .generate import chat_prompt_ids, stream_generate
 from .sampling import (
     STRATEGIES,
     SamplerConfig,
@@ -126,7 +126,7 @@ def collect_metrics(
     samples = []
     with tqdm(prompts, desc=desc, unit="prompt", disable=not progress, leave=False) as bar:
         for prompt in bar:
-            ids = encode_prompt(tokenizer, prompt)
+            ids = chat_prompt_ids(tokenizer, prompt)
             steps = list(
                 stream_generate(
                     model, tokenizer, ids, sampler=sampler, max_tokens=max_tokens, seed=seed

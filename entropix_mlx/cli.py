@@ -312,7 +312,7 @@ def convert(src, dst, bits, group_size):
 @sampler_options
 def generate(prompt, no_chat_template, trace, color, completions, system, **options):
     """Generate a completion of a prompt, streaming it as it is made."""
-    from .generate import encode_prompt
+    from .generate import chat_prompt_ids
     from .trace import TraceWriter
 
     prompt = read_prompt(prompt)
@@ -321,7 +321,7 @@ def generate(prompt, no_chat_template, trace, color, completions, system, **opti
     if trace:
         check_output_folder(Path(trace), "--trace")
     session = GenerationSession(**options)
-    ids = encode_prompt(session.tokenizer, prompt, system, chat_template=not no_chat_template)
+    ids = chat_prompt_ids(session.tokenizer, prompt, system, chat_template=not no_chat_template)
     if color:
         echo_err(color_legend())
     if completions > 1:
@@ -372,7 +372,7 @@ def read_prompt(prompt: str) -> str:
 @sampler_options
 def chat(system, **options):
     """An interactive chat: /reset clears the history, /quit ends; Ctrl-C stops an answer."""
-    from .generate import encode_prompt
+    from .generate import chat_prompt_ids
     from .prompt_cache import PromptCache
 
     session = GenerationSession(**options)
@@ -397,7 +397,7 @@ def chat(system, **options):
         answer = []
         try:
             session.stream(
-                encode_prompt(session.tokenizer, history, system),
+                chat_prompt_ids(session.tokenizer, history, system),
                 lambda r: (answer.append(r.text), click.echo(r.text, nl=False), sys.stdout.flush()),
                 prompt_cache,
             )

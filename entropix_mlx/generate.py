@@ -3,17 +3,7 @@
 import math
 import time
 from dataclasses import dataclass, field
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Generator,
-    List,
-    Optional,
-    Sequence,
-    Tuple,
-    Union,
-)
+from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 
@@ -201,13 +191,15 @@ class StopMatcher:
         return 0
 
 
-def encode_prompt(
+def chat_prompt_ids(
     tokenizer,
     prompt: Union[str, Sequence[Dict[str, str]]],
     system: Optional[str] = None,
     chat_template: bool = True,
 ) -> List[int]:
-    """Token ids of a prompt: plain text, or a message list run through the chat template."""
+    """Token ids of a prompt for a chat model: plain text becomes a user message, and messages go
+    through the chat template (plain text is encoded as written with `chat_template=False` or
+    when the tokenizer has no template)."""
     if isinstance(prompt, str):
         if not chat_template or tokenizer.chat_template is None:
             return tokenizer.encode(prompt)
@@ -241,12 +233,13 @@ def check_seed(seed: Optional[int]):
         raise GenerationError(f"seed must be a whole number in [0, 2**64), not {seed!r}")
 
 
-def prompt_token_ids(tokenizer, prompt: Prompt) -> List[int]:
-    """Raw text is encoded as is, a message list through the chat template; ids pass through."""
+def literal_prompt_ids(tokenizer, prompt: Prompt) -> List[int]:
+    """Token ids of a prompt taken literally: plain text is encoded as written (no chat
+    template), a message list goes through the template, ids pass through."""
     if isinstance(prompt, str):
         return tokenizer.encode(prompt)
     if len(prompt) and isinstance(prompt[0], dict):
-        return encode_prompt(tokenizer, prompt)
+        return chat_prompt_ids(tokenizer, prompt)
     return [int(t) for t in prompt]
 
 
@@ -289,7 +282,7 @@ def stream_generate(
             seed=seed,
         )
         return
-    prompt_ids = prompt_token_ids(tokenizer, prompt)
+    prompt_ids = literal_prompt_ids(tokenizer, prompt)
     context_length = getattr(getattr(model, "args", None), "max_position_embeddings", None)
     cached = prompt_cache[0].offset if prompt_cache else 0
     max_tokens = check_prompt(

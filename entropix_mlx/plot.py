@@ -266,28 +266,14 @@ def draw_timeline(axes, records, cfg: SamplerConfig):
     """Entropy and attention entropy, varentropy, and a strategy band with the token text."""
     ent_ax, vent_ax, band_ax = axes
     x = list(range(len(records)))
-    ent_ax.plot(
-        x,
-        [r["logits_entropy"] for r in records],
-        color="#1f4e99",
-        linewidth=1,
-        label="logits entropy",
+    curves = (
+        (ent_ax, "logits_entropy", "#1f4e99", 1, "-", "logits entropy"),
+        (ent_ax, "attn_entropy", "#e07b00", 0.9, ":", "attention entropy"),
+        (vent_ax, "logits_varentropy", "#6a3d9a", 1, "-", "logits varentropy"),
     )
-    ent_ax.plot(
-        x,
-        [r["attn_entropy"] for r in records],
-        color="#e07b00",
-        linewidth=0.9,
-        linestyle=":",
-        label="attention entropy",
-    )
-    vent_ax.plot(
-        x,
-        [r["logits_varentropy"] for r in records],
-        color="#6a3d9a",
-        linewidth=1,
-        label="logits varentropy",
-    )
+    for ax, metric, color, width, style, label in curves:
+        values = [r[metric] for r in records]
+        ax.plot(x, values, color=color, linewidth=width, linestyle=style, label=label)
     for ax, thresholds in ((ent_ax, ENT_THRESHOLDS), (vent_ax, VENT_THRESHOLDS)):
         for name in thresholds:
             ax.axhline(getattr(cfg, name), color="#999999", linestyle="--", linewidth=0.6)

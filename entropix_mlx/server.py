@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from .errors import ConfigError
-from .generate import encode_prompt
+from .generate import chat_prompt_ids
 from .loading import ModelInfo
 from .sampling import SAMPLERS, SamplerConfig, resolve_pause_token
 from .scheduler import (
@@ -763,7 +763,7 @@ class ModelServer:
 
     def _encode_chat(self, messages) -> List[int]:
         try:
-            return encode_prompt(self.tokenizer, messages)
+            return chat_prompt_ids(self.tokenizer, messages)
         except Exception as e:  # the model's own Jinja template decides what it accepts
             raise APIError(
                 400,
@@ -773,7 +773,7 @@ class ModelServer:
             ) from None
 
     def _encode_text(self, text: str) -> List[int]:
-        return encode_prompt(self.tokenizer, text, chat_template=False)
+        return chat_prompt_ids(self.tokenizer, text, chat_template=False)
 
     async def _answer(self, request, prompt_ids, prompt_param, settings, endpoint, options):
         generation = self.fit_to_context(prompt_ids, prompt_param, settings)

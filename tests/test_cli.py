@@ -114,13 +114,13 @@ def test_chat_keeps_the_history(tiny_gguf, monkeypatch):
         "entropix_mlx.generate"
     )  # the package exports a `generate` function
     seen = []
-    original = generate_module.encode_prompt
+    original = generate_module.chat_prompt_ids
 
     def recording_encode(tokenizer, prompt, *args, **kwargs):
         seen.append([dict(m) for m in prompt])
         return original(tokenizer, prompt, *args, **kwargs)
 
-    monkeypatch.setattr(generate_module, "encode_prompt", recording_encode)
+    monkeypatch.setattr(generate_module, "chat_prompt_ids", recording_encode)
     result = run(
         "chat",
         "-m",
@@ -145,7 +145,7 @@ def test_chat_prefills_only_the_new_tokens_of_a_turn(tiny_gguf, monkeypatch):
     fed, prompts = [], []
     original_stream, original_encode = (
         generate_module.stream_generate,
-        generate_module.encode_prompt,
+        generate_module.chat_prompt_ids,
     )
 
     def recording_stream(model, tokenizer, prompt, **kwargs):
@@ -158,7 +158,7 @@ def test_chat_prefills_only_the_new_tokens_of_a_turn(tiny_gguf, monkeypatch):
         return ids
 
     monkeypatch.setattr(generate_module, "stream_generate", recording_stream)
-    monkeypatch.setattr(generate_module, "encode_prompt", recording_encode)
+    monkeypatch.setattr(generate_module, "chat_prompt_ids", recording_encode)
     result = run(
         "chat",
         "-m",

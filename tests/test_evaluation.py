@@ -511,23 +511,9 @@ def test_cli_arith_quick_with_a_preset_writes_the_documented_files(tiny_gguf, tm
     preset = tmp_path / "tinydot.toml"
     preset.write_text('pause_token = "."\ntemp = 0.9\n')
     out = tmp_path / "out"
-    result = invoke(
-        "-t",
-        "arith",
-        "-m",
-        tiny_gguf,
-        "--quick",
-        "-s",
-        "greedy",
-        "-s",
-        "standard",
-        "--config",
-        preset,
-        "--seeds",
-        "3,4",
-        "--out",
-        out,
-    )
+    args = ["-t", "arith", "-m", tiny_gguf, "--quick", "-s", "greedy", "-s", "standard"]
+    args += ["--config", preset, "--seeds", "3,4"]
+    result = invoke(*args, "--out", out)
     assert result.exit_code == 0, result.output
     summary, records = read_outputs(out)
     assert [a["name"] for a in summary["arms"]] == ["greedy", "standard", "entropix:tinydot"]
@@ -543,25 +529,7 @@ def test_cli_arith_quick_with_a_preset_writes_the_documented_files(tiny_gguf, tm
         low, high = arm["ci95"]
         assert 0 <= low <= arm["accuracy"] <= high <= 1
     assert "paired comparison" in result.output and "entropix:tinydot strategies" in result.output
-    batched = invoke(
-        "-t",
-        "arith",
-        "-m",
-        tiny_gguf,
-        "--quick",
-        "-s",
-        "greedy",
-        "-s",
-        "standard",
-        "--config",
-        preset,
-        "--seeds",
-        "3,4",
-        "--out",
-        tmp_path / "batched",
-        "--batch-size",
-        4,
-    )
+    batched = invoke(*args, "--out", tmp_path / "batched", "--batch-size", 4)
     assert batched.exit_code == 0, batched.output
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(read_outputs(tmp_path / "batched")[1]) == strip(records)

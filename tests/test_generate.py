@@ -7,8 +7,8 @@ import pytest
 
 from entropix_mlx.generate import (
     GenerationError,
+    chat_prompt_ids,
     check_prompt,
-    encode_prompt,
     generate_step,
     stream_generate,
 )
@@ -105,12 +105,12 @@ def test_prompt_checks():
 
 def test_chat_template_and_system(tiny):
     _, tokenizer, _ = tiny
-    ids = encode_prompt(tokenizer, "hi", system="be brief")
+    ids = chat_prompt_ids(tokenizer, "hi", system="be brief")
     text = tokenizer.decode(ids)
     assert text.startswith("<|im_start|>system\nbe brief") and text.endswith(
         "<|im_start|>assistant\n"
     )
-    assert encode_prompt(tokenizer, "hi", chat_template=False) == tokenizer.encode("hi")
+    assert chat_prompt_ids(tokenizer, "hi", chat_template=False) == tokenizer.encode("hi")
 
 
 @pytest.mark.real_model

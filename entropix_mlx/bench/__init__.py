@@ -7,7 +7,8 @@ same float32 weights (its rows on the stored weights stay, as the reference). Ea
 run at every prompt length over the same real-text prompt, for a fixed number of generated
 tokens (never stopped at EOS), after a warm-up, with the rows interleaved in every repeat.
 
-JSON report (`schema` "entropix-mlx-bench/1"; every number is measured in the same run):
+JSON report (`schema` "entropix-mlx-bench/2"; every number is measured in the same run; /1 also
+had `goals`, now checked by benchmarks/bench_goals.py):
   schema, created (UTC, ISO 8601)
   machine     os, os_release, platform, arch, cpu, cpu_count, python, mlx, mlx_lm,
               entropix_mlx, device (mx.default_device()), cpu_blas (cpu_blas.STATUS.detail),
@@ -40,7 +41,6 @@ JSON report (`schema` "entropix-mlx-bench/1"; every number is measured in the sa
                       compiled_after_cold, compiled_after_warm (kernel libraries in the
                       fresh $TMPDIR/mlx), cold_over_warm_decode},
               entropix_over_mlx_lm_cold_decode
-  goals[]     goal, target (">= 0.95" ...), checks[] {row, value, met}, met
 """
 
 from ..errors import BenchError

@@ -12,7 +12,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Sequence
 
 from ..errors import BenchError
 
@@ -47,17 +49,26 @@ def measure_cold_compile(
         cpu_dtype=cpu_dtype,
         weights=weights,
     )
+    with empty_compile_cache() as env:
+        args = [sys.executable, "-m", MODULE, json.dumps(settings)]
+        return json_child(args, env, f"the cold-compile run of {engine} {sampler}")
+
+
+@contextmanager
+def empty_compile_cache() -> Iterator[dict]:
+    """An environment for child processes whose MLX compile cache starts empty (and is shared
+    by every child started with it, so a second run finds what the first compiled)."""
     with tempfile.TemporaryDirectory(prefix="entropix-bench-cold-") as fresh:
-        child = subprocess.run(
-            [sys.executable, "-m", MODULE, json.dumps(settings)],
-            env={**os.environ, "TMPDIR": fresh},
-            capture_output=True,
-            text=True,
-        )
+        yield {**os.environ, "TMPDIR": fresh}
+
+
+def json_child(args: Sequence[str], env: dict, what: str) -> dict:
+    """Run a child process that prints one JSON object last; that object."""
+    child = subprocess.run(args, env=env, capture_output=True, text=True)
     lines = child.stdout.strip().splitlines()
     if child.returncode or not lines:
         detail = (child.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"the cold-compile run of {engine} {sampler} failed: {detail}")
+        raise BenchError(f"{what} failed: {detail}")
     return json.loads(lines[-1])
 
 

@@ -25,11 +25,11 @@ from .contenders import (
 )
 from .machine import load_average, machine_info
 from .measure import measure_generation, measure_step_us
-from .report import FIGURES, build_rows, cold_compile_section, evaluate_goals
+from .report import FIGURES, build_rows, cold_compile_section
 from .same_weights import mlx_lm_folder
 from .text import benchmark_prompt
 
-SCHEMA = "entropix-mlx-bench/1"
+SCHEMA = "entropix-mlx-bench/2"
 COLD_CONTENDERS = ((MLX_LM, "sampled"), (OURS, "entropix"))
 WARMUP_PROMPT, WARMUP_TOKENS = 32, 8
 
@@ -113,7 +113,6 @@ def run_benchmark(
         "settings": settings_record(settings, info, contenders),
         "rows": rows,
         "cold_compile": cold,
-        "goals": evaluate_goals(rows, cold),
     }
 
 

@@ -1,4 +1,4 @@
-"""The benchmark report as text a person reads: machine, one table, cold compile, goals."""
+"""The benchmark report as text a person reads: machine, one table, cold compile."""
 
 from typing import List
 
@@ -106,16 +106,6 @@ def cold_lines(section: dict) -> List[str]:
     return lines
 
 
-def goal_lines(goals: List[dict]) -> List[str]:
-    lines = ["Goals (ours / mlx-lm on the same weights):"]
-    for goal in goals:
-        values = ", ".join(f"{c['value']:.2f}" + ("" if c["met"] else "!") for c in goal["checks"])
-        lines.append(
-            f"  [{'met' if goal['met'] else 'MISSED'}] {goal['goal']} {goal['target']}: {values}"
-        )
-    return lines
-
-
 def format_report(report: dict) -> str:
     settings = report["settings"]
     lines = [
@@ -129,5 +119,4 @@ def format_report(report: dict) -> str:
         lines += ["", *reference_lines(report["rows"])]
     if report.get("cold_compile"):
         lines += ["", *cold_lines(report["cold_compile"])]
-    lines += ["", *goal_lines(report["goals"])]
     return "\n".join(lines)
