@@ -76,6 +76,13 @@ def sampler_config(preset: dict, config_file, overrides):
         raise ConfigError(f"invalid sampler settings ({source}): {e}") from None
 
 
+MODEL_HELP = "Catalog name, .gguf file, MLX/HF folder or Hub repo id"
+
+
+def model_option(help: str = MODEL_HELP + "."):
+    return click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help=help)
+
+
 cpu_dtype_option = click.option(
     "--cpu-dtype",
     type=click.Choice(CPU_DTYPES),
@@ -88,13 +95,7 @@ cpu_dtype_option = click.option(
 def sampler_options(command):
     """The model and sampler options that generate and chat share."""
     options = [
-        click.option(
-            "--model",
-            "-m",
-            default=DEFAULT_MODEL,
-            show_default=True,
-            help="Catalog name, .gguf file, MLX/HF folder or Hub repo id.",
-        ),
+        model_option(),
         click.option("--system", help="A system message for the chat template."),
         click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True),
         click.option("--seed", type=int, help="Random seed (same seed, same text)."),
@@ -408,13 +409,7 @@ def chat(system, **options):
 
 
 @main.command()
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Catalog name, .gguf file, MLX/HF folder or Hub repo id (fixed for the server's life).",
-)
+@model_option(MODEL_HELP + " (fixed for the server's life).")
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -502,13 +497,7 @@ def parse_prompt_lengths(ctx, param, value):
 
 
 @main.command()
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Catalog name, .gguf file, MLX/HF folder or Hub repo id; mlx-lm runs the same weights.",
-)
+@model_option(MODEL_HELP + "; mlx-lm runs the same weights.")
 @click.option(
     "--prompt-lengths",
     default="64,512,2048",
@@ -599,13 +588,7 @@ def preset_config(model, config_file, overrides=None):
     type=click.Path(dir_okay=False, path_type=Path),
     help="The PNG file to write.",
 )
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Draw this catalog model's preset thresholds (other names: the defaults).",
-)
+@model_option("Draw this catalog model's preset thresholds (other names: the defaults).")
 @click.option(
     "--config",
     "config_file",
@@ -638,13 +621,7 @@ def plot(trace_file, output, model, config_file, title):
 
 
 @main.command()
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Catalog name, .gguf file, MLX/HF folder or Hub repo id.",
-)
+@model_option()
 @click.option(
     "--output",
     "-o",
@@ -821,13 +798,7 @@ def tune_for_accuracy(
 @click.option(
     "--limit", type=click.IntRange(min=1), help="Only the first N items (arith: default 200)."
 )
-@click.option(
-    "--model",
-    "-m",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Catalog name, .gguf file, MLX/HF folder or Hub repo id.",
-)
+@model_option()
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
