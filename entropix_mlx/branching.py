@@ -28,7 +28,7 @@ from .generate import SamplerStep
 from .sampling import STRATEGIES, SamplerConfig, make_greedy_sampler
 from .sampling.config import MAX_BRANCH_K
 from .sampling.draw import top_candidates
-from .sampling.metrics import token_margin
+from .sampling.metrics import logsumexp, probability_margin, take_token
 
 BRANCH = STRATEGIES.index("branch")
 TRIGGERS = ("branch", "first")
@@ -109,11 +109,12 @@ def with_candidates(sampler: SamplerStep) -> SamplerStep:
     def step(logits, scores, prev, key):
         token, strategy, info = sampler(logits, scores, prev, key)
         values, ids = top_candidates(logits, MAX_BRANCH_K)
-        logprobs = values - mx.logsumexp(logits, axis=-1, keepdims=True)
+        logits = logits.astype(mx.float32)
+        log_total = logsumexp(logits)
         extra = {
             "candidate_ids": ids,
-            "candidate_logprobs": logprobs,
-            "margin": token_margin(logits, token),
+            "candidate_logprobs": values - log_total,
+            "margin": probability_margin(take_token(logits, token), values[:, :2], log_total[:, 0]),
         }
         return token, strategy, {**info, **extra}
 

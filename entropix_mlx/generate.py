@@ -17,6 +17,7 @@ from .sampling import (
     make_greedy_sampler,
     make_sampler,
 )
+from .sampling.metrics import logsumexp
 
 Prompt = Union[str, Sequence[Dict[str, str]], Sequence[int]]
 SamplerStep = Callable[[mx.array, mx.array, mx.array, mx.array], Any]
@@ -69,7 +70,7 @@ def step_outputs(
     logits, scores = out if with_scores else (out, None)
     logits = logits[:, -1, :].astype(mx.float32)
     token, strategy, info = sampler(logits, scores, prev, key)
-    log_total = mx.logsumexp(logits, axis=-1, keepdims=True)
+    log_total = logsumexp(logits)
     logprob = mx.take_along_axis(logits, token[:, None].astype(mx.int32), axis=-1) - log_total
     if top_logprobs:
         top_ids = mx.argpartition(-logits, kth=top_logprobs - 1, axis=-1)[:, :top_logprobs]

@@ -9,11 +9,10 @@ import pytest
 from mlx_lm.models.cache import KVCache
 
 from entropix_mlx.batch import BatchGenerator
-from entropix_mlx.branching import BranchingGenerator, BranchRules, forced_margins
+from entropix_mlx.branching import BranchingGenerator, BranchRules, forced_margins, with_candidates
 from entropix_mlx.generate import make_sampler, stream_generate
 from entropix_mlx.loading import load
 from entropix_mlx.sampling import SamplerConfig
-from entropix_mlx.sampling.metrics import token_margin
 
 from .tiny import tiny_model, write_float_gguf
 
@@ -149,7 +148,12 @@ def test_cost_counts_every_rollout_token():
 
 def test_margin_and_forced_margins_match_by_hand():
     logits = mx.log(mx.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]))
-    assert token_margin(logits, mx.array([0, 0])).tolist() == pytest.approx([0.2, -0.7], abs=1e-6)
+
+    def always_first(logits, scores, prev, key):
+        return mx.array([0, 0]), mx.array([-1, -1]), {}
+
+    _, _, info = with_candidates(always_first)(logits, None, None, None)
+    assert info["margin"].tolist() == pytest.approx([0.2, -0.7], abs=1e-6)
     assert forced_margins([math.log(0.5), math.log(0.3)]) == pytest.approx([0.2, -0.2])
 
 

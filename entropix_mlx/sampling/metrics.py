@@ -15,6 +15,7 @@ METRICS = (  # what calculate_metrics returns, in this order
     "interaction_strength",
 )
 LN_2 = math.log(2.0)
+LOG2_E = 1 / LN_2
 _CHUNK = 256
 _LOGP_FLOOR = -200.0
 
@@ -31,17 +32,26 @@ def precise_sum(x: mx.array) -> mx.array:
     return x.reshape(*x.shape[:-1], -1, _CHUNK).sum(axis=-1).sum(axis=-1)
 
 
+def exp(x: mx.array) -> mx.array:
+    """e**x for the vocabulary-wide passes. MLX's CPU backend runs `exp` one element at a time
+    (~25 ns each on x86 here); 2**(x log2 e) takes a third of that at the same float32
+    precision (relative error ~2e-6 both), so the CPU gets that."""
+    if mx.default_device() == mx.cpu:
+        return mx.power(2.0, x * LOG2_E)
+    return mx.exp(x)
+
+
 def logsumexp(x: mx.array) -> mx.array:
     """log(sum(exp(x))) over the last axis, keepdims, with `precise_sum`."""
     top = mx.max(x, axis=-1, keepdims=True)
-    return top + mx.log(precise_sum(mx.exp(x - top)))[..., None]
+    return top + mx.log(precise_sum(exp(x - top)))[..., None]
 
 
 def logits_entropy_varentropy(logits: mx.array) -> tuple[mx.array, mx.array]:
     """Entropy (bits) and varentropy (bits^2) of softmax(logits); [B, V] -> two [B]."""
     # One exp pass serves both log p and p: exp is the costly op on the CPU backend.
     shifted = logits - mx.max(logits, axis=-1, keepdims=True)
-    unnormalised = mx.exp(shifted)
+    unnormalised = exp(shifted)
     total = precise_sum(unnormalised)[:, None]
     p = unnormalised / total
     # Below -200 nats p is exactly 0 in float32; the floor keeps -inf logits from
@@ -87,14 +97,16 @@ def calculate_metrics(logits: mx.array, scores: mx.array) -> dict[str, mx.array]
     }
 
 
-def token_margin(logits: mx.array, token: mx.array) -> mx.array:
-    """p(token) minus the largest probability of any other token, per row ([B, V], [B] -> [B]).
+def probability_margin(chosen: mx.array, top_two: mx.array, log_total: mx.array) -> mx.array:
+    """p(token) minus the largest probability of any other token, per row, from the token's
+    logit [B], the two largest logits [B, 2] (descending) and logsumexp(logits) [B].
 
     For the most probable token this is CoT-decoding's margin p(top1) - p(top2) (Wang & Zhou,
-    2024); for any other token it is negative.
-    """
-    p = mx.softmax(logits.astype(mx.float32), axis=-1)
-    top2 = mx.topk(p, 2, axis=-1)  # ascending: [second, first]
-    chosen = mx.take_along_axis(p, token[:, None].astype(mx.int32), axis=-1)[:, 0]
-    best_other = mx.where(chosen >= top2[:, 1], top2[:, 0], top2[:, 1])
-    return chosen - best_other
+    2024); for any other token it is negative."""
+    best_other = mx.where(chosen >= top_two[:, 0], top_two[:, 1], top_two[:, 0])
+    return mx.exp(chosen - log_total) - mx.exp(best_other - log_total)
+
+
+def take_token(logits: mx.array, token: mx.array) -> mx.array:
+    """Each row's logit of its token ([B, V], [B] -> [B])."""
+    return mx.take_along_axis(logits, token[:, None].astype(mx.int32), axis=-1)[:, 0]
