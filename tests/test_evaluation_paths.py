@@ -152,7 +152,12 @@ def test_branching_grid_and_the_tie_rule():
     a, b, c = (
         Candidate(n, SamplerConfig(), correct, 10) for n, correct in (("a", 5), ("b", 6), ("c", 6))
     )
-    assert best([a, b, c]) is b
+    assert best([a, b, c]) is b  # the earlier of equals
+    paused, clean = (
+        Candidate(n, SamplerConfig(), 6, 10, pause_tokens=p) for n, p in (("p", 3), ("q", 0))
+    )
+    assert best([a, paused, clean]) is clean  # of equals, the fewest pause tokens
+    assert best([Candidate("r", SamplerConfig(), 7, 10, pause_tokens=9), clean]).name == "r"
 
 
 def test_cli_calibrate_for_accuracy_writes_a_preset_with_its_evidence(tmp_path):

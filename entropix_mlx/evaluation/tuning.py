@@ -1,7 +1,9 @@
 """Presets tuned for accuracy on development items (`entropix-mlx calibrate --objective accuracy`).
 
 A small, documented grid around the model's preset, every candidate answering the same dev items
-(paired, same seeds): the most accurate wins; ties go to the earlier candidate (fewer changes).
+(paired, same seeds): the most accurate wins; of equals, the one whose answers hold the fewest
+pause tokens (text a reader must skip, which never made a dev answer right), then the earlier
+candidate (fewer changes).
 The dev items are arithmetic generated with seed DEV_ARITH_SEED; the evaluation's own items use
 seed 0, so no evaluated item is ever tuned on.
 
@@ -41,6 +43,7 @@ class Candidate:
     correct: int = 0
     answers: int = 0
     row_tokens: int = 0
+    pause_tokens: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -108,14 +111,15 @@ def evaluate(
                 sum(r["correct"] for r in records),
                 len(records),
                 sum(r["row_tokens"] for r in records),
+                sum(r["pause_tokens"] for r in records),
             )
         )
     return out
 
 
 def best(candidates: Sequence[Candidate]) -> Candidate:
-    """The most accurate; the earliest of equals."""
-    return max(candidates, key=lambda c: c.accuracy)  # max keeps the first of equals
+    """The most accurate; of equals, the fewest pause tokens; then the earliest."""
+    return max(candidates, key=lambda c: (c.accuracy, -c.pause_tokens))  # max keeps the first
 
 
 def tune(
@@ -148,12 +152,12 @@ def tune(
 
 def format_candidates(tried: Sequence[Candidate], chosen: Candidate) -> str:
     width = max(len(c.name) for c in tried)
-    lines = [f"{'candidate'.ljust(width)}  accuracy  answers  row tokens/answer"]
+    lines = [f"{'candidate'.ljust(width)}  accuracy  answers  row tokens/answer  pause tokens"]
     for c in tried:
         mark = "  <- chosen" if c is chosen else ""
         lines.append(
             f"{c.name.ljust(width)}  {100 * c.accuracy:7.1f}%  {c.answers:7d}  "
-            f"{c.row_tokens / max(c.answers, 1):17.1f}{mark}"
+            f"{c.row_tokens / max(c.answers, 1):17.1f}  {c.pause_tokens:12d}{mark}"
         )
     return "\n".join(lines)
 
@@ -173,9 +177,13 @@ def preset_toml(
         "`entropix-mlx calibrate --objective accuracy --task arith`.",
         f"Data: {items} development arithmetic items (seed {DEV_ARITH_SEED}; the evaluation uses "
         f"seed 0), sampling seeds {','.join(map(str, seeds))}. Start: {base_source}.",
-        "Rule: the most accurate grid candidate (ties: the earlier); "
-        "see entropix_mlx/evaluation/tuning.py.",
-        *(f"{c.name}: {100 * c.accuracy:.1f}% ({c.correct}/{c.answers})" for c in tried),
+        "Rule: the most accurate grid candidate (ties: the fewest pause tokens in its answers, "
+        "then the earlier); see entropix_mlx/evaluation/tuning.py.",
+        *(
+            f"{c.name}: {100 * c.accuracy:.1f}% ({c.correct}/{c.answers}), "
+            f"{c.pause_tokens} pause tokens"
+            for c in tried
+        ),
         f"Chosen: {chosen.name}.",
     ]
     keys = (
