@@ -93,8 +93,11 @@ def main(argv=None):
     if not paths:
         sys.exit(__doc__.strip().splitlines()[2].strip())
     for path in paths:
-        report = json.loads(Path(path).read_text())
-        goals = evaluate_goals(report["rows"], report.get("cold_compile"))
+        try:
+            report = json.loads(Path(path).read_text())
+            goals = evaluate_goals(report["rows"], report.get("cold_compile"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            sys.exit(f"{path}: not a readable `entropix-mlx bench --json` report ({e!r})")
         print("\n".join([path, *goal_lines(goals)]))
 
 

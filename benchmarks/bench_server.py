@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -280,7 +281,10 @@ def float32_folder(folder: str) -> str:
         config = {
             k: v for k, v in config.items() if k not in ("quantization", "quantization_config")
         }
-        save(target, folder, model, tokenizer, config)
+        partial = target.with_name(target.name + ".part")  # renamed whole: never half a copy
+        shutil.rmtree(partial, ignore_errors=True)
+        save(partial, folder, model, tokenizer, config)
+        partial.rename(target)
     return str(target)
 
 

@@ -17,7 +17,8 @@ from .sampling import (
     make_greedy_sampler,
     make_sampler,
 )
-from .sampling.metrics import logsumexp
+from .sampling.draw import top_candidates
+from .sampling.metrics import logsumexp, take_token
 
 Prompt = Union[str, Sequence[Dict[str, str]], Sequence[int]]
 SamplerStep = Callable[[mx.array, mx.array, mx.array, mx.array], Any]
@@ -71,17 +72,11 @@ def step_outputs(
     logits = logits[:, -1, :].astype(mx.float32)
     token, strategy, info = sampler(logits, scores, prev, key)
     log_total = logsumexp(logits)
-    logprob = mx.take_along_axis(logits, token[:, None].astype(mx.int32), axis=-1) - log_total
+    logprob = take_token(logits, token) - log_total[:, 0]
     if top_logprobs:
-        top_ids = mx.argpartition(-logits, kth=top_logprobs - 1, axis=-1)[:, :top_logprobs]
-        top = mx.take_along_axis(logits, top_ids, axis=-1) - log_total
-        order = mx.argsort(-top, axis=-1)
-        info = {
-            **info,
-            "top_ids": mx.take_along_axis(top_ids, order, axis=-1),
-            "top_logprobs": mx.take_along_axis(top, order, axis=-1),
-        }
-    return token, logprob[:, 0], strategy, info
+        values, ids = top_candidates(logits, top_logprobs)
+        info = {**info, "top_ids": ids, "top_logprobs": values - log_total}
+    return token, logprob, strategy, info
 
 
 def prefill(

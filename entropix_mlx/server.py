@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from .errors import ConfigError
-from .generate import chat_prompt_ids
+from .generate import chat_prompt_ids, literal_prompt_ids
 from .loading import ModelInfo
 from .sampling import SAMPLERS, SamplerConfig, resolve_pause_token
 from .scheduler import (
@@ -773,7 +773,7 @@ class ModelServer:
             ) from None
 
     def _encode_text(self, text: str) -> List[int]:
-        return chat_prompt_ids(self.tokenizer, text, chat_template=False)
+        return literal_prompt_ids(self.tokenizer, text)
 
     async def _answer(self, request, prompt_ids, prompt_param, settings, endpoint, options):
         generation = self.fit_to_context(prompt_ids, prompt_param, settings)

@@ -172,6 +172,17 @@ def bench_goals():
     return module
 
 
+def test_goals_of_a_file_that_is_no_report_is_one_line(tmp_path):
+    missing, other = tmp_path / "missing.json", tmp_path / "other.json"
+    other.write_text('{"schema": "something else"}')
+    for path, cause in ((missing, "FileNotFoundError"), (other, "KeyError('rows')")):
+        with pytest.raises(SystemExit) as exit:
+            bench_goals().main([str(path)])
+        message = str(exit.value)
+        assert message.startswith(f"{path}: not a readable `entropix-mlx bench --json` report (")
+        assert cause in message and "\n" not in message
+
+
 def test_ratios_and_goals_from_samples():
     class Row:
         def __init__(self, engine, sampler, baseline):
