@@ -20,6 +20,7 @@ from mlx.nn.layers.distributed import shard_linear
 
 from .errors import ShardingError
 from .model.llama import Model, ModelArgs
+from .model.sub_block_quant import without_sub_block_layers
 
 
 def world() -> mx.distributed.Group:
@@ -90,6 +91,7 @@ class GatheredScores(nn.Module):
 def shard(model: Model, group: mx.distributed.Group):
     """Split `model` in place across `group`: heads and MLP columns, rank by rank in order."""
     n = group.size()
+    without_sub_block_layers(model)  # mlx's sharded layers know MLX's own quantization only
     check_shardable(model, n)
     for layer in model.layers:
         attn, mlp = layer.self_attn, layer.mlp

@@ -1,6 +1,7 @@
 """GGUF block types against gguf-py's reference dequantization (bit-identical to ggml's)."""
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES
@@ -10,9 +11,14 @@ from gguf.quants import dequantize
 from entropix_mlx.errors import ModelLoadError
 from entropix_mlx.loading.gguf_quants import (
     AFFINE_TYPES,
-    DENSE_TYPES,
+    SUB_BLOCK_TYPES,
     pack,
     tensor_arrays,
+)
+from entropix_mlx.model.sub_block_quant import (
+    dequantized_weight,
+    sub_block_layer,
+    without_sub_block_layers,
 )
 
 # Byte offsets of each block type's float16 scale fields (d, and dmin / m where there is one).
@@ -44,40 +50,49 @@ def random_blocks(qtype: T, seed: int = 0) -> np.ndarray:
     return blocks.reshape(ROWS, -1)
 
 
-def loaded_values(arrays) -> np.ndarray:
+def loaded_values(qtype: T, arrays) -> np.ndarray:
+    """The values the layer the loader builds from `arrays` holds, in float32."""
     if "scales" not in arrays:
         return np.array(arrays["weight"])
-    bits = arrays["weight"].shape[-1] * 32 // ROW_LENGTH
-    return np.array(
-        mx.dequantize(
-            arrays["weight"],
-            arrays["scales"].astype(mx.float32),
-            arrays["biases"].astype(mx.float32),
-            group_size=32,
-            bits=bits,
-        )
-    )
+    layer = nn.Linear(ROW_LENGTH, ROWS, bias=False)
+    bits = AFFINE_TYPES[qtype][0]
+    if qtype in SUB_BLOCK_TYPES:
+        layer = sub_block_layer(layer, bits)
+    else:
+        layer = layer.to_quantized(group_size=32, bits=bits)
+    layer.load_weights(list(arrays.items()))
+    return np.array(dequantized_weight(layer))
 
 
 @pytest.mark.parametrize("qtype", sorted(AFFINE_TYPES, key=lambda t: t.name))
-def test_affine_types_stay_quantized_and_exact(qtype):
+def test_every_quantized_type_stays_quantized_and_exact(qtype):
     raw = random_blocks(qtype)
     arrays = tensor_arrays(raw, qtype, (ROWS, ROW_LENGTH), "t")
     bits = AFFINE_TYPES[qtype][0]
-    assert arrays["weight"].dtype == mx.uint32 and arrays["weight"].shape == (
-        ROWS,
-        ROW_LENGTH * bits // 32,
-    )
-    assert arrays["scales"].shape == (ROWS, ROW_LENGTH // 32)
-    np.testing.assert_array_equal(loaded_values(arrays), dequantize(raw, qtype))
+    padded = 2 if qtype in SUB_BLOCK_TYPES else 1
+    assert arrays["weight"].dtype == mx.uint32
+    assert arrays["weight"].shape == (ROWS, padded * ROW_LENGTH * bits // 32)
+    assert arrays["scales"].shape == (ROWS, padded * ROW_LENGTH // 32)
+    assert arrays["scales"].dtype == arrays["biases"].dtype  # one dtype for MLX's kernels
+    np.testing.assert_array_equal(loaded_values(qtype, arrays), dequantize(raw, qtype))
 
 
-@pytest.mark.parametrize("qtype", sorted(DENSE_TYPES, key=lambda t: t.name))
-def test_sixteen_value_sub_block_types_become_exact_float32(qtype):
+@pytest.mark.parametrize("qtype", sorted(SUB_BLOCK_TYPES, key=lambda t: t.name))
+def test_sixteen_value_sub_block_layers_compute_the_exact_products(qtype):
     raw = random_blocks(qtype)
     arrays = tensor_arrays(raw, qtype, (ROWS, ROW_LENGTH), "t")
-    assert set(arrays) == {"weight"} and arrays["weight"].dtype == mx.float32
-    np.testing.assert_array_equal(loaded_values(arrays), dequantize(raw, qtype))
+    weight = dequantize(raw, qtype)
+    x = np.random.default_rng(1).standard_normal((3, ROW_LENGTH)).astype(np.float32)
+    bits = AFFINE_TYPES[qtype][0]
+    linear = sub_block_layer(nn.Linear(ROW_LENGTH, ROWS, bias=False), bits)
+    linear.load_weights(list(arrays.items()))
+    embedding = sub_block_layer(nn.Embedding(ROWS, ROW_LENGTH), bits)
+    embedding.load_weights(list(arrays.items()))
+    # float32 sums in another order: relative to the products' scale
+    tolerance = 1e-5 * np.abs(x) @ np.abs(weight).T
+    assert (np.abs(np.array(linear(mx.array(x))) - x @ weight.T) <= tolerance).all()
+    assert (np.abs(np.array(embedding.as_linear(mx.array(x))) - x @ weight.T) <= tolerance).all()
+    np.testing.assert_array_equal(np.array(embedding(mx.array([4, 0, 4]))), weight[[4, 0, 4]])
 
 
 def test_legacy_scales_stay_float16_k_quant_scales_float32():
@@ -120,3 +135,19 @@ def test_nan_float_tensor_is_refused():
     raw[5] = np.nan
     with pytest.raises(ModelLoadError, match="tensor output_norm.weight holds NaN"):
         tensor_arrays(raw.view(np.uint8), T.F32, (8,), "tensor output_norm.weight")
+
+
+def test_sub_block_layers_give_way_to_exact_float32_twins():
+    """What convert and tensor-parallel sharding do: mlx-lm and mlx's sharded layers have no
+    16-value groups."""
+    raw = random_blocks(T.Q6_K)
+    arrays = tensor_arrays(raw, T.Q6_K, (ROWS, ROW_LENGTH), "t")
+    model = nn.Sequential(nn.Embedding(ROWS, ROW_LENGTH), nn.Linear(ROW_LENGTH, ROWS, bias=False))
+    model.layers = [sub_block_layer(layer, 6) for layer in model.layers]
+    model.load_weights([(f"layers.{i}.{k}", v) for i in (0, 1) for k, v in arrays.items()])
+    x = mx.array(np.random.default_rng(2).standard_normal((2, ROW_LENGTH)).astype(np.float32))
+    before = model.layers[1](x)
+    assert without_sub_block_layers(model) == 2
+    assert type(model.layers[0]) is nn.Embedding and type(model.layers[1]) is nn.Linear
+    np.testing.assert_array_equal(np.array(model.layers[0].weight), dequantize(raw, T.Q6_K))
+    np.testing.assert_allclose(np.array(model.layers[1](x)), np.array(before), rtol=1e-5, atol=1e-5)

@@ -4,12 +4,14 @@ llama.cpp's logits and greedy tokens on exactly the same weights (../shared/test
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from entropix_mlx.loading import load
+from entropix_mlx.model.sub_block_quant import SubBlockQuantizedEmbedding, SubBlockQuantizedLinear
 
 from .conftest import REPO
 from .conftest import testdata_path as shared_file
@@ -47,11 +49,10 @@ def greedy(model, ids, n):
 @pytest.mark.parametrize("prompt", ["P1", "P2"])
 def test_logits_argmax_and_greedy_tokens_match_llama_cpp(loaded, reference, prompt):
     ftype, model, _, info = loaded
-    assert info.quantization == f"{ftype[:4]}/Q6_K (Q6_K as float32, exact)"
-    assert (
-        model.layers[0].self_attn.q_proj.bits == int(ftype[1])
-        and model.model.embed_tokens.weight.dtype == mx.float32
-    )
+    assert info.quantization == f"{ftype[:4]}/Q6_K (Q6_K in 16-value groups)"
+    assert model.layers[0].self_attn.q_proj.bits == int(ftype[1])
+    assert isinstance(model.model.embed_tokens, SubBlockQuantizedEmbedding)
+    assert isinstance(model.layers[3].mlp.down_proj, SubBlockQuantizedLinear)
     key = f"{ftype}__{prompt}"
     ids = reference[f"{key}__ids"].tolist()
     logits = np.array(model(mx.array(ids)[None])[0])
@@ -89,21 +90,26 @@ def test_converted_folder_gives_the_same_logits_in_mlx_lm(loaded, reference, tmp
 
 
 MEASURE_PEAK = """
-import os, resource, sys
-from pathlib import Path
-from entropix_mlx.loading.gguf import GGUFFile, build_model, check_gguf
-gguf = GGUFFile(Path(sys.argv[1]))
-args = check_gguf(gguf)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-build_model(gguf, args)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - before) * 1024 / os.path.getsize(sys.argv[1]))
+import os, sys
+import entropix_mlx
+from entropix_mlx.loading import load
+def kib(key):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1])
+before = kib("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # the peak counts from here
+load(sys.argv[1], cpu_dtype="quantized")
+print((kib("VmHWM:") - before) * 1024 / os.path.getsize(sys.argv[1]))
 """
 
 
 @pytest.mark.real_model
-def test_default_model_weights_peak_below_1_3x_the_file(default_model):
-    """Resident memory that reading the weights adds, in a fresh process (tokenizer excluded)."""
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")
+def test_loading_the_default_model_peaks_below_1_3x_the_file(default_model):
+    """Resident memory `load` adds at its peak (weights and tokenizer), in a fresh process.
+
+    On the quantized path, as a Mac loads it; the Linux CPU policy's float32 copy is a
+    deliberate trade of memory for speed (loading/cpu_weights.py).
+    """
     path = default_model[2].path
     out = subprocess.run(
         [sys.executable, "-c", MEASURE_PEAK, str(path)],

@@ -10,6 +10,7 @@ from mlx_lm.utils import save_config, save_model
 
 from .. import files
 from ..errors import ModelLoadError
+from ..model.sub_block_quant import without_sub_block_layers
 from . import load
 
 
@@ -47,6 +48,10 @@ def convert(
     model, tokenizer, info = load(src, log=log, cpu_dtype="quantized")  # the weights as stored
     if bits and info.quantization == "float":
         nn.quantize(model, group_size=group_size, bits=bits)
+    if without_sub_block_layers(model):
+        log(
+            "16-value groups (Q6_K, Q2_K) are written as float32, exactly: mlx-lm has no such layers"
+        )
     log(f"Writing {dst}")
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)

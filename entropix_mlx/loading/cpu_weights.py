@@ -15,6 +15,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from .. import cpu_blas
 from ..errors import ModelLoadError
+from ..model.sub_block_quant import SUB_BLOCK_LAYERS, float_layer
 
 CPU_DTYPES = ("auto", "float32", "quantized")
 BUDGET_ENV = "ENTROPIX_MLX_FLOAT32_BUDGET_MB"
@@ -49,31 +50,12 @@ def float32_bytes(model: nn.Module) -> int:
     total = 0
     for _, module in model.named_modules():
         if isinstance(module, QUANTIZED):
-            total += 4 * module.weight.size * 32 // module.bits
+            padding = 2 if isinstance(module, SUB_BLOCK_LAYERS) else 1
+            total += 4 * module.weight.size * 32 // module.bits // padding
             total += 4 * module["bias"].size if "bias" in module else 0
         else:
             total += 4 * sum(v.size for v in module.values() if isinstance(v, mx.array))
     return total
-
-
-def _dequantized(module: nn.Module) -> nn.Module:
-    """A float32 nn.Linear / nn.Embedding holding exactly `module`'s dequantized weights."""
-    if not isinstance(module, QUANTIZED):
-        return module
-    # float32 scales and biases: with float16 ones MLX computes in float16 (errors of ~1e-3).
-    scales, biases = (module.scales, module.get("biases"))
-    scales, biases = (None if a is None else a.astype(mx.float32) for a in (scales, biases))
-    weight = mx.dequantize(
-        module.weight, scales, biases, module.group_size, module.bits, mode=module.mode
-    )
-    if isinstance(module, nn.QuantizedEmbedding):
-        layer = nn.Embedding(*weight.shape)
-    else:
-        layer = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in module)
-        if "bias" in module:
-            layer.bias = module["bias"].astype(mx.float32)
-    layer.weight = weight
-    return layer
 
 
 def float_dtypes(model: nn.Module) -> str:
@@ -85,7 +67,7 @@ def float_dtypes(model: nn.Module) -> str:
 
 def dequantize_model(model: nn.Module) -> nn.Module:
     """Turn every quantized layer of `model` into float32 in place; the rest is cast to float32."""
-    leaves = tree_map(_dequantized, model.leaf_modules(), is_leaf=nn.Module.is_module)
+    leaves = tree_map(float_layer, model.leaf_modules(), is_leaf=nn.Module.is_module)
     model.update_modules(leaves)
     model.set_dtype(mx.float32)
     mx.eval(model.parameters())

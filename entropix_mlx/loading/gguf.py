@@ -2,8 +2,8 @@
 
 The file is read through one memory map (`gguf_file`), one tensor at a time, and its
 metadata is checked against the tensors present before any layer is built. `gguf_quants` turns
-each tensor into MLX arrays without loss: quantized layers (bits and group read back off the
-shapes) where MLX's affine quantization holds the block type exactly, float32 otherwise.
+each tensor into MLX arrays without loss: quantized layers, with bits and group size read back
+off the shapes (16-value groups become `model.sub_block_quant` layers).
 
 RoPE layout: llama.cpp stores the rows of the Q and K projections permuted for its
 interleaved ("traditional") RoPE. We undo that permutation on load (rows of weight, scales
@@ -17,18 +17,13 @@ from typing import Dict, Iterable, Optional, Tuple
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from gguf import GGMLQuantizationType
+from mlx.utils import tree_unflatten
 
 from ..errors import ModelLoadError
 from ..model.llama import Model, ModelArgs
+from ..model.sub_block_quant import SUB_BLOCK, sub_block_layer
 from .gguf_file import GGUFFile, TensorInfo
-from .gguf_quants import (
-    DENSE_TYPES,
-    FLOAT_TYPES,
-    GROUP_SIZE,
-    SUPPORTED_TYPES,
-    tensor_arrays,
-)
+from .gguf_quants import FLOAT_TYPES, SUB_BLOCK_TYPES, SUPPORTED_TYPES, tensor_arrays
 from .gguf_tokenizer import tokenizer_from_gguf_metadata
 
 _LAYER_NAMES = {
@@ -208,18 +203,23 @@ def unpermute_rows(x: mx.array, n_heads: int) -> mx.array:
     return x.swapaxes(1, 2).reshape(rows, *x.shape[3:])
 
 
-def quantize_like(model: nn.Module, weights: Dict[str, mx.array], default_group_size: int):
-    """Make quantized layers where the weights are quantized, with bits read off the shapes."""
-
-    def predicate(path, module):
+def quantize_like(model: nn.Module, weights: Dict[str, mx.array]):
+    """Make quantized layers where the weights are quantized, with bits and group size read off
+    the shapes (a group of 16 values is a `sub_block_quant` layer, twice as wide when packed)."""
+    layers = []
+    for path, module in model.named_modules():
         scales = weights.get(f"{path}.scales")
         if scales is None or not hasattr(module, "to_quantized"):
-            return False
-        packed = weights[f"{path}.weight"].shape[-1]
-        in_features = module.weight.shape[-1]
-        return {"group_size": in_features // scales.shape[-1], "bits": packed * 32 // in_features}
-
-    nn.quantize(model, group_size=default_group_size, class_predicate=predicate)
+            continue
+        columns = module.weight.shape[-1]
+        group_size = columns // scales.shape[-1]
+        packed_columns = columns * (2 if group_size == SUB_BLOCK else 1)
+        bits = weights[f"{path}.weight"].shape[-1] * 32 // packed_columns
+        if group_size == SUB_BLOCK:
+            layers.append((path, sub_block_layer(module, bits)))
+        else:
+            layers.append((path, module.to_quantized(group_size=group_size, bits=bits)))
+    model.update_modules(tree_unflatten(layers))
 
 
 def read_weights(gguf: GGUFFile, args: ModelArgs) -> Dict[str, mx.array]:
@@ -251,10 +251,11 @@ def read_rope_freqs(gguf: GGUFFile) -> Optional[np.ndarray]:
 
 
 def describe(tensors: Iterable[TensorInfo]) -> str:
-    """`Q4_K/Q6_K (Q6_K as float32, exact)`: the quantized types, and which of them became float."""
-    kinds = sorted({t.qtype.name for t in tensors if t.qtype not in FLOAT_TYPES})
-    dense = [k for k in kinds if GGMLQuantizationType[k] in DENSE_TYPES]
-    return "/".join(kinds) + (f" ({'/'.join(dense)} as float32, exact)" if dense else "") or "float"
+    """`Q4_K/Q6_K (Q6_K in 16-value groups)`: the quantized types, and which need padded groups."""
+    types = {t.qtype for t in tensors if t.qtype not in FLOAT_TYPES}
+    kinds = "/".join(sorted(t.name for t in types)) or "float"
+    padded = "/".join(sorted(t.name for t in types & SUB_BLOCK_TYPES))
+    return f"{kinds} ({padded} in 16-value groups)" if padded else kinds
 
 
 def check_gguf(gguf: GGUFFile) -> ModelArgs:
@@ -267,7 +268,7 @@ def check_gguf(gguf: GGUFFile) -> ModelArgs:
 def build_model(gguf: GGUFFile, args: ModelArgs) -> Model:
     weights = read_weights(gguf, args)
     model = Model(args)
-    quantize_like(model, weights, GROUP_SIZE)
+    quantize_like(model, weights)
     model.load_weights(list(model.sanitize(weights).items()), strict=True)
     mx.eval(model.parameters())
     return model
@@ -277,6 +278,8 @@ def load_gguf(path: Path) -> Tuple[Model, object, ModelArgs, str]:
     """Load a llama GGUF file -> (model, tokenizer, args, quantization description)."""
     gguf = GGUFFile(path)
     args = check_gguf(gguf)
-    # The tokenizer first: its temporary memory is free again before the weights arrive.
+    # The tokenizer first, so its temporary memory and the vocabulary's lists in the metadata
+    # (7 MB on SmolLM2) are free again before the weights arrive.
     tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
+    gguf.metadata = {k: v for k, v in gguf.metadata.items() if not k.startswith("tokenizer.ggml.")}
     return build_model(gguf, args), tokenizer, args, describe(gguf.tensors.values())

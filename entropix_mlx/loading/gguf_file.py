@@ -88,16 +88,19 @@ class GGUFFile:
                 raise ModelLoadError(f"{path} is not a GGUF file (no GGUF header); check the file")
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            self._read_header()
+            data_start = self._read_header()
         except ModelLoadError:
             raise
         except (struct.error, ValueError, KeyError, OverflowError):
             raise self._corrupt("unreadable GGUF header") from None
+        # Every header value was copied out: its pages (the vocabulary, mostly) can go.
+        self._map.madvise(mmap.MADV_DONTNEED, 0, data_start)
 
     def _corrupt(self, what: str) -> ModelLoadError:
         return ModelLoadError(f"{self.path} is truncated or corrupt ({what}); fetch it again")
 
-    def _read_header(self):
+    def _read_header(self) -> int:
+        """Read the metadata and tensor extents -> where the tensor data starts."""
         cursor = _Cursor(self._map, 4)
         version = cursor.take("<I")
         if version not in SUPPORTED_VERSIONS:
@@ -129,6 +132,7 @@ class GGUFFile:
             if data_start + offset + n_bytes > len(self._map):
                 raise self._corrupt(f"tensor {name} runs past the end")
             self.tensors[name] = TensorInfo(name, shape, qtype, data_start + offset, n_bytes)
+        return data_start
 
     def _tensor_info(self, cursor: _Cursor):
         name = cursor.string()

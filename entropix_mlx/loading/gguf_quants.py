@@ -8,14 +8,16 @@ MLX's affine quantization (w = scale * q + bias, group 32), so those tensors sta
 | Q4_0 / Q5_0 / Q8_0 | 4 / 5 / 8 bits | d, -8d / -16d / -128d |
 | Q4_1 / Q5_1 | 4 / 5 bits | d, m |
 | Q4_K / Q5_K | 4 / 5 bits | d * sc, -dmin * m (sub-block of 32) |
+| Q3_K | 8 bits | d, -124d: the code is (sc - 32)(q - 4) + 124, which spans 0..252 |
 
-Scales and biases are kept as float16 where that holds them exactly (Q4_0 ... Q8_0), as float32
-otherwise (a K-quant's d * sc needs 17 significant bits). Q2_K, Q3_K and Q6_K give every 16
-values their own scale, and MLX's smallest group is 32: those tensors are dequantized to
-float32, which is exact and costs 32 bits a value (against 2.6 / 3.4 / 6.6 in the file).
+Q6_K and Q2_K give every 16 values their own scale (d * sc) and offset (-32 d * sc, -dmin * m):
+they become `model.sub_block_quant` layers, 6 / 2 bits with each 16 codes padded to an MLX group.
 
-The integer codes are read straight from the blocks' bit layouts; tests/test_gguf_quants.py
-checks every type against gguf-py's reference dequantization (bit-identical to ggml's).
+Scales and biases are kept as float16 where that holds both exactly (Q4_0 ... Q8_0), as float32
+otherwise (a K-quant's d * sc needs up to 19 significant bits). The codes of Q2_K, Q3_K and
+Q6_K come from gguf-py's own decoder run on the blocks with their scales set to 1, the others'
+straight from their bit layouts; tests/test_gguf_quants.py checks every type against gguf-py's
+reference dequantization (bit-identical to ggml's).
 """
 
 from typing import Callable, Dict, Tuple
@@ -27,11 +29,14 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import Q4_K, dequantize
 
 from ..errors import ModelLoadError
+from ..model.sub_block_quant import SUB_BLOCK
 
 GROUP_SIZE = 32
 FLOAT_TYPES = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16}
-DENSE_TYPES = {T.Q2_K, T.Q3_K, T.Q6_K}  # 16-value sub-blocks: dequantized to float32
-_CHUNK_VALUES = 1 << 20  # values converted at a time: bounds the temporary memory
+SUB_BLOCK_TYPES = {T.Q6_K, T.Q2_K}  # a scale and bias per 16 values: padded to groups of 32
+# Values converted at a time. Small enough that malloc reuses the chunks' temporaries: with
+# 1 << 20 they were left behind as 13 MB of freed heap on the default model.
+_CHUNK_VALUES = 1 << 16
 
 
 def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
@@ -73,8 +78,49 @@ def _q5_k_codes(blocks: np.ndarray) -> np.ndarray:
     return _nibbles(blocks[:, 48:176], 4) | (((qh >> shifts) & 1) << 4).reshape(len(blocks), -1)
 
 
-# GGUF type -> (bits, blocks [n, block_bytes] -> (scale, bias) [n, values_per_block / 32],
-#               blocks -> codes [n, values_per_block] (uint8))
+def _decoded_with(blocks: np.ndarray, qtype: T, fields: Dict[int, bytes]) -> np.ndarray:
+    """gguf-py's decoding of `blocks` with the bytes at these offsets replaced: `[n, 256]`."""
+    blocks = blocks.copy()
+    for start, value in fields.items():
+        blocks[:, start : start + len(value)] = np.frombuffer(value, np.uint8)
+    return dequantize(blocks, qtype).reshape(len(blocks), -1)
+
+
+_ONE = np.float16(1).tobytes()
+
+
+def _q3_k(blocks: np.ndarray):
+    d = _f16(blocks, 108)
+    return np.repeat(d, 8, axis=1), np.repeat(-124 * d, 8, axis=1)
+
+
+def _q3_k_codes(blocks: np.ndarray) -> np.ndarray:
+    return (_decoded_with(blocks, T.Q3_K, {108: _ONE}) + 124).astype(np.uint8)
+
+
+def _q6_k(blocks: np.ndarray):
+    scale = _f16(blocks, 208) * blocks[:, 192:208].view(np.int8)
+    return scale, -32 * scale
+
+
+def _q6_k_codes(blocks: np.ndarray) -> np.ndarray:
+    unit = {192: bytes([1] * 16), 208: _ONE}
+    return (_decoded_with(blocks, T.Q6_K, unit) + 32).astype(np.uint8)
+
+
+def _q2_k(blocks: np.ndarray):
+    sc_m = blocks[:, 0:16]
+    return _f16(blocks, 80) * (sc_m & 0x0F), -_f16(blocks, 82) * (sc_m >> 4)
+
+
+def _q2_k_codes(blocks: np.ndarray) -> np.ndarray:
+    unit = {0: bytes([1] * 16), 80: _ONE, 82: bytes(2)}
+    return _decoded_with(blocks, T.Q2_K, unit).astype(np.uint8)
+
+
+# GGUF type -> (bits, blocks [n, block_bytes] -> (scale, bias) [n, groups_per_block],
+#               blocks -> codes [n, values_per_block] (uint8)); groups of 32, or of 16 values
+#               for SUB_BLOCK_TYPES
 AFFINE_TYPES: Dict[T, Tuple[int, Callable, Callable]] = {
     T.Q4_0: (4, _offset(8), lambda b: _nibbles(b[:, 2:18])),
     T.Q4_1: (4, _with_min, lambda b: _nibbles(b[:, 4:20])),
@@ -83,8 +129,11 @@ AFFINE_TYPES: Dict[T, Tuple[int, Callable, Callable]] = {
     T.Q8_0: (8, _offset(128), lambda b: b[:, 2:34] ^ 0x80),  # int8 -> uint8 code, offset 128
     T.Q4_K: (4, _k_quant, lambda b: _nibbles(b[:, 16:144], 4)),
     T.Q5_K: (5, _k_quant, _q5_k_codes),
+    T.Q3_K: (8, _q3_k, _q3_k_codes),
+    T.Q6_K: (6, _q6_k, _q6_k_codes),
+    T.Q2_K: (2, _q2_k, _q2_k_codes),
 }
-SUPPORTED_TYPES = set(FLOAT_TYPES) | DENSE_TYPES | set(AFFINE_TYPES)
+SUPPORTED_TYPES = set(FLOAT_TYPES) | set(AFFINE_TYPES)
 
 
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -107,10 +156,12 @@ def _check_finite(x: np.ndarray, label: str):
         raise _non_finite(label)
 
 
-def _exact_dtype(x: np.ndarray) -> np.ndarray:
-    """float16 if it holds `x` exactly, else float32."""
-    half = x.astype(np.float16)
-    return half if np.array_equal(half.astype(np.float32), x) else x
+def _exact_dtype(*arrays: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """The arrays in float16 if it holds them all exactly, else as they are (float32): MLX's
+    kernels take scales and biases of one dtype."""
+    halves = [x.astype(np.float16) for x in arrays]
+    exact = all(np.array_equal(h.astype(np.float32), x) for h, x in zip(halves, arrays))
+    return tuple(halves) if exact else arrays
 
 
 def _row_chunks(rows: int, row_length: int):
@@ -118,33 +169,30 @@ def _row_chunks(rows: int, row_length: int):
     return (slice(i, min(i + step, rows)) for i in range(0, rows, step))
 
 
+def _pad_sub_blocks(codes: np.ndarray) -> np.ndarray:
+    """Codes `[rows, n]` -> `[rows, 2n]`: 16 zero codes after every 16 (`sub_block_quant`)."""
+    codes = codes.reshape(len(codes), -1, SUB_BLOCK)
+    return np.concatenate([codes, np.zeros_like(codes)], axis=-1).reshape(len(codes), -1)
+
+
 def _affine(raw: np.ndarray, qtype: T, row_length: int, label: str) -> Dict[str, mx.array]:
     bits, scale_bias, codes_of = AFFINE_TYPES[qtype]
     block_bytes = GGML_QUANT_SIZES[qtype][1]
-    rows, groups = len(raw), row_length // GROUP_SIZE
-    weight = np.empty((rows, row_length * bits // 32), np.uint32)
+    padded = qtype in SUB_BLOCK_TYPES
+    rows, groups = len(raw), row_length // (SUB_BLOCK if padded else GROUP_SIZE)
+    weight = np.empty((rows, (2 if padded else 1) * row_length * bits // 32), np.uint32)
     scales = np.empty((rows, groups), np.float32)
     biases = np.empty((rows, groups), np.float32)
     for chunk in _row_chunks(rows, row_length):
         blocks = raw[chunk].reshape(-1, block_bytes)
         scale, bias = scale_bias(blocks)
         scales[chunk], biases[chunk] = scale.reshape(-1, groups), bias.reshape(-1, groups)
-        weight[chunk] = pack(codes_of(blocks).reshape(len(scales[chunk]), -1), bits)
+        codes = codes_of(blocks).reshape(len(scales[chunk]), -1)
+        weight[chunk] = pack(_pad_sub_blocks(codes) if padded else codes, bits)
     _check_finite(scales, label)
     _check_finite(biases, label)
-    return {
-        "weight": mx.array(weight),
-        "scales": mx.array(_exact_dtype(scales)),
-        "biases": mx.array(_exact_dtype(biases)),
-    }
-
-
-def _dense(raw: np.ndarray, qtype: T, row_length: int, label: str) -> np.ndarray:
-    out = np.empty((len(raw), row_length), np.float32)
-    for chunk in _row_chunks(len(raw), row_length):
-        out[chunk] = dequantize(raw[chunk], qtype)
-    _check_finite(out, label)
-    return out
+    scales, biases = _exact_dtype(scales, biases)
+    return {"weight": mx.array(weight), "scales": mx.array(scales), "biases": mx.array(biases)}
 
 
 def tensor_arrays(
@@ -165,7 +213,5 @@ def tensor_arrays(
             raise _non_finite(label)
         return {"weight": array}
     raw = np.frombuffer(raw, np.uint8).reshape(rows, -1)
-    if qtype in DENSE_TYPES:
-        return {"weight": mx.array(_dense(raw, qtype, row_length, label).reshape(shape))}
     arrays = _affine(raw, qtype, row_length, label)
     return {k: v.reshape(*shape[:-1], v.shape[-1]) for k, v in arrays.items()}
