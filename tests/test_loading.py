@@ -5,15 +5,19 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize
 from mlx.utils import tree_flatten
 
 from entropix_mlx.loading import ModelLoadError, catalog, load
 from entropix_mlx.loading.convert import convert
+from entropix_mlx.loading.cpu_weights import float32_bytes
+from entropix_mlx.model.sub_block_quant import SubBlockQuantizedEmbedding, SubBlockQuantizedLinear
 
 from .helpers import fake_catalog_entry
 from .tiny import (
     SPECIAL_TOKENS,
+    gguf_tensors,
     tiny_model,
     write_float_gguf,
     write_folder,
@@ -76,6 +80,53 @@ def test_quantized_gguf_stays_quantized(tmp_path, model, qtype, bits):
     # MLX keeps a GGUF block's offset as an fp16 bias: a few 1e-3 of rounding, 10x below
     # the error of comparing against the unquantized model.
     np.testing.assert_allclose(as_np(loaded(TOKENS)), as_np(expected(TOKENS)), atol=5e-3)
+
+
+# d (and dmin) of random K-quant blocks, byte offset -> value: weights of magnitude ~0.1
+K_QUANT_SCALES = {
+    GGMLQuantizationType.Q6_K: {208: 7e-5},
+    GGMLQuantizationType.Q3_K: {108: 1e-3},
+    GGMLQuantizationType.Q2_K: {80: 3e-3, 82: 3e-3},
+}
+
+
+def k_quant_blocks(qtype, rows: int, row_length: int, rng) -> np.ndarray:
+    """Random blocks of `qtype` for a `[rows, row_length]` tensor, with fixed scales."""
+    block, block_bytes = GGML_QUANT_SIZES[qtype]
+    blocks = rng.integers(0, 256, (rows * row_length // block, block_bytes), dtype=np.uint8)
+    for offset, d in K_QUANT_SCALES[qtype].items():
+        blocks[:, offset : offset + 2] = np.frombuffer(np.float16(d).tobytes(), np.uint8)
+    return blocks.reshape(rows, -1)
+
+
+def test_q2_k_q3_k_q6_k_files_run_as_their_exact_dequantization(tmp_path):
+    """A model whose matrices gguf-py cannot write (random blocks) against the float file of
+    gguf-py's dequantization of the same blocks: padded layers, tied head, Q/K rows."""
+    model = tiny_model(hidden_size=256, intermediate_size=256)
+    kinds = {"token_embd": GGMLQuantizationType.Q2_K, "ffn_gate": GGMLQuantizationType.Q3_K}
+    rng = np.random.default_rng(0)
+    raw, exact = {}, {}
+    for name, w in gguf_tensors(model).items():
+        if w.ndim == 2:
+            qtype = kinds.get(name.split(".")[-2], GGMLQuantizationType.Q6_K)
+            raw[name] = (k_quant_blocks(qtype, *w.shape, rng), qtype)
+            exact[name] = (dequantize(raw[name][0], qtype), GGMLQuantizationType.F32)
+    ours, _, info = load(
+        str(write_quantized_gguf(tmp_path / "k.gguf", model, tensors=raw)), cpu_dtype="quantized"
+    )
+    reference, _, _ = load(str(write_quantized_gguf(tmp_path / "f32.gguf", model, tensors=exact)))
+    assert info.quantization == "Q2_K/Q3_K/Q6_K (Q2_K/Q6_K in 16-value groups)"
+    assert isinstance(ours.model.embed_tokens, SubBlockQuantizedEmbedding)  # and the tied head
+    assert isinstance(ours.layers[1].self_attn.q_proj, SubBlockQuantizedLinear)
+    assert ours.layers[0].mlp.gate_proj.bits == 8
+    logits = as_np(reference(TOKENS))
+    np.testing.assert_allclose(
+        as_np(ours(TOKENS)), logits, rtol=0, atol=1e-5 * np.abs(logits).max()
+    )
+    q_proj = ours.layers[1].self_attn.q_proj
+    q6_k_bytes = sum(q_proj[k].nbytes for k in ("weight", "scales", "biases"))
+    assert q6_k_bytes * 2 == reference.layers[1].self_attn.q_proj.weight.nbytes  # 16 bits a value
+    assert float32_bytes(ours) == float32_bytes(reference)  # what the CPU policy budgets
 
 
 def test_converted_gguf_opens_in_mlx_lm(tmp_path, model):

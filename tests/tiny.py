@@ -130,7 +130,8 @@ def write_quantized_gguf(
     """A GGUF written by llama.cpp's own `gguf` package, 2-D weights quantized (Q8_0 default).
 
     `metadata` overrides keys (a value of None drops the key); `tensors` adds or replaces
-    tensors (numpy, GGUF names; None drops one): for tests of damaged files.
+    tensors (GGUF names; numpy, or `(blocks, GGUF type)` for raw quantized blocks; None drops
+    one): for tests of damaged files and of types gguf-py cannot quantize.
     """
     import gguf
     from gguf.quants import quantize
@@ -159,7 +160,9 @@ def write_quantized_gguf(
     for name, w in all_tensors.items():
         if w is None:
             continue
-        if w.ndim == 2:
+        if isinstance(w, tuple):
+            writer.add_tensor(name, w[0], raw_dtype=w[1])
+        elif w.ndim == 2:
             writer.add_tensor(name, quantize(w, qtype_2d), raw_dtype=qtype_2d)
         else:
             writer.add_tensor(name, w)
