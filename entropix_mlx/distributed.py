@@ -91,7 +91,8 @@ class GatheredScores(nn.Module):
 def shard(model: Model, group: mx.distributed.Group):
     """Split `model` in place across `group`: heads and MLP columns, rank by rank in order."""
     n = group.size()
-    without_sub_block_layers(model)  # mlx's sharded layers know MLX's own quantization only
+    for layer in model.layers:  # mlx's sharded layers know MLX's own quantization only
+        without_sub_block_layers(layer)
     check_shardable(model, n)
     for layer in model.layers:
         attn, mlp = layer.self_attn, layer.mlp
