@@ -1,13 +1,14 @@
 """K-quant GGUFs: load time, resident memory and decode speed against the same model in Q4_0.
 
-    python benchmarks/bench_kquant.py [FILE.gguf ...] [--tokens 64] [--repeats 3]
+    python benchmarks/bench_kquant.py [FILE.gguf ...] [--tokens 64] [--repeats 3] [--cpu-dtype D]
 
 Default files: the llama.cpp K-quant fixtures in ../shared/testdata/kquant/. Each file's
 weights are dequantized (gguf-py's reference) and written again with every matrix in Q4_0, the
 rest as it was, into a temporary GGUF: the same model in the layout every loader knows. Both
 files are loaded in fresh processes (time, and the growth of peak resident memory across
-`load`, from /proc/self/status) and decode greedily on the quantized path (`cpu_dtype="quantized"`: the kernels the
-file's types map to) in alternating runs; figures are medians.
+`load`, from /proc/self/status) and decode greedily in alternating runs; figures are medians.
+`--cpu-dtype` is `load`'s: `quantized` (default) runs the kernels the file's types map to, as
+a Mac's GPU does; `auto` is what Linux runs by default (float32 on OpenBLAS).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def status(key):
 before = status("VmRSS:")
 open("/proc/self/clear_refs", "w").write("5")  # peak resident memory counts from here
 tic = time.perf_counter()
-model, tokenizer, info = load(sys.argv[1], cpu_dtype="quantized")
+model, tokenizer, info = load(sys.argv[1], cpu_dtype=sys.argv[3])
 load_s = time.perf_counter() - tic
 added_kb = status("VmHWM:") - before
 prompt = mx.array(tokenizer.encode("The capital of France is Paris. The capital of Germany is"))
@@ -78,9 +79,9 @@ def write_q4_0_twin(source: Path, target: Path):
     writer.close()
 
 
-def measure(path: Path, tokens: int) -> dict:
+def measure(path: Path, tokens: int, cpu_dtype: str) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(path), str(tokens)],
+        [sys.executable, "-c", MEASURE, str(path), str(tokens), cpu_dtype],
         capture_output=True,
         text=True,
         check=True,
@@ -94,6 +95,9 @@ def main(argv=None):
     parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--cpu-dtype", choices=["quantized", "auto", "float32"], default="quantized"
+    )
     opts = parser.parse_args(argv)
     files = opts.files or sorted(FIXTURES.glob("*.gguf"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +107,7 @@ def main(argv=None):
             runs = {path: [], twin: []}
             for _ in range(opts.repeats):
                 for p in runs:
-                    runs[p].append(measure(p, opts.tokens))
+                    runs[p].append(measure(p, opts.tokens, opts.cpu_dtype))
             rows = {
                 p: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for p, rs in runs.items()
             }

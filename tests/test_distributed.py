@@ -16,7 +16,7 @@ from entropix_mlx.distributed import ShardingError, check_shardable, shard_probl
 from entropix_mlx.loading import DEFAULT_MODEL
 from entropix_mlx.loading.convert import convert
 
-from .conftest import testdata_path
+from .conftest import testdata_path as shared_file
 from .tiny import tiny_args, tiny_model, write_float_gguf, write_quantized_gguf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_two_ranks_generate_what_one_process_does(tiny_files, kind, tmp_path):
 
 def test_two_ranks_run_a_k_quant_file_whose_16_value_groups_they_cannot_shard(tmp_path):
     """llama.cpp's Q4_K_M fixture: its Q6_K projections become float32 before sharding."""
-    model = testdata_path("kquant/tiny-llama31-kquant-A.Q4_K_M.gguf")
+    model = shared_file("kquant/tiny-llama31-kquant-A.Q4_K_M.gguf")
     [single] = run_worker(model, tmp_path / "one", 8, ranks=0, timeout=120)
     assert_same_generation(single, run_worker(model, tmp_path / "two", 8, ranks=2, timeout=180))
 
