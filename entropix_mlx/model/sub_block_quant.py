@@ -13,6 +13,7 @@ from mlx.utils import tree_unflatten
 
 SUB_BLOCK = 16
 GROUP = 2 * SUB_BLOCK
+_DEQUANTIZE_VALUES = 1 << 20
 
 
 def pad_sub_blocks(x: mx.array) -> mx.array:
@@ -63,14 +64,25 @@ def sub_block_layer(module: nn.Module, bits: int) -> nn.Module:
 
 
 def dequantized_weight(module: nn.Module) -> mx.array:
-    """A quantized layer's weight in float32, exactly, in the layer's own `[rows, columns]`."""
+    """A quantized layer's weight in float32, exactly, in the layer's own `[rows, columns]`.
+
+    A block of rows at a time, written in place: MLX's CPU `dequantize` holds 2x its output in
+    temporaries, and 4-7x for 3, 5 and 6 bits (672 MB for a 96 MB Q6_K embedding at once).
+    """
     # float32 scales and biases: with float16 ones MLX computes in float16 (errors of ~1e-3).
-    scales, biases = (module.scales, module.get("biases"))
-    scales, biases = (None if a is None else a.astype(mx.float32) for a in (scales, biases))
-    weight = mx.dequantize(
-        module.weight, scales, biases, module.group_size, module.bits, mode=module.mode
-    )
-    return drop_padding(weight) if isinstance(module, SUB_BLOCK_LAYERS) else weight
+    arrays = [module.weight, module.scales, module.get("biases")]
+    arrays = [a if a is None or a.dtype == mx.uint32 else a.astype(mx.float32) for a in arrays]
+    rows, packed_columns = module.weight.shape
+    columns = packed_columns * 32 // module.bits
+    padded = isinstance(module, SUB_BLOCK_LAYERS)
+    out = mx.zeros((rows, columns // 2 if padded else columns), mx.float32)
+    step = max(1, _DEQUANTIZE_VALUES // columns)
+    for i in range(0, rows, step):
+        block = [None if a is None else a[i : i + step] for a in arrays]
+        part = mx.dequantize(*block, module.group_size, module.bits, mode=module.mode)
+        out[i : i + step] = drop_padding(part) if padded else part
+        mx.eval(out)
+    return out
 
 
 def float_layer(module: nn.Module) -> nn.Module:
