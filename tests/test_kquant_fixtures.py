@@ -128,7 +128,8 @@ def test_loading_the_default_model_peaks_below_1_3x_the_file(default_model):
     On the quantized path, as a Mac loads it (the Linux CPU policy's float32 copy is a
     deliberate trade of memory for speed, loading/cpu_weights.py). After a load of a tiny
     model of the same block types: the first load in a process also faults in the code pages
-    of MLX and numpy it runs, 3-7 MiB here depending on the page cache, which no file causes.
+    of MLX and numpy it runs (3-7 MiB here, differing between two virtualenvs of the same
+    packages), which no file causes.
     The cold figure is checked against 1.4x.
     """
     path = default_model[2].path
