@@ -49,7 +49,7 @@ def greedy(model, ids, n):
 @pytest.mark.parametrize("prompt", ["P1", "P2"])
 def test_logits_argmax_and_greedy_tokens_match_llama_cpp(loaded, reference, prompt):
     ftype, model, _, info = loaded
-    assert info.quantization == f"{ftype[:4]}/Q6_K (Q6_K in 16-value groups)"
+    assert info.quantization == f"{ftype[:4]}/Q6_K; Q6_K in 16-value groups"
     assert model.layers[0].self_attn.q_proj.bits == int(ftype[1])
     assert isinstance(model.model.embed_tokens, SubBlockQuantizedEmbedding)
     assert isinstance(model.layers[3].mlp.down_proj, SubBlockQuantizedLinear)

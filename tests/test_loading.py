@@ -115,7 +115,7 @@ def test_q2_k_q3_k_q6_k_files_run_as_their_exact_dequantization(tmp_path):
         str(write_quantized_gguf(tmp_path / "k.gguf", model, tensors=raw)), cpu_dtype="quantized"
     )
     reference, _, _ = load(str(write_quantized_gguf(tmp_path / "f32.gguf", model, tensors=exact)))
-    assert info.quantization == "Q2_K/Q3_K/Q6_K (Q2_K/Q6_K in 16-value groups)"
+    assert info.quantization == "Q2_K/Q3_K/Q6_K; Q2_K/Q6_K in 16-value groups"
     assert isinstance(ours.model.embed_tokens, SubBlockQuantizedEmbedding)  # and the tied head
     assert isinstance(ours.layers[1].self_attn.q_proj, SubBlockQuantizedLinear)
     assert ours.layers[0].mlp.gate_proj.bits == 8

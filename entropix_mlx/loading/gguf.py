@@ -251,11 +251,11 @@ def read_rope_freqs(gguf: GGUFFile) -> Optional[np.ndarray]:
 
 
 def describe(tensors: Iterable[TensorInfo]) -> str:
-    """`Q4_K/Q6_K (Q6_K in 16-value groups)`: the quantized types, and which need padded groups."""
+    """`Q4_K/Q6_K; Q6_K in 16-value groups`: the quantized types, and which need padded groups."""
     types = {t.qtype for t in tensors if t.qtype not in FLOAT_TYPES}
     kinds = "/".join(sorted(t.name for t in types)) or "float"
     padded = "/".join(sorted(t.name for t in types & SUB_BLOCK_TYPES))
-    return f"{kinds} ({padded} in 16-value groups)" if padded else kinds
+    return f"{kinds}; {padded} in 16-value groups" if padded else kinds
 
 
 def check_gguf(gguf: GGUFFile) -> ModelArgs:
