@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO))  # when not installed
+from entropix_mlx.loading import CPU_DTYPES  # noqa: E402
+
 FIXTURES = REPO.parent / "shared" / "testdata" / "kquant"
 
 MEASURE = r"""
@@ -95,9 +98,7 @@ def main(argv=None):
     parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--cpu-dtype", choices=["quantized", "auto", "float32"], default="quantized"
-    )
+    parser.add_argument("--cpu-dtype", choices=CPU_DTYPES, default="quantized")
     opts = parser.parse_args(argv)
     files = opts.files or sorted(FIXTURES.glob("*.gguf"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,6 +6,7 @@ memory. So `auto` dequantizes when OpenBLAS is active and the float32 weights fi
 a quarter of physical memory, or `ENTROPIX_MLX_FLOAT32_BUDGET_MB`. GPU backends are untouched.
 """
 
+import math
 import os
 from typing import Callable
 
@@ -15,7 +16,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from .. import cpu_blas
 from ..errors import ModelLoadError
-from ..model.sub_block_quant import SUB_BLOCK_LAYERS, float_layer
+from ..model.sub_block_quant import float_layer, float_shape
 
 CPU_DTYPES = ("auto", "float32", "quantized")
 BUDGET_ENV = "ENTROPIX_MLX_FLOAT32_BUDGET_MB"
@@ -50,8 +51,7 @@ def float32_bytes(model: nn.Module) -> int:
     total = 0
     for _, module in model.named_modules():
         if isinstance(module, QUANTIZED):
-            padding = 2 if isinstance(module, SUB_BLOCK_LAYERS) else 1
-            total += 4 * module.weight.size * 32 // module.bits // padding
+            total += 4 * math.prod(float_shape(module))
             total += 4 * module["bias"].size if "bias" in module else 0
         else:
             total += 4 * sum(v.size for v in module.values() if isinstance(v, mx.array))

@@ -213,9 +213,9 @@ def quantize_like(model: nn.Module, weights: Dict[str, mx.array]):
             continue
         columns = module.weight.shape[-1]
         group_size = columns // scales.shape[-1]
-        packed_columns = columns * (2 if group_size == SUB_BLOCK else 1)
-        bits = weights[f"{path}.weight"].shape[-1] * 32 // packed_columns
-        if group_size == SUB_BLOCK:
+        padded = group_size == SUB_BLOCK
+        bits = weights[f"{path}.weight"].shape[-1] * 32 // (columns * (2 if padded else 1))
+        if padded:
             layers.append((path, sub_block_layer(module, bits)))
         else:
             layers.append((path, module.to_quantized(group_size=group_size, bits=bits)))

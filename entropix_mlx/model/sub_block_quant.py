@@ -63,24 +63,37 @@ def sub_block_layer(module: nn.Module, bits: int) -> nn.Module:
     return SubBlockQuantizedLinear(columns, rows, bits)
 
 
+def float_shape(module: nn.Module) -> tuple:
+    """A quantized layer's `[rows, columns]` as a float layer (padding left out)."""
+    rows, packed_columns = module.weight.shape
+    columns = packed_columns * 32 // module.bits
+    return rows, columns // 2 if isinstance(module, SUB_BLOCK_LAYERS) else columns
+
+
 def dequantized_weight(module: nn.Module) -> mx.array:
-    """A quantized layer's weight in float32, exactly, in the layer's own `[rows, columns]`.
+    """A quantized layer's weight in float32, exactly, in `float_shape(module)`.
 
     A block of rows at a time, written in place: MLX's CPU `dequantize` holds 2x its output in
     temporaries, and 4-7x for 3, 5 and 6 bits (672 MB for a 96 MB Q6_K embedding at once).
     """
     # float32 scales and biases: with float16 ones MLX computes in float16 (errors of ~1e-3).
-    arrays = [module.weight, module.scales, module.get("biases")]
-    arrays = [a if a is None or a.dtype == mx.uint32 else a.astype(mx.float32) for a in arrays]
-    rows, packed_columns = module.weight.shape
-    columns = packed_columns * 32 // module.bits
-    padded = isinstance(module, SUB_BLOCK_LAYERS)
-    out = mx.zeros((rows, columns // 2 if padded else columns), mx.float32)
-    step = max(1, _DEQUANTIZE_VALUES // columns)
+    scales, biases = (module.scales, module.get("biases"))
+    scales, biases = (None if a is None else a.astype(mx.float32) for a in (scales, biases))
+    rows, columns = float_shape(module)
+    out = mx.zeros((rows, columns), mx.float32)
+    stored_columns = module.weight.shape[-1] * 32 // module.bits  # padding included
+    step = max(1, _DEQUANTIZE_VALUES // stored_columns)
     for i in range(0, rows, step):
-        block = [None if a is None else a[i : i + step] for a in arrays]
-        part = mx.dequantize(*block, module.group_size, module.bits, mode=module.mode)
-        out[i : i + step] = drop_padding(part) if padded else part
+        block = slice(i, i + step)
+        part = mx.dequantize(
+            module.weight[block],
+            scales[block],
+            None if biases is None else biases[block],
+            module.group_size,
+            module.bits,
+            mode=module.mode,
+        )
+        out[block] = drop_padding(part) if isinstance(module, SUB_BLOCK_LAYERS) else part
         mx.eval(out)
     return out
 
