@@ -30,10 +30,10 @@ import entropix_mlx  # noqa: E402, F401 - first: it loads the system OpenBLAS be
 import mlx.core as mx  # noqa: E402
 
 # isort: on
-from entropix_mlx.batch import BatchGenerator  # noqa: E402
 from entropix_mlx.bench.machine import machine_info  # noqa: E402
 from entropix_mlx.bench.same_weights import mlx_lm_folder  # noqa: E402
 from entropix_mlx.bench.text import TEXT  # noqa: E402
+from entropix_mlx.engine.batch import BatchGenerator  # noqa: E402
 from entropix_mlx.loading import DEFAULT_MODEL, load  # noqa: E402
 from entropix_mlx.loading.cpu_weights import dequantize_model  # noqa: E402
 from entropix_mlx.sampling import make_sampler  # noqa: E402
@@ -46,10 +46,10 @@ def make_prompts(tokenizer, batch: int, base_length: int):
     return [ids[i * 7 : i * 7 + n] for i, n in enumerate(lengths)]
 
 
-def run_ours(model, prompts, sampler, with_scores, gen_tokens):
+def run_ours(model, prompts, sampler, gen_tokens):
     batch = BatchGenerator(model)
     for i, ids in enumerate(prompts):
-        batch.insert(ids, sampler, with_scores=with_scores, seed=i, max_tokens=gen_tokens)
+        batch.insert(ids, sampler, seed=i, max_tokens=gen_tokens)
     return timed_loop(batch.next, lambda steps: len(steps), len(prompts) * gen_tokens)
 
 
@@ -133,8 +133,8 @@ def main(argv=None):
     arms = {"mlx-lm greedy": lambda prompts: run_mlx_lm(theirs, prompts, n)}
     if opts.cpu_dtype == "float32":
         arms["mlx-lm greedy (stored weights)"] = lambda prompts: run_mlx_lm(stored, prompts, n)
-    arms["entropix-mlx greedy"] = lambda prompts: run_ours(model, prompts, greedy, False, n)
-    arms["entropix-mlx entropix"] = lambda prompts: run_ours(model, prompts, entropix, True, n)
+    arms["entropix-mlx greedy"] = lambda prompts: run_ours(model, prompts, greedy, n)
+    arms["entropix-mlx entropix"] = lambda prompts: run_ours(model, prompts, entropix, n)
     results = []
     for b in (int(v) for v in opts.batch_sizes.split(",")):
         prompts = make_prompts(tokenizer, b, opts.prompt_tokens)

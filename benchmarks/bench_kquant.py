@@ -33,7 +33,7 @@ MEASURE = r"""
 import json, sys, time
 import entropix_mlx  # OpenBLAS first, as a user gets it
 import mlx.core as mx
-from entropix_mlx.generate import generate_step
+from entropix_mlx.engine.decode import generate_step
 from entropix_mlx.loading import load
 def status(key):
     line = next(l for l in open("/proc/self/status") if l.startswith(key))

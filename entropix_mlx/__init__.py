@@ -4,8 +4,7 @@ __version__ = "0.1.0"
 
 # First, before anything imports mlx: the system OpenBLAS only helps if loaded before mlx.core.
 from . import cpu_blas  # noqa: F401, I001
-from .batch import batch_generate, stream_batch_generate
-from .generate import generate, stream_generate
+from .generate import batch_generate, generate, stream_batch_generate, stream_generate
 from .loading import load
 from .sampling import SamplerConfig
 

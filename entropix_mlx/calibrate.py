@@ -11,8 +11,9 @@ from typing import Dict, Optional, Sequence, Union
 import mlx.core as mx
 import numpy as np
 
+from .engine.prompt import chat_prompt_ids
 from .errors import CalibrationError
-from .generate import chat_prompt_ids, stream_generate
+from .generate import stream_generate
 from .sampling import (
     STRATEGIES,
     SamplerConfig,

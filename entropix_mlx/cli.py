@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import cpu_blas
-from .batch import MAX_BATCH_SIZE
+from .engine.batch import MAX_BATCH_SIZE
 from .errors import ConfigError, EntropixError
 from .loading import CATALOG, CPU_DTYPES, DEFAULT_MODEL
 from .loading import catalog as catalog_lib
@@ -127,7 +127,7 @@ class GenerationSession:
     def __init__(
         self, model, sampler, max_tokens, seed, verbose, config_file, cpu_dtype, **overrides
     ):
-        from .generate import check_seed
+        from .engine.seeds import check_seed
 
         check_seed(seed)  # before the slow load
         self.model, self.tokenizer, self.info = load_model(model, cpu_dtype)
@@ -151,8 +151,6 @@ class GenerationSession:
             None if self.config.branch_k else prompt_cache
         )  # look-ahead keeps its own rows
         cache, rest = prompt_cache.fetch(prompt_ids) if prompt_cache else (None, prompt_ids)
-        if prompt_cache and cache is None:
-            cache = self.model.make_cache()
         strategies, tokens = Counter(), list(prompt_ids)
         response = None
         for response in stream_generate(
@@ -177,7 +175,7 @@ class GenerationSession:
     def stream_rows(self, prompt_ids, n):
         """`n` completions of one prompt, decoded as rows of one batch: each row's responses,
         yielded in row order as soon as that row and those before it are done."""
-        from .batch import stream_batch_generate
+        from .generate import stream_batch_generate
 
         rows, done, shown = [[] for _ in range(n)], set(), 0
         strategies = Counter()
@@ -313,7 +311,7 @@ def convert(src, dst, bits, group_size):
 @sampler_options
 def generate(prompt, no_chat_template, trace, color, completions, system, **options):
     """Generate a completion of a prompt, streaming it as it is made."""
-    from .generate import chat_prompt_ids
+    from .engine.prompt import chat_prompt_ids
     from .trace import TraceWriter
 
     prompt = read_prompt(prompt)
@@ -373,11 +371,11 @@ def read_prompt(prompt: str) -> str:
 @sampler_options
 def chat(system, **options):
     """An interactive chat: /reset clears the history, /quit ends; Ctrl-C stops an answer."""
-    from .generate import chat_prompt_ids
-    from .prompt_cache import PromptCache
+    from .engine.prompt import chat_prompt_ids
+    from .engine.prompt_cache import PromptCache
 
     session = GenerationSession(**options)
-    prompt_cache = PromptCache(CHAT_PROMPT_CACHE_BYTES)
+    prompt_cache = PromptCache(session.model, CHAT_PROMPT_CACHE_BYTES)
     history = []
     echo_err("Chat with the model. /reset clears the history, /quit (or Ctrl-D) ends.")
     while True:

@@ -2,9 +2,16 @@
 user (what is wrong and what to do). The CLI turns any of them into `Error: ...` and exit code 1;
 anything else is a bug and keeps its traceback."""
 
+from typing import Optional
+
 
 class EntropixError(ValueError):
-    """Bad input or a failed run that the user can fix."""
+    """Bad input or a failed run that the user can fix. `param` names the argument at fault
+    (for example "prompt", "seed", "sampler", "config") where one is: the server reports it."""
+
+    def __init__(self, message: str, param: Optional[str] = None):
+        super().__init__(message)
+        self.param = param
 
 
 class ConfigError(EntropixError):
@@ -21,6 +28,10 @@ class ModelLoadError(EntropixError):
 
 class GenerationError(EntropixError):
     """Bad generation input (prompt, seed, batch)."""
+
+
+class ContextLengthError(GenerationError):
+    """A prompt that does not fit the model's context window."""
 
 
 class ShardingError(EntropixError):

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import queue
-import secrets
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ from typing import AsyncIterator, Deque, Dict, List, Optional, Tuple, Union
 import mlx.core as mx
 
 from . import distributed
-from .batch import BatchGenerator, RowStep, row_text
-from .generate import StopMatcher
-from .prompt_cache import PromptCache
+from .engine.batch import BatchGenerator, RowStep
+from .engine.prompt_cache import PromptCache
+from .engine.seeds import row_seeds
+from .engine.text import RowText
 from .sampling import SamplerConfig, make_sampler
 from .trace import trace_record
 
@@ -36,7 +36,9 @@ DEFAULT_PROMPT_CACHE_BYTES = 512 * 2**20
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """A validated request, ready for the worker. Choice i of `n` is seeded with `seed + i`."""
+    """A request checked by the library's own rules (`engine.prompt.fit_prompt`,
+    `engine.seeds.row_seeds`, `Scheduler.sampler`), ready for the worker. Choice i of `n` is
+    seeded with `seed + i`."""
 
     prompt_ids: List[int]
     sampler: str
@@ -118,8 +120,11 @@ class Scheduler:
 
     def __init__(self, model, tokenizer, max_concurrency: int, prompt_cache_bytes: int = 0):
         self.model, self.tokenizer, self.max_concurrency = model, tokenizer, max_concurrency
-        self.prompt_cache = PromptCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
+        self.prompt_cache = (
+            PromptCache(model, prompt_cache_bytes) if prompt_cache_bytes > 0 else None
+        )
         self.samplers: Dict[tuple, object] = {}
+        self.samplers_lock = threading.Lock()  # the request handlers build samplers too
         self.left: Dict[int, list] = {}  # uid -> KV cache of a row that left, until its tokens come
         self.ended: Dict[
             int, List[int]
@@ -138,10 +143,8 @@ class Scheduler:
         """Queue the request's rows -> (their uids, prompt tokens found in the prompt cache)."""
         ids = request.prompt_ids
         cache, rest = self.prompt_cache.fetch(ids) if self.prompt_cache else (None, list(ids))
-        base = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        seeds = [base + i for i in range(request.n)]
+        seeds = row_seeds(request.seed, request.n)
         options = dict(
-            with_scores=request.sampler == "entropix",
             max_tokens=request.max_tokens,
             eos_ids=self.tokenizer.eos_token_ids,
             top_logprobs=request.top_logprobs or 0,
@@ -150,17 +153,20 @@ class Scheduler:
         if request.n == 1:
             uids = [self.batch.insert(rest, step, seed=seeds[0], prompt_cache=cache, **options)]
         else:
-            uids = self.batch.fork(rest, seeds, step, prompt_cache=cache, **options)
+            uids = self.batch.insert_choices(rest, seeds, step, prompt_cache=cache, **options)
         return uids, len(ids) - len(rest)
 
     def sampler(self, name: str, config: SamplerConfig):
-        """One step per (sampler, settings): rows that share it are sampled in one call."""
+        """One step per (sampler, settings): rows that share it are sampled in one call. Raises
+        the library's error for an unknown sampler or a pause token outside the vocabulary."""
         key = (name, config)
-        if key not in self.samplers:
-            if len(self.samplers) >= 64:
-                self.samplers.clear()
-            self.samplers[key] = make_sampler(name, config, self.tokenizer)
-        return self.samplers[key]
+        with self.samplers_lock:
+            if key not in self.samplers:
+                if len(self.samplers) >= 64:
+                    self.samplers.clear()
+                vocab = self.model.args.vocab_size
+                self.samplers[key] = make_sampler(name, config, self.tokenizer, vocab)
+            return self.samplers[key]
 
     def finished(self, uid: int, tokens: List[int]):
         """A row's whole token sequence (prompt and generated): its cache goes into the prompt
@@ -186,8 +192,7 @@ class Choice:
 
     job: Job
     index: int
-    detokenizer: object
-    stops: StopMatcher
+    text: RowText
     tokens: List[int]  # the prompt, then every generated token
     cached_tokens: int
     generated: int = 0
@@ -314,12 +319,7 @@ class GenerationWorker:
             return
         for index, uid in enumerate(uids):
             self.choices[uid] = Choice(
-                job,
-                index,
-                self.tokenizer.detokenizer,
-                StopMatcher(request.stop),
-                list(request.prompt_ids),
-                cached,
+                job, index, RowText(self.tokenizer, request.stop), list(request.prompt_ids), cached
             )
 
     def _deliver(self, row: RowStep):
@@ -328,16 +328,17 @@ class GenerationWorker:
             return
         request = choice.job.request
         choice.tokens.append(row.step.token)
-        text, finish = row_text(row, choice.detokenizer, choice.stops)
+        text, end = choice.text.add(row.step.token, row.end)
+        finish = choice.text.finish_reason
         trace = [trace_record(choice.generated, row.step, text, finish)] if request.trace else []
         logprobs = []
         if request.top_logprobs is not None:
             logprobs = [TokenLogprob(row.step.token, row.step.logprob, row.top_logprobs)]
         choice.generated += 1
         choice.job.deliver(Delta(text, trace, logprobs, choice.index))
-        if finish is None:
+        if end is None:
             return
-        if row.finish_reason is None:  # a stop string: the row is still in the batch
+        if row.end is None:  # a stop string: the row is still in the batch
             self.to_drop.append(row.uid)
         del self.choices[row.uid]
         self.scheduler.finished(row.uid, choice.tokens)

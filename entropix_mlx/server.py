@@ -21,7 +21,6 @@ from typing import (
     Dict,
     List,
     Optional,
-    Sequence,
     Tuple,
     Union,
 )
@@ -34,10 +33,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from .errors import ConfigError
-from .generate import chat_prompt_ids, literal_prompt_ids
+from .engine.prompt import chat_prompt_ids, fit_prompt, literal_prompt_ids
+from .engine.seeds import row_seeds
+from .errors import ConfigError, ContextLengthError, EntropixError
 from .loading import ModelInfo
-from .sampling import SAMPLERS, SamplerConfig, resolve_pause_token
+from .sampling import SamplerConfig
 from .scheduler import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_QUEUE,
@@ -116,6 +116,22 @@ async def on_http_error(request: Request, error: HTTPException) -> JSONResponse:
         message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
         return error_response(APIError(405, message, code="method_not_allowed"))
     return error_response(APIError(error.status_code, str(error.detail), code="http_error"))
+
+
+@contextlib.contextmanager
+def library_checks(prompt_param: str):
+    """Turn the library's refusals (`EntropixError`) into OpenAI errors: the one place where the
+    server maps them. The error's `param` names the library's argument; the request's field of
+    that argument is reported."""
+    try:
+        yield
+    except EntropixError as e:
+        param = {"prompt": prompt_param, "config": "entropix"}.get(e.param, e.param)
+        message = str(e)
+        if isinstance(e, ConfigError) and param in (None, "entropix"):
+            param, message = "entropix", f"invalid 'entropix' settings: {e}"
+        code = "context_length_exceeded" if isinstance(e, ContextLengthError) else "invalid_value"
+        raise APIError(400, message, param=param, code=code) from None
 
 
 async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
@@ -241,7 +257,7 @@ FIELDS = {
     "top_p": Field("number", None, lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "entropix": Field("object", {}),
     "sampler": Field("string", "entropix"),
-    "seed": Field("integer", None, lambda v: 0 <= v < 2**64, "must be in [0, 2**64)"),
+    "seed": Field("integer"),
     "trace": Field("boolean", False),
 }
 # Chat's `logprobs` is a switch and `top_logprobs` the count; the completions API's is the count.
@@ -300,12 +316,7 @@ def parse_sampler_config(fields: Dict[str, Any], info: ModelInfo) -> SamplerConf
     """The model's preset, then `temperature` / `top_p`, then the `entropix` overrides."""
     aliases = {"temp": fields["temperature"], "top_p": fields["top_p"]}
     settings = {**{k: v for k, v in aliases.items() if v is not None}, **fields["entropix"]}
-    try:
-        config = info.sampler_config(**settings)
-    except ConfigError as e:
-        raise APIError(
-            400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value"
-        ) from None
+    config = info.sampler_config(**settings)
     if config.branch_k:
         raise APIError(
             400,
@@ -385,13 +396,6 @@ def parse_prompt(body: dict, vocab_size: int) -> Union[str, List[int]]:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        if not prompt:
-            raise APIError(
-                400,
-                "'prompt' is empty; give some text to continue",
-                param="prompt",
-                code="invalid_value",
-            )
         return check_unicode(prompt, "prompt")
     if isinstance(prompt, list) and prompt and all(JSON_TYPES["integer"](t) for t in prompt):
         if not all(0 <= t < vocab_size for t in prompt):
@@ -422,34 +426,6 @@ def check_unicode(text: str, param: str) -> str:
             code="invalid_value",
         ) from None
     return text
-
-
-def check_pause_token(config: SamplerConfig, tokenizer, vocab_size: int):
-    try:
-        pause_id = resolve_pause_token(config, tokenizer)
-    except ConfigError as e:
-        raise APIError(
-            400, f"invalid 'entropix' settings: {e}", param="entropix", code="invalid_value"
-        ) from None
-    if pause_id >= vocab_size:
-        raise APIError(
-            400,
-            f"invalid 'entropix' settings: pause_token_id {pause_id} is outside the "
-            f"vocabulary ({vocab_size})",
-            param="entropix",
-            code="invalid_value",
-        )
-
-
-def check_context(prompt_ids: Sequence[int], context_length: Optional[int], param: str):
-    if context_length and len(prompt_ids) >= context_length:
-        raise APIError(
-            400,
-            f"this model's maximum context length is {context_length} tokens, but the prompt has "
-            f"{len(prompt_ids)} tokens; shorten the prompt",
-            param=param,
-            code="context_length_exceeded",
-        )
 
 
 # --- Responses -------------------------------------------------------------------------
@@ -737,24 +713,17 @@ class ModelServer:
         self, body: dict, fields: Dict[str, Any], top_logprobs: Optional[int]
     ) -> dict:
         """GenerationRequest's arguments but the prompt: checked `fields`, `stop` of `body`."""
-        sampler = fields["sampler"]
-        if sampler not in SAMPLERS:
-            raise APIError(
-                400,
-                f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}",
-                param="sampler",
-                code="invalid_value",
-            )
-        config = parse_sampler_config(fields, self.info)
-        if sampler == "entropix":
-            check_pause_token(config, self.tokenizer, self.vocab_size)
+        with library_checks("prompt"):
+            config = parse_sampler_config(fields, self.info)
+            self.worker.scheduler.sampler(fields["sampler"], config)  # built once, shared
+            seed = row_seeds(fields["seed"], fields["n"])[0]
         limit = self.max_tokens_limit
         max_tokens = min(fields["max_tokens"] or fields["max_completion_tokens"] or limit, limit)
         return dict(
-            sampler=sampler,
+            sampler=fields["sampler"],
             config=config,
             max_tokens=max_tokens,
-            seed=fields["seed"],
+            seed=seed,
             stop=parse_stop(body),
             trace=fields["trace"],
             n=fields["n"],
@@ -799,24 +768,11 @@ class ModelServer:
     def fit_to_context(
         self, prompt_ids: List[int], prompt_param: str, settings: dict
     ) -> GenerationRequest:
-        """The request for an encoded prompt that fits the context window, max_tokens cut to the room
-        left."""
-        if not prompt_ids:
-            raise APIError(
-                400,
-                f"'{prompt_param}' encodes to no tokens; give some text",
-                param=prompt_param,
-                code="invalid_value",
-            )
-        check_context(prompt_ids, self.info.context_length, prompt_param)
-        room = (
-            self.info.context_length - len(prompt_ids)
-            if self.info.context_length
-            else settings["max_tokens"]
-        )
-        return GenerationRequest(
-            prompt_ids=prompt_ids, **{**settings, "max_tokens": min(settings["max_tokens"], room)}
-        )
+        """The request for an encoded prompt that fits the context window, max_tokens cut to the
+        room left."""
+        with library_checks(prompt_param):
+            max_tokens = fit_prompt(prompt_ids, self.info.context_length, settings["max_tokens"])
+        return GenerationRequest(prompt_ids=prompt_ids, **{**settings, "max_tokens": max_tokens})
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):

@@ -29,3 +29,20 @@ def default_model():
     from entropix_mlx.loading import DEFAULT_MODEL, load
 
     return load(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """A tiny random Llama (tests/tiny.py, seed 11) written as a float GGUF with a byte-level
+    tokenizer and a chat template: the one tiny model the generation tests share."""
+    from .tiny import tiny_model, write_float_gguf
+
+    return write_float_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", tiny_model(seed=11))
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_gguf):
+    """(model, tokenizer, info) of `tiny_gguf`."""
+    from entropix_mlx.loading import load
+
+    return load(str(tiny_gguf))

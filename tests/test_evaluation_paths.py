@@ -5,7 +5,7 @@ from collections import Counter
 import mlx.core as mx
 import pytest
 
-from entropix_mlx.branching import Rollout
+from entropix_mlx.engine.lookahead import Rollout
 from entropix_mlx.evaluation import EvalError, load_task, make_arms, run_eval, summarize
 from entropix_mlx.evaluation.arms import Arm
 from entropix_mlx.evaluation.tuning import (
@@ -45,8 +45,8 @@ class Chars:
 
 
 def rollout(text, margins):
-    from entropix_mlx.batch import RowStep
-    from entropix_mlx.generate import TokenStep
+    from entropix_mlx.engine.batch import RowStep
+    from entropix_mlx.engine.decode import TokenStep
 
     r = Rollout(0, margins=list(margins))
     r.steps = [RowStep(0, TokenStep(ord(c), 0.0, None), None) for c in text]

@@ -5,25 +5,10 @@ import json
 import mlx.core as mx
 import pytest
 
-from entropix_mlx.generate import (
-    GenerationError,
-    chat_prompt_ids,
-    check_prompt,
-    generate_step,
-    stream_generate,
-)
-from entropix_mlx.loading import load
+from entropix_mlx.engine.decode import generate_step
+from entropix_mlx.generate import stream_generate
 from entropix_mlx.sampling import STRATEGIES, SamplerConfig
 from entropix_mlx.trace import FIELDS, TraceWriter, read_trace
-
-from .tiny import tiny_model, write_float_gguf
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = write_float_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", tiny_model(seed=11))
-    return load(str(path))
-
 
 TINY_CONFIG = SamplerConfig(pause_token=".")  # the tiny byte-level vocabulary has no "..." token
 
@@ -95,25 +80,6 @@ def test_stops_at_eos_and_reports_the_reason(tiny):
     assert responses[-1].finish_reason in ("length", "stop") and len(responses) <= 5
 
 
-def test_prompt_checks():
-    with pytest.raises(GenerationError, match="the prompt is empty"):
-        check_prompt([], 100, 10)
-    with pytest.raises(GenerationError, match="context window is 100; shorten the prompt"):
-        check_prompt(list(range(100)), 100, 10)
-    assert check_prompt(list(range(95)), 100, 10) == 5
-
-
-def test_chat_template_and_system(tiny):
-    _, tokenizer, _ = tiny
-    ids = chat_prompt_ids(tokenizer, "hi", system="be brief")
-    text = tokenizer.decode(ids)
-    assert text.startswith("<|im_start|>system\nbe brief") and text.endswith(
-        "<|im_start|>assistant\n"
-    )
-    assert chat_prompt_ids(tokenizer, "hi", chat_template=False) == tokenizer.encode("hi")
-
-
-@pytest.mark.real_model
 def test_greedy_matches_mlx_lm_generate_step(default_model, smollm2_reference, tmp_path_factory):
     """Token for token, 64 tokens, 3 prompts, on the very same (converted) weights."""
     from mlx_lm import load as mlx_lm_load
@@ -130,7 +96,7 @@ def test_greedy_matches_mlx_lm_generate_step(default_model, smollm2_reference, t
         dequantize_model(theirs)
     for i in (1, 3, 4):
         prompt = mx.array(smollm2_reference[f"ids_{i}"])
-        ours = [s.token for s in generate_step(prompt, model, max_tokens=64, with_scores=False)]
+        ours = [s.token for s in generate_step(prompt, model, max_tokens=64)]
         expected = [int(t) for t, _ in mlx_lm_generate_step(prompt, theirs, max_tokens=64)]
         assert ours == expected, f"prompt {i}"
 
@@ -143,3 +109,17 @@ def test_greedy_reproduces_the_reference_tokens(default_model, smollm2_reference
         ids = smollm2_reference[f"ids_{i}"].tolist()
         got = tokens_of(model, tokenizer, ids, sampler="greedy", max_tokens=len(expected))
         assert got == expected, f"prompt {i}"
+
+
+def test_a_stop_string_ends_a_single_stream_before_it(tiny):
+    model, tokenizer, _ = tiny
+    full = "".join(
+        r.text for r in stream_generate(model, tokenizer, "hello", sampler="greedy", max_tokens=12)
+    )
+    stop = next(c for c in full if c != full[0])  # the first new character ends the answer
+    cut = full.index(stop)
+    responses = list(
+        stream_generate(model, tokenizer, "hello", sampler="greedy", max_tokens=12, stop=[stop])
+    )
+    assert "".join(r.text for r in responses) == full[:cut]
+    assert responses[-1].finish_reason == "stop" and len(responses) < 12

@@ -17,21 +17,12 @@ import pytest
 
 from entropix_mlx import stream_batch_generate, stream_generate
 from entropix_mlx.evaluation import Arm, Task, arith_items, run_eval
-from entropix_mlx.loading import load
 from entropix_mlx.sampling import SamplerConfig
-
-from .tiny import tiny_model, write_float_gguf
 
 PINNED = Path(__file__).parent / "data" / "pinned_outputs.json"
 RECORD = os.environ.get("PIN_RECORD") == "1"
 TINY_CONFIG = SamplerConfig(pause_token=".")  # the tiny byte-level vocabulary has no "..."
 METRIC_TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = write_float_gguf(tmp_path_factory.mktemp("pin") / "tiny.gguf", tiny_model(seed=11))
-    return load(str(path))
 
 
 def response_record(r) -> dict:

@@ -28,7 +28,7 @@ pytest.importorskip(
 )
 
 from entropix_mlx.cli import main  # noqa: E402
-from entropix_mlx.generate import StopMatcher, stream_generate  # noqa: E402
+from entropix_mlx.generate import stream_generate  # noqa: E402
 from entropix_mlx.loading import DEFAULT_MODEL, load  # noqa: E402
 from entropix_mlx.sampling import SamplerConfig  # noqa: E402
 from entropix_mlx.scheduler import Busy, GenerationRequest, GenerationWorker  # noqa: E402
@@ -87,18 +87,6 @@ def assert_error(response, status, code, param=None, says=""):
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == code and error["param"] == param, error
     assert says in error["message"], error["message"]
-
-
-def test_stop_matcher_holds_back_a_partial_stop_and_cuts_at_the_first():
-    stops = StopMatcher(["END", "\n\n"])
-    assert stops.feed("Hello E") == ("Hello ", False)  # "E" may begin "END"
-    assert stops.feed("x") == ("Ex", False)
-    assert stops.feed("ok\n") == ("ok", False)
-    assert stops.feed("\nmore") == ("", True)
-    assert StopMatcher(["END"]).feed("aENDbEND") == ("a", True)
-    tail = StopMatcher(["END"])
-    assert tail.feed("abEN") == ("ab", False) and tail.flush() == "EN"
-    assert StopMatcher([]).feed("anything") == ("anything", False)
 
 
 def tiny_request(tokenizer, **fields) -> GenerationRequest:

@@ -10,11 +10,11 @@ from typing import Callable, Iterator, List, Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from ..engine.decode import generate_step
 from ..errors import BenchError, ConfigError
-from ..generate import generate_step
 from ..loading import ModelLoadError, load
 from ..loading.cpu_weights import dequantize_model
-from ..sampling import SamplerConfig, make_sampler
+from ..sampling import SamplerConfig, make_sampler, reads_scores
 from .same_weights import mlx_lm_folder
 
 MLX_LM, OURS = "mlx-lm", "entropix-mlx"
@@ -126,7 +126,7 @@ def our_contenders(
 
     def contender(sampler_name, baseline_sampler):
         sampler = samplers[sampler_name]
-        with_scores = sampler_name == "entropix"
+        with_scores = reads_scores(sampler)
 
         def run(prompt_ids, n):
             steps = generate_step(
@@ -135,7 +135,6 @@ def our_contenders(
                 sampler,
                 max_tokens=n,
                 seed=SEED,
-                with_scores=with_scores,
             )
             return (step.token for step in steps)
 

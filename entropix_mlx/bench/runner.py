@@ -9,8 +9,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import mlx.core as mx
 
+from ..engine.decode import default_prefill_step_size
 from ..errors import BenchError
-from ..generate import default_prefill_step_size
 from ..loading import DEFAULT_MODEL
 from .cold_compile import measure_cold_compile
 from .contenders import (

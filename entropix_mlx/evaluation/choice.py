@@ -5,7 +5,8 @@ from typing import List, Sequence
 
 import mlx.core as mx
 
-from .prefix import fork, prefill
+from ..engine.decode import prefill
+from ..engine.prompt_cache import PromptCache
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,15 @@ def score_choices(model, tokenizer, context: str, choices: Sequence[str]) -> Lis
     choice is scored against the same context tokens.
     """
     context_ids = list(tokenizer.encode(context))
-    cache = prefill(model, context_ids[:-1], model.make_cache())
+    contexts = PromptCache(model, max_bytes=2**62)  # holds this context alone
+    contexts.store(
+        context_ids[:-1], prefill(model, mx.array(context_ids[:-1])[None], model.make_cache())
+    )
     scores = []
     for choice in choices:
         continuation = " " + choice
         ids = list(tokenizer.encode(continuation, add_special_tokens=False))
-        logprob = continuation_logprob(
-            model, fork(cache, len(context_ids) - 1), context_ids[-1], ids
-        )
+        cache, last = contexts.fetch(context_ids)
+        logprob = continuation_logprob(model, cache, last[-1], ids)
         scores.append(ChoiceScore(logprob, len(ids), len(continuation)))
     return scores

@@ -9,21 +9,24 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
+import mlx.core as mx
 from tqdm import tqdm
 
-from ..batch import RowStep, row_text
-from ..branching import BranchingGenerator, BranchRules
-from ..generate import StopMatcher, check_prompt
+from ..engine.batch import RowStep
+from ..engine.decode import prefill
+from ..engine.lookahead import LookAheadGenerator, LookAheadRules
+from ..engine.prompt import context_length, fit_prompt
+from ..engine.prompt_cache import PromptCache
+from ..engine.text import RowText
 from ..sampling import make_sampler, resolve_pause_token
 from .answers import extract_answer, same_number
 from .arms import Arm
 from .choice import score_choices
-from .prefix import SharedPrefix
 from .tasks import Item
 from .voting import cot_decoding_choice, majority_vote
 
 CHOICE_ARMS = ("loglik-sum", "loglik-norm")  # sum of log-probabilities; the same per character
-FINISH_REASONS = ("eos", "stop_string", "max_tokens")
+FINISH_REASONS = ("eos", "stop_string", "max_tokens")  # engine.text's ends, as records give them
 
 
 @dataclass
@@ -56,46 +59,36 @@ def item_seed(task: str, index: int, run_seed: int) -> int:
 
 
 def arm_sampler(arm: Arm, tokenizer):
-    """(sampler step, whether it reads attention scores, pause token id or None), built once per
-    arm: the Entropix step is made (and on a GPU compiled) here rather than for every answer."""
+    """(sampler step, pause token id or None), built once per arm: the Entropix step is made
+    (and on a GPU compiled) here rather than for every answer."""
     step = make_sampler(arm.path_sampler, arm.config, tokenizer)
     if arm.sampler != "entropix":
-        return step, False, None
-    return step, True, resolve_pause_token(arm.config, tokenizer)
+        return step, None
+    return step, resolve_pause_token(arm.config, tokenizer)
 
 
 class Answer:
     """One answer being generated: its text (cut at the first stop string) and its costs."""
 
     def __init__(self, tokenizer, stop: Sequence[str], pause_id: Optional[int]):
-        self.detokenizer, self.stops, self.pause_id = (
-            tokenizer.detokenizer,
-            StopMatcher(stop),
-            pause_id,
-        )
+        self.row_text, self.pause_id = RowText(tokenizer, stop), pause_id
         self.text, self.tokens, self.pauses, self.seconds, self.forks = "", 0, 0, 0.0, 0
         self.strategies: Counter = Counter()
 
-    def add(self, row: RowStep, seconds: float) -> Optional[Completion]:
-        """Take the row's next token (and its share of the step's time); the Completion once done."""
+    def add(self, row: RowStep) -> Optional[Completion]:
+        """Take the row's next token; the Completion once done."""
         self.tokens += 1
-        self.seconds += seconds
         self.forks += row.fork is not None
         self.pauses += row.step.token == self.pause_id
         if row.step.strategy is not None:
             self.strategies[row.step.strategy] += 1
-        text, finish = row_text(row, self.detokenizer, self.stops)
+        text, end = self.row_text.add(row.step.token, row.end)
         self.text += text
-        if finish is None:
+        if end is None:
             return None
-        finish = (
-            {"stop": "eos", "length": "max_tokens"}[row.finish_reason]
-            if row.finish_reason
-            else "stop_string"
-        )
         pauses = self.pauses if self.pause_id is not None else None
         return Completion(
-            self.text, finish, self.tokens, self.seconds, self.strategies, pauses, self.forks
+            self.text, end, self.tokens, self.seconds, self.strategies, pauses, self.forks
         )
 
 
@@ -161,24 +154,27 @@ def answer_jobs(model, tokenizer, task, arms, seeds, max_tokens, run, log) -> It
     prefix_ids = list(tokenizer.encode(task.prefix))
     log(f"Prefilling the shared {len(prefix_ids)}-token prefix of {task.name} ...")
     tic = time.perf_counter()
-    shared = SharedPrefix(model, prefix_ids)
+    shared = PromptCache(model, max_bytes=2**62)  # holds the prefix alone
+    if prefix_ids:
+        shared.store(prefix_ids, prefill(model, mx.array(prefix_ids)[None], model.make_cache()))
     run.prefix_tokens, run.prefill_seconds = len(prefix_ids), time.perf_counter() - tic
     plan = list(arm_runs(arms, seeds))
     for item in task.items:
         ids = list(tokenizer.encode(task.prefix + item.prompt))
-        budget = check_prompt(ids, getattr(model.args, "max_position_embeddings", None), max_tokens)
+        budget = fit_prompt(ids, context_length(model), max_tokens)
         tic = time.perf_counter()
-        cache, last = shared.extend(ids)
+        cache, rest = shared.fetch(ids)
+        cache, last = prefill(model, mx.array(rest[:-1])[None], cache), rest[-1:]
         run.prefill_seconds += time.perf_counter() - tic
         for arm, run_seed in plan:
             sample_seed = None if run_seed is None else item_seed(task.name, item.index, run_seed)
             yield Job(item, arm, run_seed, sample_seed, cache, last, budget)
 
 
-def look_ahead(arm: Arm, task, budget: int) -> Optional[BranchRules]:
+def look_ahead(arm: Arm, task, budget: int) -> Optional[LookAheadRules]:
     """How an arm's rows fork: Entropix by its config (branch_k), CoT-decoding at the start."""
     if arm.sampler == "cot-decoding":
-        return BranchRules(
+        return LookAheadRules(
             arm.paths,
             budget,
             1,
@@ -187,7 +183,7 @@ def look_ahead(arm: Arm, task, budget: int) -> Optional[BranchRules]:
             choose=cot_decoding_choice(task.stop),
             sentences=False,
         )
-    return BranchRules.from_config(arm.config, task.stop) if arm.sampler == "entropix" else None
+    return LookAheadRules.from_config(arm.config, task.stop) if arm.sampler == "entropix" else None
 
 
 @dataclass
@@ -232,13 +228,13 @@ def run_batched(
     A row's step time is shared by the rows of that step; a forking answer pays for its rollouts
     and a self-consistency answer for all its paths (`row_tokens`, `seconds`)."""
     samplers = {arm.name: arm_sampler(arm, tokenizer) for arm in arms}
-    batch = BranchingGenerator(model, tokenizer)
+    batch = LookAheadGenerator(model, tokenizer)
     live: Dict[int, tuple] = {}
     finished: Dict[int, dict] = {}
     queued = emitted = 0
     while True:
         while len(batch) < batch_size and (job := next(jobs, None)) is not None:
-            step, with_scores, pause_id = samplers[job.arm.name]
+            step, pause_id = samplers[job.arm.name]
             paths = job.arm.paths if job.arm.sampler == "self-consistency" else 1
             group = Group(queued, job, [None] * paths)
             for path in range(paths):
@@ -246,12 +242,11 @@ def run_batched(
                 uid = batch.insert(
                     job.last,
                     step,
-                    with_scores=with_scores,
                     seed=seed,
                     max_tokens=job.budget,
                     eos_ids=tokenizer.eos_token_ids,
                     prompt_cache=job.cache,
-                    branching=look_ahead(job.arm, task, job.budget),
+                    look_ahead=look_ahead(job.arm, task, job.budget),
                 )
                 live[uid] = (group, path, Answer(tokenizer, task.stop, pause_id))
             queued += 1
@@ -270,7 +265,7 @@ def run_batched(
             if row.uid not in live:  # a later token of an answer already done
                 continue
             group, path, answer = live[row.uid]
-            done = answer.add(row, 0.0)
+            done = answer.add(row)
             if done is not None:
                 batch.remove([row.uid])
                 del live[row.uid]

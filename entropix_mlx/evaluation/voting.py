@@ -3,7 +3,7 @@
 from collections import defaultdict
 from typing import List, Optional, Sequence
 
-from ..generate import StopMatcher
+from ..engine.text import StopMatcher
 from .answers import extract_answer
 
 

@@ -16,7 +16,7 @@ from .metrics import (
     calculate_metrics,
     logits_entropy_varentropy,
 )
-from .samplers import SAMPLERS, make_sampler
+from .samplers import SAMPLERS, make_sampler, reads_scores
 
 __all__ = [
     "MAX_CANDIDATES",
@@ -33,6 +33,7 @@ __all__ = [
     "make_greedy_sampler",
     "make_sampler",
     "make_standard_sampler",
+    "reads_scores",
     "resolve_pause_token",
     "sample",
     "strategy_parameters",

@@ -132,6 +132,7 @@ def make_standard_sampler(
             token = take_rank(candidate_ids, sample_rank(logits, candidate_logits, t, p, k, m, key))
         return token, mx.full(token.shape, -1, dtype=mx.int32), {}
 
+    step.reads_scores = False
     return step
 
 
@@ -142,6 +143,7 @@ def make_greedy_sampler():
         token = mx.argmax(logits, axis=-1).astype(mx.int32)
         return token, mx.full(token.shape, -1, dtype=mx.int32), {}
 
+    step.reads_scores = False
     return step
 
 

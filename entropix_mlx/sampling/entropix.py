@@ -169,6 +169,7 @@ def make_entropix_sampler(
             prev_token = mx.full((logits.shape[0],), -1, dtype=mx.int32)
         return decide(logits, attention_metrics(scores), prev_token, key)
 
+    step.reads_scores = True
     return step
 
 

@@ -10,9 +10,19 @@ from .entropix import make_entropix_sampler, resolve_pause_token
 SAMPLERS = ("entropix", "standard", "greedy")
 
 
-def make_sampler(name: str = "entropix", config: Optional[SamplerConfig] = None, tokenizer=None):
+def make_sampler(
+    name: str = "entropix",
+    config: Optional[SamplerConfig] = None,
+    tokenizer=None,
+    vocab_size: Optional[int] = None,
+):
     """The sampler step for `name` (one of SAMPLERS) with `config`'s settings; with a tokenizer,
-    Entropix's pause token is resolved from its text."""
+    Entropix's pause token is resolved from its text, and with `vocab_size` checked to be in
+    the model's vocabulary."""
+    if name not in SAMPLERS:
+        raise ConfigError(
+            f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}", "sampler"
+        )
     config = config or SamplerConfig()
     if name == "entropix":
         pause_id = (
@@ -20,9 +30,17 @@ def make_sampler(name: str = "entropix", config: Optional[SamplerConfig] = None,
             if tokenizer is not None
             else config.pause_token_id
         )
+        if vocab_size is not None and pause_id is not None and pause_id >= vocab_size:
+            raise ConfigError(
+                f"pause_token_id {pause_id} is outside the vocabulary ({vocab_size})", "config"
+            )
         return make_entropix_sampler(config, pause_token_id=pause_id)
     if name == "standard":
         return make_standard_sampler(config.temp, config.top_p, config.top_k, config.min_p)
-    if name == "greedy":
-        return make_greedy_sampler()
-    raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return make_greedy_sampler()
+
+
+def reads_scores(sampler) -> bool:
+    """Whether a sampler step reads the final layer's attention scores (the Entropix sampler
+    does, the plain ones do not); a step that does not say is given them."""
+    return getattr(sampler, "reads_scores", True)

@@ -3,26 +3,14 @@
 import mlx.core as mx
 import pytest
 
-from entropix_mlx.batch import (
-    MAX_BATCH_SIZE,
-    BatchGenerator,
-    batch_generate,
-    stream_batch_generate,
-)
-from entropix_mlx.generate import GenerationError, stream_generate
-from entropix_mlx.loading import load
+from entropix_mlx.engine.batch import MAX_BATCH_SIZE, BatchGenerator
+from entropix_mlx.engine.text import EOS, MAX_TOKENS
+from entropix_mlx.errors import GenerationError
+from entropix_mlx.generate import batch_generate, stream_batch_generate, stream_generate
 from entropix_mlx.sampling import SamplerConfig, make_sampler
-
-from .tiny import tiny_model, write_float_gguf
 
 CONFIG = SamplerConfig(pause_token=".")  # the tiny byte-level vocabulary has no "..." token
 PROMPTS = ["hello", "the tiny test is a longer prompt", "a", "some other words"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = write_float_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", tiny_model(seed=11))
-    return load(str(path))
 
 
 def single_runs(model, tokenizer, prompts, seed=None, **kwargs):
@@ -92,9 +80,7 @@ def test_a_row_that_stops_early_changes_nothing_in_the_others(tiny):
         batch.insert(tokenizer.encode(p), entropix, seed=3 + i, max_tokens=12)
         for i, p in enumerate(PROMPTS)
     ]
-    short = batch.insert(
-        tokenizer.encode(PROMPTS[0]), make_sampler("greedy"), with_scores=False, max_tokens=2
-    )
+    short = batch.insert(tokenizer.encode(PROMPTS[0]), make_sampler("greedy"), max_tokens=2)
     eos = batch.insert(
         tokenizer.encode(PROMPTS[0]), make_sampler("greedy"), eos_ids=[greedy[first_new]]
     )
@@ -102,11 +88,10 @@ def test_a_row_that_stops_early_changes_nothing_in_the_others(tiny):
     while len(batch):
         for row in batch.next():
             rows[row.uid].append(row)
-    assert [r.step.token for r in rows[short]] == greedy[:2] and rows[short][
-        -1
-    ].finish_reason == "length"
+    assert [r.step.token for r in rows[short]] == greedy[:2]
+    assert rows[short][-1].end == MAX_TOKENS
     assert [r.step.token for r in rows[eos]] == greedy[: first_new + 1]
-    assert rows[eos][-1].finish_reason == "stop"
+    assert rows[eos][-1].end == EOS
     for uid, expected in zip(uids, full):
         assert [r.step.token for r in rows[uid]] == [r.token for r in expected]
     # A stop string ends its row only: the text stops before it.
@@ -139,12 +124,14 @@ def test_same_seed_same_tokens_and_seeds_differ(tiny):
     assert len(set(same_prompt)) > 1
 
 
-def test_fork_rows_equal_single_runs_of_the_prompt(tiny):
+def test_choice_rows_equal_single_runs_of_the_prompt(tiny):
     model, tokenizer, _ = tiny
     ids = tokenizer.encode(PROMPTS[1])
     single = single_runs(model, tokenizer, [ids] * 3, seed=20, config=CONFIG, max_tokens=10)
     batch = BatchGenerator(model)
-    uids = batch.fork(ids, [20, 21, 22], make_sampler("entropix", CONFIG, tokenizer), max_tokens=10)
+    uids = batch.insert_choices(
+        ids, [20, 21, 22], make_sampler("entropix", CONFIG, tokenizer), max_tokens=10
+    )
     rows = {uid: [] for uid in uids}
     while len(batch):
         for row in batch.next():

@@ -1,4 +1,4 @@
-"""Look-ahead branching: forced distributions pick the winner; budget, reproducibility, trace."""
+"""Look-ahead: forced distributions pick the winner; budget, reproducibility, trace."""
 
 import json
 import math
@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import KVCache
 
-from entropix_mlx.batch import BatchGenerator
-from entropix_mlx.branching import BranchingGenerator, BranchRules, forced_margins, with_candidates
-from entropix_mlx.generate import make_sampler, stream_generate
-from entropix_mlx.loading import load
-from entropix_mlx.sampling import SamplerConfig
+from entropix_mlx.engine.batch import BatchGenerator
+from entropix_mlx.engine.lookahead import (
+    LookAheadGenerator,
+    LookAheadRules,
+    forced_margins,
+    with_candidates,
+)
+from entropix_mlx.generate import stream_generate
+from entropix_mlx.sampling import SamplerConfig, make_sampler
 
 from .tiny import tiny_model, write_float_gguf
 
@@ -69,9 +73,9 @@ def always_branch(logits, scores, prev, key):
 
 
 def run_lane(rules, max_tokens=8, prompt=(A,)):
-    gen = BranchingGenerator(BigramModel(), Tokens())
+    gen = LookAheadGenerator(BigramModel(), Tokens())
     uid = gen.insert(
-        list(prompt), always_branch, seed=0, max_tokens=max_tokens, eos_ids=[EOS], branching=rules
+        list(prompt), always_branch, seed=0, max_tokens=max_tokens, eos_ids=[EOS], look_ahead=rules
     )
     steps = []
     while len(gen):
@@ -96,7 +100,7 @@ def expected_scores(paths, rule):
 
 @pytest.mark.parametrize("rule", ["margin", "logprob"])
 def test_the_highest_scoring_rollout_wins(rule):
-    rules = BranchRules(k=3, horizon=6, max_points=1, score=rule)
+    rules = LookAheadRules(k=3, horizon=6, max_points=1, score=rule)
     gen, steps = run_lane(rules)
     paths = [[B, E, F, NL], [C, E, F, NL], [D, F, NL]]  # each ends at its newline
     want = expected_scores(paths, rule)
@@ -113,32 +117,32 @@ def test_the_highest_scoring_rollout_wins(rule):
 
 
 def test_horizon_cuts_the_scored_tokens():
-    gen, _ = run_lane(BranchRules(k=2, horizon=2, max_points=1))
+    gen, _ = run_lane(LookAheadRules(k=2, horizon=2, max_points=1))
     assert [c["scored_tokens"] for c in gen.forks[0]["candidates"]] == [2, 2]
 
 
 @pytest.mark.parametrize("budget", [0, 1, 2, 3])
 def test_the_budget_bounds_the_forks(budget):
-    gen, steps = run_lane(BranchRules(k=2, horizon=2, max_points=budget), max_tokens=12)
+    gen, steps = run_lane(LookAheadRules(k=2, horizon=2, max_points=budget), max_tokens=12)
     assert len(gen.forks) == budget
     assert sum(s.fork is not None for s in steps) == budget
     assert len(steps) == 12  # every committed token is returned once, in order
 
 
 def test_first_token_trigger_forks_once_at_the_start():
-    gen, steps = run_lane(BranchRules(k=3, horizon=8, max_points=5, trigger="first"))
+    gen, steps = run_lane(LookAheadRules(k=3, horizon=8, max_points=5, trigger="first"))
     assert len(gen.forks) == 1 and gen.forks[0]["at"] == 0
 
 
 def test_cost_counts_every_rollout_token():
-    gen = BranchingGenerator(BigramModel(), Tokens())
+    gen = LookAheadGenerator(BigramModel(), Tokens())
     uid = gen.insert(
         [A],
         always_branch,
         seed=0,
         max_tokens=4,
         eos_ids=[EOS],
-        branching=BranchRules(k=3, horizon=6, max_points=1),
+        look_ahead=LookAheadRules(k=3, horizon=6, max_points=1),
     )
     while len(gen):
         gen.next()
@@ -165,12 +169,6 @@ BRANCHY = SamplerConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = write_float_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", tiny_model(seed=11))
-    return load(str(path))
-
-
 def test_branch_k_zero_gives_the_original_tokens(tiny):
     model, tokenizer, _ = tiny
     assert SamplerConfig().branch_k == 0
@@ -182,8 +180,8 @@ def test_branch_k_zero_gives_the_original_tokens(tiny):
     sampler = make_sampler("entropix", BRANCHY, tokenizer)
     ids = tokenizer.encode("hello")
     batch.insert(ids, sampler, seed=3, max_tokens=12)
-    looked = BranchingGenerator(model, tokenizer)
-    looked.insert(ids, sampler, seed=3, max_tokens=12, branching=None)
+    looked = LookAheadGenerator(model, tokenizer)
+    looked.insert(ids, sampler, seed=3, max_tokens=12, look_ahead=None)
     for gen in (batch, looked):
         tokens = []
         while len(gen):
@@ -199,7 +197,7 @@ def test_forked_rows_continue_like_single_runs(tiny):
     uid = gen.insert(ids, seed=0, max_tokens=6)
     gen.admit()
     forced = [40, 41, 42]
-    uids = gen.fork_row(uid, forced, [0.0, 0.0, 0.0])
+    uids = gen.split_row(uid, forced, [0.0, 0.0, 0.0])
     rows = {u: [] for u in uids}
     while len(gen):
         for s in gen.next():

@@ -9,31 +9,19 @@ own tokens.
 
 import dataclasses
 import itertools
-import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache
 
-from .distributed import rank0_decides
-from .generate import (
-    GenerationError,
-    GenerationResponse,
-    Prompt,
-    SamplerStep,
-    StopMatcher,
-    TokenStep,
-    check_prompt,
-    check_seed,
-    literal_prompt_ids,
-    make_sampler,
-    prefill,
-    step_outputs,
-    to_token_steps,
-)
-from .sampling import SamplerConfig, make_greedy_sampler
+from ..distributed import rank0_decides
+from ..errors import GenerationError
+from ..sampling import make_greedy_sampler, reads_scores
+from .decode import SamplerStep, TokenStep, forward_and_sample, prefill, read_token_steps
+from .seeds import check_seed, fresh_seed
+from .text import EOS, row_end
 
 MAX_BATCH_SIZE = 64  # rows in one batch; the KV cache and every step grow with it
 
@@ -57,9 +45,9 @@ class RowStep:
 
     uid: int
     step: TokenStep
-    finish_reason: Optional[str]  # "stop" at an EOS id, "length" at the row's max_tokens
+    end: Optional[str]  # text.EOS at an end-of-sequence id, text.MAX_TOKENS at the row's last
     top_logprobs: List[Tuple[int, float]] = field(default_factory=list)  # the k likeliest, if asked
-    fork: Optional[dict] = None  # a look-ahead fork decided before this token (branching.py)
+    fork: Optional[dict] = None  # the look-ahead fork decided before this token (lookahead.py)
 
 
 def sample_rows(samplers: Sequence[SamplerStep], logits, scores, prev, keys):
@@ -134,7 +122,6 @@ class BatchGenerator:
         prompt_ids: Sequence[int],
         sampler: Optional[SamplerStep] = None,
         *,
-        with_scores: bool = True,
         seed: Optional[int] = None,
         max_tokens: int = 256,
         eos_ids: Sequence[int] = (),
@@ -142,29 +129,29 @@ class BatchGenerator:
         top_logprobs: int = 0,
     ) -> int:
         """Queue a row continuing `prompt_ids` (after `prompt_cache`'s tokens, if given; that
-        cache is copied, not changed); returns its uid. `with_scores=False` is for samplers
-        that do not read the attention scores; `top_logprobs` k > 0 reports the k likeliest
-        tokens of every step."""
+        cache is copied, not changed); returns its uid. `top_logprobs` k > 0 reports the k
+        likeliest tokens of every step."""
         if not len(prompt_ids):
-            raise GenerationError("the prompt is empty; give some text to continue")
+            raise GenerationError("the prompt is empty; give some text to continue", "prompt")
         check_seed(seed)
         if len(self) >= self.max_batch_size:
             raise GenerationError(
                 f"the batch is full ({self.max_batch_size} rows); wait for a row to finish"
             )
+        sampler = sampler or make_greedy_sampler()
         row = Row(
             next(self._uids),
-            sampler or make_greedy_sampler(),
-            with_scores,
+            sampler,
+            reads_scores(sampler),
             max_tokens,
             frozenset(eos_ids),
             top_logprobs,
         )
-        key = mx.random.key(seed if seed is not None else time.time_ns() % (1 << 31))
+        key = mx.random.key(seed if seed is not None else fresh_seed())
         self.pending.append((row, [int(t) for t in prompt_ids], prompt_cache, key))
         return row.uid
 
-    def fork(
+    def insert_choices(
         self,
         prompt_ids: Sequence[int],
         seeds: Sequence[Optional[int]],
@@ -174,7 +161,7 @@ class BatchGenerator:
         **row_options,
     ) -> List[int]:
         """Prefill `prompt_ids` once (into `prompt_cache` if given, which it extends) and continue
-        it as one row per seed; their uids."""
+        it as one row per seed (a request's `n` choices); their uids."""
         cache = prompt_cache if prompt_cache is not None else self.model.make_cache()
         prefill(self.model, mx.array(prompt_ids[:-1])[None], cache, self.prefill_step_size)
         return [
@@ -190,11 +177,11 @@ class BatchGenerator:
 
     def admit(self):
         """Prefill and merge the queued rows now, so that their first tokens can be read in
-        `outputs` (and forced with `fork_row`) before `next()` returns them."""
+        `outputs` (and forced with `split_row`) before `next()` returns them."""
         if self.pending:
             self._admit()
 
-    def fork_row(self, uid: int, tokens: Sequence[int], logprobs: Sequence[float]) -> List[int]:
+    def split_row(self, uid: int, tokens: Sequence[int], logprobs: Sequence[float]) -> List[int]:
         """Replace running row `uid` by one copy per forced next token: copy i returns
         `tokens[i]` (with `logprobs[i]`) from the next `next()` and continues after it. The
         first copy keeps the row's uid and place, the others are appended with new uids; each
@@ -236,13 +223,13 @@ class BatchGenerator:
                 self.cache, self.rows, self.keys, mx.concatenate(tokens)
             )
         results = []
-        for row, step, top in zip(rows, to_token_steps(*current), top_logprobs(current[3], rows)):
+        steps = read_token_steps(*current)
+        for row, step, top in zip(rows, steps, top_logprobs(current[3], rows)):
             row.generated += 1
-            finish = "stop" if step.token in row.eos_ids else None
-            finish = finish or ("length" if row.generated >= row.max_tokens else None)
-            results.append(RowStep(row.uid, step, finish, top))
-        # The rows themselves, not what a subclass's remove() means by a uid (branching's lanes).
-        BatchGenerator.remove(self, [r.uid for r in results if r.finish_reason == "stop"])
+            end = row_end(step.token, row.eos_ids, row.generated, row.max_tokens)
+            results.append(RowStep(row.uid, step, end, top))
+        # The rows themselves, not what a subclass's remove() means by a uid (look-ahead's lanes).
+        BatchGenerator.remove(self, [r.uid for r in results if r.end == EOS])
         self._steps += 1
         if self._steps % 256 == 0:
             mx.clear_cache()
@@ -254,7 +241,7 @@ class BatchGenerator:
         sampler = rank0_decides(partial(sample_rows, [row.sampler for row in rows]))
         with_scores = any(row.with_scores for row in rows)
         top = max(row.top_logprobs for row in rows)
-        outputs = step_outputs(
+        outputs = forward_and_sample(
             self.model, cache, sampler, tokens[:, None], tokens, split[:, 1], with_scores, top
         )
         mx.async_eval(outputs, split)
@@ -343,149 +330,3 @@ def top_logprobs(info: Dict[str, mx.array], rows: List[Row]) -> List[List[Tuple[
         list(zip(i[: row.top_logprobs], v[: row.top_logprobs]))
         for i, v, row in zip(ids, values, rows)
     ]
-
-
-@dataclass
-class RowResponse(GenerationResponse):
-    """What `stream_batch_generate` yields: a `GenerationResponse` for one row. Its
-    `generation_tps` is the whole batch's generated tokens per second."""
-
-    index: int = 0  # the row's position in `prompts`
-
-
-def check_prompts(
-    tokenizer, model, prompts: Sequence[Prompt], max_tokens: int
-) -> List[Tuple[List[int], int]]:
-    """(token ids, max_tokens that fit) per prompt; one-line errors name the prompt."""
-    if not len(prompts):
-        raise GenerationError("no prompts given; pass at least one")
-    if len(prompts) > MAX_BATCH_SIZE:
-        raise GenerationError(
-            f"{len(prompts)} prompts are more than one batch holds ({MAX_BATCH_SIZE}); "
-            "split them into smaller batches"
-        )
-    context_length = getattr(getattr(model, "args", None), "max_position_embeddings", None)
-    checked = []
-    for i, prompt in enumerate(prompts):
-        ids = literal_prompt_ids(tokenizer, prompt)
-        try:
-            checked.append((ids, check_prompt(ids, context_length, max_tokens)))
-        except GenerationError as e:
-            raise GenerationError(f"prompt {i}: {e}") from None
-    return checked
-
-
-def stream_batch_generate(
-    model,
-    tokenizer,
-    prompts: Sequence[Prompt],
-    *,
-    sampler: Union[str, SamplerStep] = "entropix",
-    config: Optional[SamplerConfig] = None,
-    max_tokens: int = 256,
-    seed: Optional[int] = None,
-    stop: Sequence[str] = (),
-    prefill_step_size: Optional[int] = None,
-) -> Generator[RowResponse, None, None]:
-    """Complete all `prompts` as rows of one batch, yielding each row's responses as they come.
-
-    Prompts are as for `stream_generate`. Row i is seeded with `seed + i` (`seed` None: a
-    time-based seed); with the same seed a row gives the tokens a single run with seed
-    `seed + i` gives. Identical prompts are prefilled once and forked. A row stops at an EOS id
-    or a `stop` string (finish_reason "stop"; the text ends before the stop string) or after
-    `max_tokens` tokens ("length").
-    """
-    checked = check_prompts(tokenizer, model, prompts, max_tokens)
-    if seed is not None:
-        check_seed(seed + len(prompts) - 1)  # the last row's seed
-    with_scores = sampler == "entropix" or callable(sampler)
-    step = make_sampler(sampler, config, tokenizer) if isinstance(sampler, str) else sampler
-    base = seed if seed is not None else time.time_ns() % (1 << 30)
-    look_ahead = {}
-    if sampler == "entropix" and config is not None and config.branch_k:
-        from .branching import (  # it builds on this module
-            BranchingGenerator,
-            BranchRules,
-        )
-
-        batch = BranchingGenerator(model, tokenizer, prefill_step_size=prefill_step_size)
-        look_ahead = {"branching": BranchRules.from_config(config, stop)}
-    else:
-        batch = BatchGenerator(model, prefill_step_size=prefill_step_size)
-    eos_ids = tokenizer.eos_token_ids
-    index: Dict[int, int] = {}
-    groups = group_identical(checked)
-    for ids, rows in groups:
-        options = dict(
-            with_scores=with_scores, max_tokens=checked[rows[0]][1], eos_ids=eos_ids, **look_ahead
-        )
-        if len(rows) > 1:
-            uids = batch.fork(ids, [base + i for i in rows], step, **options)
-        else:
-            uids = [batch.insert(ids, step, seed=base + rows[0], **options)]
-        index.update(zip(uids, rows))
-    streams = {uid: (tokenizer.detokenizer, StopMatcher(stop)) for uid in index}
-    prompt_total = sum(len(ids) for ids, _ in groups)  # prefilled once per distinct prompt
-    tic, prompt_tps, generated = time.perf_counter(), 0.0, 0
-    while len(batch):
-        row_steps = batch.next()
-        if not prompt_tps:
-            prompt_tps = prompt_total / (time.perf_counter() - tic)
-            tic = time.perf_counter()
-        generated += len(row_steps)
-        for row in row_steps:
-            if row.uid not in streams:  # a later token of a row already stopped
-                continue
-            text, finish = row_text(row, *streams[row.uid])
-            if finish:
-                del streams[row.uid]
-            if finish and not row.finish_reason:
-                batch.remove([row.uid])
-            i = index[row.uid]
-            yield RowResponse(
-                text=text,
-                token=row.step.token,
-                logprob=row.step.logprob,
-                strategy=row.step.strategy,
-                metrics=row.step.metrics,
-                params=row.step.params,
-                prompt_tokens=len(checked[i][0]),
-                prompt_tps=prompt_tps,
-                generation_tokens=generated,
-                generation_tps=generated / max(time.perf_counter() - tic, 1e-9),
-                peak_memory=mx.get_peak_memory() / 1e9,
-                finish_reason=finish,
-                fork=row.fork,
-                index=i,
-            )
-
-
-def group_identical(checked) -> List[Tuple[List[int], List[int]]]:
-    """(token ids, the indices of the prompts with exactly those ids), in first-seen order."""
-    groups: Dict[tuple, List[int]] = {}
-    for i, (ids, _) in enumerate(checked):
-        groups.setdefault(tuple(ids), []).append(i)
-    return [(list(ids), rows) for ids, rows in groups.items()]
-
-
-def row_text(row: RowStep, detokenizer, stops: StopMatcher) -> Tuple[str, Optional[str]]:
-    """The row's new text, cut at a stop string, and its finish reason (None while going on)."""
-    if row.finish_reason != "stop":
-        detokenizer.add_token(row.step.token)
-    if row.finish_reason:
-        detokenizer.finalize()
-    text, stopped = stops.feed(detokenizer.last_segment)
-    if stopped:
-        return text, "stop"
-    if row.finish_reason:
-        text += stops.flush()
-    return text, row.finish_reason
-
-
-def batch_generate(model, tokenizer, prompts: Sequence[Prompt], **kwargs) -> List[str]:
-    """The completions of `prompts`, in prompt order; `kwargs` as for `stream_batch_generate`
-    (sampler="entropix", config=None, max_tokens=256, seed=None, stop=())."""
-    texts = [""] * len(prompts)
-    for response in stream_batch_generate(model, tokenizer, prompts, **kwargs):
-        texts[response.index] += response.text
-    return texts

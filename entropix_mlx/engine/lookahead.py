@@ -1,6 +1,7 @@
-"""Look-ahead branching over forked batch rows: explore where the model is uncertain.
+"""Look-ahead: rows that fork where the model is uncertain and keep the best rollout.
 
-Where a row's sampler chose the branch strategy (or, with trigger "first", at its first token),
+(Not the sampler's "branch" strategy, which draws one hotter sample; look-ahead is what
+`branch_k > 0` turns on where that strategy is chosen.) Where a row's sampler chose the branch strategy (or, with trigger "first", at its first token),
 the row is forked into one row per top-k candidate token, each rolled out with the row's own
 sampler for up to `horizon` tokens or to a boundary (a newline, the end of a sentence, a stop
 string, EOS). Each rollout gets a score and the winner's rows stay: its tokens are committed as
@@ -22,13 +23,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import mlx.core as mx
 
+from ..errors import GenerationError
+from ..sampling import STRATEGIES, SamplerConfig, make_greedy_sampler, reads_scores
+from ..sampling.config import MAX_BRANCH_K
+from ..sampling.draw import top_candidates
+from ..sampling.metrics import logsumexp, probability_margin, take_token
 from .batch import BatchGenerator, RowStep
-from .errors import GenerationError
-from .generate import SamplerStep
-from .sampling import STRATEGIES, SamplerConfig, make_greedy_sampler
-from .sampling.config import MAX_BRANCH_K
-from .sampling.draw import top_candidates
-from .sampling.metrics import logsumexp, probability_margin, take_token
+from .decode import SamplerStep
 
 BRANCH = STRATEGIES.index("branch")
 TRIGGERS = ("branch", "first")
@@ -58,7 +59,7 @@ class Rollout:
 
 
 @dataclass(frozen=True)
-class BranchRules:
+class LookAheadRules:
     """When and how a row forks. `choose(rollouts, tokenizer)` may replace the score rule
     (the evaluation's CoT-decoding chooses by answer); it returns the winner's index."""
 
@@ -75,7 +76,7 @@ class BranchRules:
     @classmethod
     def from_config(
         cls, config: SamplerConfig, stops: Sequence[str] = ()
-    ) -> Optional["BranchRules"]:
+    ) -> Optional["LookAheadRules"]:
         """The config's look-ahead rules; None when branch_k is 0 (the original behaviour)."""
         if not config.branch_k or not config.max_branch_points:
             return None
@@ -93,7 +94,7 @@ class Lane:
     """What the caller sees as one row: one batch row, or a fork's rollouts until it resolves."""
 
     uid: int
-    rules: Optional[BranchRules]
+    rules: Optional[LookAheadRules]
     row: int  # the batch row's uid while not forked
     points: int = 0
     rollouts: Optional[List[Rollout]] = None
@@ -118,6 +119,7 @@ def with_candidates(sampler: SamplerStep) -> SamplerStep:
         }
         return token, strategy, {**info, **extra}
 
+    step.reads_scores = reads_scores(sampler)
     return step
 
 
@@ -127,8 +129,8 @@ def forced_margins(logprobs: Sequence[float]) -> List[float]:
     return [p[j] - (p[1] if j == 0 else p[0]) for j in range(len(p))]
 
 
-class BranchingGenerator(BatchGenerator):
-    """A `BatchGenerator` whose rows may branch: `insert(..., branching=BranchRules)`.
+class LookAheadGenerator(BatchGenerator):
+    """A `BatchGenerator` whose rows may fork: `insert(..., look_ahead=LookAheadRules)`.
 
     Its uids, `next()` and `remove()` are per lane (what the caller inserted); a fork's
     rollouts are rows of the same batch, and a lane's tokens come out when its fork resolves
@@ -151,18 +153,18 @@ class BranchingGenerator(BatchGenerator):
         return len(self.lanes)
 
     def insert(
-        self, prompt_ids, sampler=None, *, branching: Optional[BranchRules] = None, **options
+        self, prompt_ids, sampler=None, *, look_ahead: Optional[LookAheadRules] = None, **options
     ) -> int:
-        """As `BatchGenerator.insert`; `branching`: when and how this row forks (None: never)."""
-        if branching is not None and branching.trigger not in TRIGGERS:
+        """As `BatchGenerator.insert`; `look_ahead`: when and how this row forks (None: never)."""
+        if look_ahead is not None and look_ahead.trigger not in TRIGGERS:
             raise GenerationError(
-                f"branching trigger must be one of {', '.join(TRIGGERS)}, got {branching.trigger!r}"
+                f"look-ahead trigger must be one of {', '.join(TRIGGERS)}, got {look_ahead.trigger!r}"
             )
         sampler = sampler or self._greedy
         if id(sampler) not in self._wrapped:
             self._wrapped[id(sampler)] = (sampler, with_candidates(sampler))
         uid = super().insert(prompt_ids, self._wrapped[id(sampler)][1], **options)
-        self.lanes[uid] = self.owner[uid] = Lane(uid, branching, uid)
+        self.lanes[uid] = self.owner[uid] = Lane(uid, look_ahead, uid)
         self.spent[uid] = 0
         return uid
 
@@ -190,7 +192,7 @@ class BranchingGenerator(BatchGenerator):
             if lane is None:
                 continue
             self.spent[lane.uid] += 1
-            if row_step.finish_reason:
+            if row_step.end:
                 del self.owner[row_step.uid]
             if lane.rollouts is None:
                 out.append(self._commit(lane, row_step))
@@ -224,7 +226,7 @@ class BranchingGenerator(BatchGenerator):
                 continue
             k = lane.rules.k
             candidates, candidate_logprobs = ids[i][:k], logprobs[i][:k]
-            uids = self.fork_row(row.uid, candidates, candidate_logprobs)
+            uids = self.split_row(row.uid, candidates, candidate_logprobs)
             lane.points += 1
             lane.at = lane.committed
             lane.rollouts = []
@@ -246,7 +248,7 @@ class BranchingGenerator(BatchGenerator):
     def _advance(self, lane: Lane, row_step: RowStep, margin: Optional[float]):
         rollout = next(r for r in lane.rollouts if r.uid == row_step.uid)
         rollout.steps.append(row_step)
-        rollout.finished = row_step.finish_reason is not None
+        rollout.finished = row_step.end is not None
         if not rollout.open:
             return
         if len(rollout.steps) > 1:  # the forced token's margin was set at the fork
@@ -290,6 +292,6 @@ class BranchingGenerator(BatchGenerator):
 
     def _commit(self, lane: Lane, row_step: RowStep) -> RowStep:
         lane.committed += 1
-        if row_step.finish_reason:
+        if row_step.end:
             self.lanes.pop(lane.uid, None)
-        return RowStep(lane.uid, row_step.step, row_step.finish_reason)
+        return RowStep(lane.uid, row_step.step, row_step.end)
