@@ -343,7 +343,7 @@ def format_mix_table(result: Calibration) -> str:
     return "\n".join(rows)
 
 
-def preset_toml(
+def mix_preset_toml(
     result: Calibration, model_name: str, prompt_source: str = "the built-in prompt set"
 ) -> str:
     """The preset file: a provenance header (model, data, rule, mixes), then the thresholds and pause token."""

@@ -743,7 +743,7 @@ def calibrate(
     source = (
         f"the prompts in {Path(prompts_file).name}" if prompts_file else "the built-in prompt set"
     )
-    write_output(output, calibration.preset_toml(result, model, source), "--output")
+    write_output(output, calibration.mix_preset_toml(result, model, source), "--output")
     click.echo(calibration.format_mix_table(result))
     thresholds = "  ".join(f"{name} {value:.4g}" for name, value in result.thresholds.items())
     click.echo(f"\nThresholds: {thresholds}\nWrote {output}")
@@ -768,7 +768,7 @@ def tune_for_accuracy(
         log=echo_err,
     )
     source = f"{Path(config_file).name}" if config_file else "the model's preset"
-    write_output(output, tuning.preset_toml(chosen, tried, model, source, limit, seeds), "--output")
+    write_output(output, tuning.accuracy_preset_toml(chosen, tried, model, source, limit, seeds), "--output")
     click.echo(tuning.format_candidates(tried, chosen))
     click.echo(f"\nWrote {output}")
 

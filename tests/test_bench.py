@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from entropix_mlx.bench.report import build_rows, summarize
+from entropix_mlx.bench.report import build_rows, describe_samples
 from entropix_mlx.bench.text import benchmark_prompt
 from entropix_mlx.cli import main
 
@@ -205,7 +205,7 @@ def test_ratios_and_goals_from_samples():
         },
     }
     ours = build_rows(samples, contenders, [64])[1]
-    assert summarize([3.0, 1.0, 2.0]) == {
+    assert describe_samples([3.0, 1.0, 2.0]) == {
         "median": 2.0,
         "min": 1.0,
         "max": 3.0,

@@ -104,17 +104,15 @@ def test_bad_input_gives_one_line_errors(tiny_gguf, tmp_path):
 
 
 def test_chat_keeps_the_history(tiny_gguf, monkeypatch):
-    generate_module = importlib.import_module(
-        "entropix_mlx.generate"
-    )  # the package exports a `generate` function
+    prompt_module = importlib.import_module("entropix_mlx.engine.prompt")
     seen = []
-    original = generate_module.chat_prompt_ids
+    original = prompt_module.chat_prompt_ids
 
     def recording_encode(tokenizer, prompt, *args, **kwargs):
         seen.append([dict(m) for m in prompt])
         return original(tokenizer, prompt, *args, **kwargs)
 
-    monkeypatch.setattr(generate_module, "chat_prompt_ids", recording_encode)
+    monkeypatch.setattr(prompt_module, "chat_prompt_ids", recording_encode)
     result = run(
         "chat",
         "-m",
@@ -136,10 +134,11 @@ def test_chat_keeps_the_history(tiny_gguf, monkeypatch):
 
 def test_chat_prefills_only_the_new_tokens_of_a_turn(tiny_gguf, monkeypatch):
     generate_module = importlib.import_module("entropix_mlx.generate")
+    prompt_module = importlib.import_module("entropix_mlx.engine.prompt")
     fed, prompts = [], []
     original_stream, original_encode = (
         generate_module.stream_generate,
-        generate_module.chat_prompt_ids,
+        prompt_module.chat_prompt_ids,
     )
 
     def recording_stream(model, tokenizer, prompt, **kwargs):
@@ -152,7 +151,7 @@ def test_chat_prefills_only_the_new_tokens_of_a_turn(tiny_gguf, monkeypatch):
         return ids
 
     monkeypatch.setattr(generate_module, "stream_generate", recording_stream)
-    monkeypatch.setattr(generate_module, "chat_prompt_ids", recording_encode)
+    monkeypatch.setattr(prompt_module, "chat_prompt_ids", recording_encode)
     result = run(
         "chat",
         "-m",

@@ -389,7 +389,8 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", chat(temperature=-0.5), 422, "invalid_value", "temperature", ">= 0"),
     ("/v1/chat/completions", chat(top_p=0), 422, "invalid_value", "top_p", "(0, 1]"),
     ("/v1/chat/completions", chat(top_p=1.5), 422, "invalid_value", "top_p", "(0, 1]"),
-    ("/v1/chat/completions", chat(seed=-1), 422, "invalid_value", "seed", "[0, 2**64)"),
+    ("/v1/chat/completions", chat(seed=-1), 400, "invalid_value", "seed", "[0, 2**64)"),
+    ("/v1/chat/completions", chat(seed=2**64 - 1, n=2), 400, "invalid_value", "seed", "no room"),
     ("/v1/chat/completions", chat(n=9), 422, "invalid_value", "n", "must be in [1, 8]"),
     (
         "/v1/chat/completions",
@@ -629,7 +630,7 @@ def test_prompt_longer_than_the_context_window(client, tiny):
         400,
         "context_length_exceeded",
         "prompt",
-        f"maximum context length is {TINY_CONTEXT} tokens, but the prompt has {TINY_CONTEXT}",
+        f"the prompt has {TINY_CONTEXT} tokens but the model's context window is {TINY_CONTEXT}",
     )
     assert_error(
         client.post("/v1/completions", json={"prompt": [TINY_CONTEXT + 10_000]}),

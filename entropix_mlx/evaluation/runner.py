@@ -137,7 +137,7 @@ def run_eval(
 
 
 @dataclass
-class Job:
+class AnswerJob:
     """One answer to generate: an item's prompt (its cache holds all but `last`) for one arm and seed."""
 
     item: Item
@@ -149,7 +149,7 @@ class Job:
     budget: int
 
 
-def answer_jobs(model, tokenizer, task, arms, seeds, max_tokens, run, log) -> Iterator[Job]:
+def answer_jobs(model, tokenizer, task, arms, seeds, max_tokens, run, log) -> Iterator[AnswerJob]:
     """The jobs of every item in order; each item's prompt is prefilled once, when first needed."""
     prefix_ids = list(tokenizer.encode(task.prefix))
     log(f"Prefilling the shared {len(prefix_ids)}-token prefix of {task.name} ...")
@@ -168,7 +168,7 @@ def answer_jobs(model, tokenizer, task, arms, seeds, max_tokens, run, log) -> It
         run.prefill_seconds += time.perf_counter() - tic
         for arm, run_seed in plan:
             sample_seed = None if run_seed is None else item_seed(task.name, item.index, run_seed)
-            yield Job(item, arm, run_seed, sample_seed, cache, last, budget)
+            yield AnswerJob(item, arm, run_seed, sample_seed, cache, last, budget)
 
 
 def look_ahead(arm: Arm, task, budget: int) -> Optional[LookAheadRules]:
@@ -191,7 +191,7 @@ class Group:
     """The paths of one answer (one for all but self-consistency) and what they cost."""
 
     index: int
-    job: Job
+    job: AnswerJob
     completions: List[Optional[Completion]]
     row_tokens: int = 0
 
@@ -221,7 +221,7 @@ class Group:
 
 
 def run_batched(
-    model, tokenizer, task, arms, jobs: Iterator[Job], batch_size: int
+    model, tokenizer, task, arms, jobs: Iterator[AnswerJob], batch_size: int
 ) -> Iterator[dict]:
     """Generate the jobs' answers as rows of one batch, kept full; their records in job order.
 

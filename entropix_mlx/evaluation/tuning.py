@@ -162,7 +162,7 @@ def format_candidates(tried: Sequence[Candidate], chosen: Candidate) -> str:
     return "\n".join(lines)
 
 
-def preset_toml(
+def accuracy_preset_toml(
     chosen: Candidate,
     tried: Sequence[Candidate],
     model_name: str,
