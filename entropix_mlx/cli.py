@@ -768,7 +768,9 @@ def tune_for_accuracy(
         log=echo_err,
     )
     source = f"{Path(config_file).name}" if config_file else "the model's preset"
-    write_output(output, tuning.accuracy_preset_toml(chosen, tried, model, source, limit, seeds), "--output")
+    write_output(
+        output, tuning.accuracy_preset_toml(chosen, tried, model, source, limit, seeds), "--output"
+    )
     click.echo(tuning.format_candidates(tried, chosen))
     click.echo(f"\nWrote {output}")
 

@@ -43,7 +43,9 @@ def build_rows(
                 "label": c.label,
                 "baseline": c.baseline,
                 "reference": c.reference,
-                "figures": {name: describe_samples(samples[length, c.label][name]) for name in FIGURES},
+                "figures": {
+                    name: describe_samples(samples[length, c.label][name]) for name in FIGURES
+                },
             }
             # The sampler's share of one decode step: its time times the decode rate.
             row["sampler_share"] = median(row, "sampler_step_us") * 1e-6 * median(row, "decode_tps")
