@@ -17,7 +17,8 @@ from entropix_mlx.calibrate import (
     split_prompts,
     strategy_mix,
 )
-from entropix_mlx.cli import main, preset_config
+from entropix_mlx.cli import main
+from entropix_mlx.cli.options import preset_config
 from entropix_mlx.loading import CATALOG, DEFAULT_MODEL
 from entropix_mlx.presets import read_preset
 from entropix_mlx.sampling import STRATEGIES, SamplerConfig, choose_strategy

@@ -1,198 +1,91 @@
-"""The command line through click's CliRunner (tiny model) and once as the installed script."""
+"""The command line's dispatcher: one error boundary, the entry points, click kept in the CLI."""
 
-import importlib
+import ast
 import json
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
 
 from entropix_mlx import cli
-from entropix_mlx.sampling import SamplerConfig
-from entropix_mlx.trace import read_trace
+from entropix_mlx.errors import ModelLoadError
+from entropix_mlx.loading import catalog
 
-from .helpers import one_line_error
-from .tiny import tiny_model, write_float_gguf
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory):
-    return str(write_float_gguf(tmp_path_factory.mktemp("cli") / "tiny.gguf", tiny_model(seed=5)))
+from .conftest import REPO
 
 
-def run(*args, input=None):
-    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
+def run(*args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
 
 
-def tiny_args(tiny_gguf, *extra):
-    return [
-        "generate",
-        "-m",
-        tiny_gguf,
-        "--pause-token",
-        ".",
-        "--max-tokens",
-        "12",
-        "--seed",
-        "1",
-        *extra,
-    ]
+@pytest.mark.parametrize(
+    "args, message, command",
+    [
+        (["generate", "--colr"], "No such option '--colr'. (Did you mean one of: ", "generate"),
+        (["generate"], "Missing option '--prompt' / '-p'", "generate"),
+        (["generate", "-p", "hi", "-n", "0"], "Invalid value for '-n': 0 is not in", "generate"),
+        (["models", "fetch", "a", "b"], "Got unexpected extra argument (b)", "models fetch"),
+        (["bench", "--prompt-lengths", "x"], "Invalid value for '--prompt-lengths': ", "bench"),
+        (["genrate"], "No such command 'genrate'", ""),
+        (["--bogus"], "No such option '--bogus'", ""),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_help_with_exit_code_2(args, message, command):
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith(f"Error: {message}")
+    assert result.output.endswith(f"; see '{' '.join(['entropix-mlx', command]).strip()} --help'\n")
 
 
-def test_generate_prompt_trace_and_verbose(tiny_gguf, tmp_path):
-    trace = tmp_path / "trace.jsonl"
-    result = run(*tiny_args(tiny_gguf, "-p", "hello", "--trace", trace, "--verbose"))
-    assert result.exit_code == 0, result.output
-    records = read_trace(trace)
-    assert 1 <= len(records) <= 12
-    assert "Generation:" in result.output and "Strategies:" in result.output
-    assert "".join(r["text"] for r in records) in result.output
+def test_a_group_without_its_command_prints_its_help():
+    for args in ([], ["models"]):
+        result = run(*args)
+        assert result.exit_code == 2 and "Usage:" in result.output and "Commands:" in result.output
 
 
-def test_generate_n_prints_the_completions_of_seeds_in_turn(tiny_gguf):
-    result = run(*tiny_args(tiny_gguf, "-p", "hello", "-n", "3"))
-    assert result.exit_code == 0, result.output
-    singles = []
-    for seed in (1, 2, 3):
-        one = run(*tiny_args(tiny_gguf, "-p", "hello"), "--seed", seed)
-        singles.append(one.output[: -len("\n")])
-    expected = "\n".join(
-        f"--- completion {i} of 3 ---\n{text}\n" for i, text in enumerate(singles, 1)
+def test_package_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch):
+    def fails_with(error):
+        def fetch(*args, **kwargs):
+            raise error
+
+        return fetch
+
+    monkeypatch.setattr(catalog, "fetch", fails_with(ModelLoadError("the model is odd")))
+    result = run("models", "fetch")
+    assert result.exit_code == 1 and result.output == "Error: the model is odd\n"
+    monkeypatch.setattr(catalog, "fetch", fails_with(ValueError("[matmul] shapes differ")))
+    result = run("models", "fetch")
+    assert isinstance(result.exception, ValueError) and "Error:" not in result.output
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run(
+        [sys.executable, "-m", "entropix_mlx", "generate", "--no-such"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
     )
-    assert result.output == expected
-    refused = run(*tiny_args(tiny_gguf, "-p", "hello", "-n", "2", "--trace", "t.jsonl"))
-    assert refused.exit_code == 1
-    assert refused.output == "Error: --trace records one completion; use it without -n\n"
-
-
-def test_generate_reads_stdin_and_seeds_reproduce(tiny_gguf):
-    first = run(*tiny_args(tiny_gguf, "-p", "-"), input="hello there")
-    second = run(*tiny_args(tiny_gguf, "-p", "hello there"))
-    assert first.exit_code == 0 and first.output == second.output
-
-
-@pytest.mark.parametrize("sampler", ["standard", "greedy"])
-def test_generate_other_samplers(tiny_gguf, sampler):
-    result = run(
-        *tiny_args(tiny_gguf, "-p", "hello", "--sampler", sampler, "--temp", "0.5", "--color")
-    )
-    assert result.exit_code == 0, result.output
-
-
-def test_bad_input_gives_one_line_errors(tiny_gguf, tmp_path):
-    one_line_error(
-        run("generate", "-m", tmp_path / "missing.gguf", "-p", "hi"), "no such model file or folder"
-    )
-    one_line_error(run(*tiny_args(tiny_gguf, "-p", "   ")), "the prompt is empty")
-    one_line_error(
-        run(*tiny_args(tiny_gguf, "-p", "word " * 300)), "context window is 256; shorten the prompt"
-    )
-    bad_toml = tmp_path / "bad.toml"
-    bad_toml.write_text("temp = -1\n")
-    one_line_error(run(*tiny_args(tiny_gguf, "-p", "hi", "--config", bad_toml)), "temp")
-    unknown = tmp_path / "unknown.toml"
-    unknown.write_text("temperature_typo = 1.0\n")
-    one_line_error(run(*tiny_args(tiny_gguf, "-p", "hi", "--config", unknown)), "temperature_typo")
-    broken = tmp_path / "broken.toml"
-    broken.write_text("temp = = 1\n")
-    one_line_error(
-        run(*tiny_args(tiny_gguf, "-p", "hi", "--config", broken)),
-        f"invalid sampler settings (--config {broken} / flags): cannot read {broken}",
-    )
-    one_line_error(run("generate", "-m", tiny_gguf, "-p", "hi"), "pause_token")
-
-
-def test_chat_keeps_the_history(tiny_gguf, monkeypatch):
-    prompt_module = importlib.import_module("entropix_mlx.engine.prompt")
-    seen = []
-    original = prompt_module.chat_prompt_ids
-
-    def recording_encode(tokenizer, prompt, *args, **kwargs):
-        seen.append([dict(m) for m in prompt])
-        return original(tokenizer, prompt, *args, **kwargs)
-
-    monkeypatch.setattr(prompt_module, "chat_prompt_ids", recording_encode)
-    result = run(
-        "chat",
-        "-m",
-        tiny_gguf,
-        "--pause-token",
-        ".",
-        "--max-tokens",
-        "6",
-        "--seed",
-        "2",
-        input="first question\nsecond question\n/reset\nthird\n/quit\n",
-    )
-    assert result.exit_code == 0, result.output
-    assert [len(m) for m in seen] == [1, 3, 1]
-    first_answer = seen[1][1]
-    assert first_answer["role"] == "assistant" and first_answer["content"] in result.output
-    assert seen[1][0]["content"] == "first question" and seen[1][2]["content"] == "second question"
-
-
-def test_chat_prefills_only_the_new_tokens_of_a_turn(tiny_gguf, monkeypatch):
-    generate_module = importlib.import_module("entropix_mlx.generate")
-    prompt_module = importlib.import_module("entropix_mlx.engine.prompt")
-    fed, prompts = [], []
-    original_stream, original_encode = (
-        generate_module.stream_generate,
-        prompt_module.chat_prompt_ids,
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (
+        "Error: No such option '--no-such'; see 'python -m entropix_mlx generate --help'\n"
     )
 
-    def recording_stream(model, tokenizer, prompt, **kwargs):
-        fed.append(len(prompt))
-        yield from original_stream(model, tokenizer, prompt, **kwargs)
 
-    def recording_encode(tokenizer, prompt, *args, **kwargs):
-        ids = original_encode(tokenizer, prompt, *args, **kwargs)
-        prompts.append(ids)
-        return ids
-
-    monkeypatch.setattr(generate_module, "stream_generate", recording_stream)
-    monkeypatch.setattr(prompt_module, "chat_prompt_ids", recording_encode)
-    result = run(
-        "chat",
-        "-m",
-        tiny_gguf,
-        "--sampler",
-        "standard",
-        "--temp",
-        "1.5",
-        "--seed",
-        "3",
-        "--max-tokens",
-        "6",
-        input="first question\nsecond question\n/quit\n",
-    )
-    assert result.exit_code == 0, result.output
-    assert fed[0] == len(prompts[0])
-    assert fed[1] < len(prompts[1]) - len(
-        prompts[0]
-    )  # the first turn and the answer came from the cache
-    model, tokenizer, _ = importlib.import_module("entropix_mlx.loading").load(tiny_gguf)
-    config = SamplerConfig(temp=1.5)
-    uncached = "".join(
-        r.text
-        for r in original_stream(
-            model, tokenizer, prompts[1], sampler="standard", config=config, seed=3, max_tokens=6
-        )
-    )
-    assert uncached.strip()
-    assert (
-        result.output.split(">> ")[2] == f"{uncached}\n"
-    )  # the second answer, as an uncached run gives it
-
-
-def test_models_list_and_convert_errors(tiny_gguf, tmp_path):
-    result = run("models", "list")
-    assert result.exit_code == 0 and "smollm2-135m-instruct (default)" in result.output
-    one_line_error(run("models", "fetch", "nope"), "unknown catalog model 'nope'")
-    taken = tmp_path / "taken"
-    taken.mkdir()
-    (taken / "file").write_text("keep me")
-    one_line_error(run("convert", tiny_gguf, taken), "already exists and is not empty")
+def test_only_the_cli_imports_click():
+    package = REPO / "entropix_mlx"
+    importers = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            if any(name.split(".")[0] == "click" for name in names):
+                importers.add(path.relative_to(package).parts[0])
+    assert importers == {"cli"}
 
 
 @pytest.mark.real_model
@@ -222,27 +115,3 @@ def test_installed_console_script_generates(default_model, tmp_path):
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     assert 1 <= len(records) <= 6
     assert done.stdout.strip() == "".join(r["text"] for r in records).strip()
-
-
-def test_package_errors_are_one_line_and_bugs_keep_their_traceback(tiny_gguf, monkeypatch):
-    from entropix_mlx.errors import GenerationError
-
-    generate_module = importlib.import_module("entropix_mlx.generate")
-
-    def fails_with(error):
-        def stream(*args, **kwargs):
-            raise error
-            yield
-
-        return stream
-
-    monkeypatch.setattr(
-        generate_module, "stream_generate", fails_with(GenerationError("the prompt is odd"))
-    )
-    result = run(*tiny_args(tiny_gguf, "-p", "hello"))
-    assert result.exit_code == 1 and result.output.endswith("Error: the prompt is odd\n")
-    monkeypatch.setattr(
-        generate_module, "stream_generate", fails_with(ValueError("[matmul] shapes differ"))
-    )
-    result = run(*tiny_args(tiny_gguf, "-p", "hello"))
-    assert isinstance(result.exception, ValueError) and "Error:" not in result.output
