@@ -69,7 +69,7 @@ def test_readme_is_short_and_its_links_work_on_pypi():
     assert len(text.splitlines()) <= 300
     relative = [target for target in LINK.findall(text) if not target.startswith("https://")]
     assert not relative, f"the README links to {relative}: name repository files as plain paths"
-    assert "../shared" not in text and "shared/" not in text
+    assert "shared/" not in text, "a clone has no ../shared: the README must not need it"
 
 
 def test_the_pages_the_readme_names_exist():
