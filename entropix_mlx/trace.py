@@ -1,6 +1,6 @@
 """Per-token trace records: one flat JSON object per generated token, one per line (JSONL).
 
-Record fields (stable; documented in README.md, "Trace format"):
+Record fields (stable; documented in docs/traces.md):
   index                 0-based position among the generated tokens
   token                 token id
   text                  the text segment this token added (may be empty)

@@ -46,3 +46,17 @@ def tiny(tiny_gguf):
     from entropix_mlx.loading import load
 
     return load(str(tiny_gguf))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say once, even under -q, why tests were skipped (most often: no ../shared beside the
+    checkout, whose reference data a clone does not have)."""
+    reasons: dict = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.write_sep("-", "why tests were skipped")
+        for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{count:4d}  {reason}")

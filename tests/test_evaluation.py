@@ -539,6 +539,7 @@ def test_an_installed_package_asks_for_data(monkeypatch, tmp_path):
     monkeypatch.setattr(tasks, "CHECKOUT", tmp_path / "site-packages")
     with pytest.raises(
         EvalError,
-        match=r"^the gsm8k data has no default outside a source checkout; pass --data FOLDER$",
+        match=r"^the gsm8k data has no default outside a source checkout; pass --data FOLDER "
+        r"\(docs/evaluation.md says where to get it\)$",
     ):
         load_task("gsm8k", limit=1)

@@ -13,7 +13,7 @@ from .output import echo_err
 MODEL_HELP = "Catalog name, .gguf file, MLX/HF folder or Hub repo id"
 CPU_DTYPE_HELP = (
     "CPU backend weights: auto = float32 when the system OpenBLAS is loaded and "
-    "they fit the memory budget (README, 'Linux CPU'); or float32, or quantized."
+    "they fit the memory budget (docs/models.md, 'Linux CPU'); or float32, or quantized."
 )
 BATCH_ROWS = click.IntRange(1, MAX_BATCH_SIZE)  # rows decoded together as one batch
 

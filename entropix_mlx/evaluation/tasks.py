@@ -1,8 +1,8 @@
 """The tasks: their items, the shared few-shot prefix, the stop strings and where the data lives.
 
 `arith` is generated here from a seed; `gsm8k`, `arc-easy` and `arc-challenge` are read from the
-evaluation data folder (default: `shared/evaldata/` beside the repository, see its README for
-sources and licences).
+evaluation data folder (default: `shared/evaldata/` beside the repository; docs/evaluation.md
+says where the data comes from, its licences and how to pass it).
 """
 
 import operator
@@ -178,7 +178,8 @@ def data_file(data: Optional[Path], key: str) -> Path:
     if data is None:
         if not (CHECKOUT / "pyproject.toml").is_file():
             raise EvalError(
-                f"the {key} data has no default outside a source checkout; pass --data FOLDER"
+                f"the {key} data has no default outside a source checkout; pass --data FOLDER "
+                "(docs/evaluation.md says where to get it)"
             )
         data = DEFAULT_DATA_DIR
     data = Path(data).expanduser()
@@ -189,7 +190,10 @@ def data_file(data: Optional[Path], key: str) -> Path:
     else:
         path = data / DATA_FILES[key]
     if not path.is_file():
-        raise EvalError(f"missing data file {path}; pass --data with the evaluation data folder")
+        raise EvalError(
+            f"missing data file {path}; pass --data with the evaluation data folder "
+            "(docs/evaluation.md says where to get it)"
+        )
     return path
 
 

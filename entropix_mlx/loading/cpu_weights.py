@@ -1,7 +1,7 @@
 """The CPU backend's weight policy: quantized layers become float32 where OpenBLAS runs matmuls.
 
 MLX's quantized matmul on the CPU does not use BLAS; with the system OpenBLAS loaded (see
-`cpu_blas`) a float32 matmul is many times faster (README, "Linux CPU"), for 4-8x the weight
+`cpu_blas`) a float32 matmul is many times faster (docs/models.md, "Linux CPU"), for 4-8x the weight
 memory. So `auto` dequantizes when OpenBLAS is active and the float32 weights fit the budget:
 a quarter of physical memory, or `ENTROPIX_MLX_FLOAT32_BUDGET_MB`. GPU backends are untouched.
 """
