@@ -48,6 +48,18 @@ def tiny(tiny_gguf):
     return load(str(tiny_gguf))
 
 
+@pytest.fixture(scope="session")
+def tiny_served(tiny_gguf):
+    """`tiny_gguf` loaded with a pause token its byte-level vocabulary has ("..." is three tokens
+    there) as the model's preset: what the server and its worker serve."""
+    import dataclasses
+
+    from entropix_mlx.loading import load
+
+    model, tokenizer, info = load(str(tiny_gguf))
+    return model, tokenizer, dataclasses.replace(info, sampler_preset={"pause_token_id": 16})
+
+
 def pytest_terminal_summary(terminalreporter):
     """Say once, even under -q, why tests were skipped (most often: no ../shared beside the
     checkout, whose reference data a clone does not have)."""

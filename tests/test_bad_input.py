@@ -19,14 +19,8 @@ from entropix_mlx.loading import convert as convert_module
 from entropix_mlx.loading.convert import convert
 
 from .helpers import fake_catalog_entry
-from .tiny import tiny_model, write_float_gguf
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory):
-    return write_float_gguf(tmp_path_factory.mktemp("bad") / "tiny.gguf", tiny_model(seed=5))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from entropix_mlx.bench.report import build_rows, describe_samples
 from entropix_mlx.bench.text import benchmark_prompt
 from entropix_mlx.cli import main
 
-from .tiny import tiny_model, write_float_gguf, write_quantized_gguf
+from .tiny import tiny_model, write_quantized_gguf
 
 FIGURES = {
     "prefill_tps",
@@ -24,11 +24,6 @@ FIGURES = {
     "sampler_step_us",
 }
 RUN_FIGURES = FIGURES - {"sampler_step_us"}
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory):
-    return write_float_gguf(tmp_path_factory.mktemp("bench") / "tiny.gguf", tiny_model(seed=5))
 
 
 @pytest.fixture

@@ -24,8 +24,6 @@ from entropix_mlx.presets import read_preset
 from entropix_mlx.sampling import STRATEGIES, SamplerConfig, choose_strategy
 from entropix_mlx.trace import read_trace
 
-from .tiny import tiny_model, write_float_gguf
-
 HELD_OUT_TOLERANCE = 0.10  # the acceptance bound, in shares
 
 
@@ -158,11 +156,6 @@ def test_prompt_sets(tmp_path):
 
 
 # ---------------------------------------------------------------- end to end on a tiny model
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory):
-    return write_float_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", tiny_model(seed=11))
 
 
 @pytest.fixture(scope="module")

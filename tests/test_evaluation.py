@@ -33,11 +33,9 @@ from entropix_mlx.evaluation.arms import Arm
 from entropix_mlx.evaluation.choice import score_choices
 from entropix_mlx.evaluation.report import SCHEMA
 from entropix_mlx.evaluation.tasks import ARITH_SHOTS, gsm8k_prefix
-from entropix_mlx.loading import load
 from entropix_mlx.sampling import SamplerConfig
 
 from .helpers import one_line_error
-from .tiny import tiny_model, write_float_gguf
 
 # --- arithmetic items ----------------------------------------------------------------------
 
@@ -342,16 +340,6 @@ def test_summary_pairs_greedy_with_every_seed():
 # --- the runner on a tiny model ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory):
-    return str(write_float_gguf(tmp_path_factory.mktemp("eval") / "tiny.gguf", tiny_model(seed=7)))
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_gguf):
-    return load(tiny_gguf)
-
-
 def test_choice_scores_match_a_full_forward_pass(tiny):
     model, tokenizer, _ = tiny
     context, choices = "Question: tat?\nAnswer:", ["tot", "a b c"]
@@ -440,7 +428,8 @@ def test_batched_answers_equal_unbatched_ones(tiny):
 
 def test_stop_strings_cut_the_completion(tiny):
     model, tokenizer, _ = tiny
-    every_byte = tuple(chr(c) for c in range(32, 127))  # whatever comes first ends the answer
+    # Whatever comes first ends the answer: any byte's character, or a partial UTF-8 sequence.
+    every_byte = tuple(chr(c) for c in range(1, 256)) + ("\ufffd",)
     task = Task(
         "t", "generate", "tat tot\n", (Item(0, "x", "1 + 1 =", "2"),), stop=every_byte, max_tokens=6
     )

@@ -19,7 +19,6 @@ from entropix_mlx.evaluation.voting import (
     cot_decoding_choice,
     majority_vote,
 )
-from entropix_mlx.loading import load
 from entropix_mlx.sampling import STRATEGIES, SamplerConfig, choose_strategy
 
 from .tiny import tiny_model, write_float_gguf
@@ -75,13 +74,6 @@ def test_make_arms_answer_level():
     for paths in (1, 9):
         with pytest.raises(EvalError, match="--paths"):
             make_arms(["cot-decoding"], paths=paths)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return load(
-        str(write_float_gguf(tmp_path_factory.mktemp("paths") / "tiny.gguf", tiny_model(seed=7)))
-    )
 
 
 def test_answer_level_and_branching_arms_run_and_count_their_compute(tiny):
