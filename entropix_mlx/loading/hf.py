@@ -5,19 +5,25 @@ what is added here is the checking that turns a bad file into one clear line.
 """
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
+import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.rope_utils import initialize_rope
 from mlx_lm.utils import load_config, load_model, load_tokenizer
 
 from ..errors import ModelLoadError
 from ..model.llama import Model, ModelArgs
+from .checks import held_layers
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
-# The config.json keys ModelArgs reads: (type, required); all numbers must be positive.
+# The config.json keys ModelArgs reads: (type, required); all numbers must be positive and
+# finite, whole numbers below 2**31 (MLX's array dimensions are 32-bit).
+MAX_SIZE = 2**31
 CONFIG_FIELDS = {
     "hidden_size": (int, True),
     "num_hidden_layers": (int, True),
@@ -67,6 +73,16 @@ def read_config(folder: Path) -> dict:
         ModelArgs.from_dict(config)
     except ValueError as e:  # heads that do not divide
         raise ModelLoadError(f"config.json is inconsistent: {e}; fix or re-download it") from None
+    check_rope_scaling(config, config_path)
+    quantization = config.get("quantization")
+    if quantization is not None and not (
+        isinstance(quantization, dict)
+        and not any(config_problem(quantization.get(k), int, True) for k in ("bits", "group_size"))
+    ):
+        raise ModelLoadError(
+            f"quantization in {config_path} must be an object with whole-number bits and "
+            f"group_size, got {_short(quantization)}; fix or re-download config.json"
+        )
     return config
 
 
@@ -77,8 +93,72 @@ def config_problem(value, kind: type, required: bool) -> Optional[str]:
     if kind is bool:
         return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        return f"must be a {'number' if kind is float else 'whole number'}, got {value!r}"
+        return f"must be a {'number' if kind is float else 'whole number'}, got {_short(value)}"
+    if kind is int and value >= MAX_SIZE:
+        return f"must be below 2**31, got {_short(value)}"
+    if not _finite(value):
+        return f"must be finite, got {_short(value)}"
     return None if value > 0 else f"must be positive, got {value!r}"
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a whole number too large for a float
+        return False
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def check_rope_scaling(config: dict, config_path: Path):
+    """`rope_scaling` as mlx-lm builds it: an object whose `factor`, if any, is positive."""
+    scaling = config.get("rope_scaling")
+    if scaling is None:
+        return
+    factor = scaling.get("factor", 1.0) if isinstance(scaling, dict) else None
+    if not isinstance(scaling, dict) or config_problem(factor, float, True):
+        raise ModelLoadError(
+            f"rope_scaling in {config_path} must be an object with a positive finite factor, got "
+            f"{_short(scaling)}; fix or re-download config.json"
+        )
+    args = ModelArgs.from_dict(config)
+    try:
+        initialize_rope(
+            args.head_dim, args.rope_theta, False, scaling, args.max_position_embeddings
+        )
+    except (AssertionError, KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise ModelLoadError(
+            f"rope_scaling in {config_path} is not one mlx-lm can build ({type(e).__name__}: "
+            f"{e}); fix or re-download config.json"
+        ) from None
+
+
+def check_weight_names(folder: Path, config: dict):
+    """config.json against the names in the weight files (read lazily, before any layer is
+    built): as many layers as num_hidden_layers says; quantized layers if `quantization` is set.
+    """
+    names = []
+    for weights in sorted(folder.glob("model*.safetensors")):
+        try:
+            names += mx.load(str(weights)).keys()
+        except (RuntimeError, ValueError) as e:
+            raise ModelLoadError(
+                f"cannot read the weights in {folder} ({e}); re-download them"
+            ) from None
+    held = held_layers(names, "model.layers")
+    if names and held != config["num_hidden_layers"]:
+        raise ModelLoadError(
+            f"num_hidden_layers in {folder / 'config.json'} is {config['num_hidden_layers']} but "
+            f"the weights hold {held} layers; fix or re-download config.json"
+        )
+    if names and config.get("quantization") and not any(n.endswith(".scales") for n in names):
+        raise ModelLoadError(
+            f"quantization in {folder / 'config.json'} says the weights are quantized, but the "
+            "weight files hold no quantized layers; fix or re-download config.json"
+        )
 
 
 def llama_classes(config: dict):
@@ -100,8 +180,10 @@ def read_model(folder: Path, quantize: Optional[int] = None):
         ) from None
     except KeyError as e:  # mlx-lm indexes the quantization settings it expects
         raise ModelLoadError(f"config.json lacks the quantization setting {e}; fix it") from None
-    except ValueError as e:
-        raise ModelLoadError(f"weights do not match the config: {e}") from None
+    except ValueError as e:  # mlx-lm lists the missing or unexpected tensors over several lines
+        raise ModelLoadError(
+            f"weights do not match the config: {' '.join(str(e).split())}"
+        ) from None
     q = config.get("quantization")
     if q:
         return model, f"MLX {q['bits']}-bit (group {q['group_size']})"
@@ -116,6 +198,7 @@ def read_model(folder: Path, quantize: Optional[int] = None):
 def load_folder(folder: Path, quantize: Optional[int] = None):
     """Load an MLX / Hugging Face folder -> (model, tokenizer, args, quantization description)."""
     config = read_config(folder)
+    check_weight_names(folder, config)
     model, description = read_model(folder, quantize)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ModelLoadError(
@@ -129,6 +212,12 @@ def load_folder(folder: Path, quantize: Optional[int] = None):
         raise ModelLoadError(
             f"cannot read the tokenizer files in {folder} ({reason}); fix or re-download them"
         ) from None
+    template = tokenizer.chat_template
+    if template is not None and not isinstance(template, (str, dict)):  # dict: named templates
+        raise ModelLoadError(
+            f"the chat template in {folder}'s tokenizer files is {_short(template)}, not text; "
+            "fix or re-download them"
+        )
     return model, tokenizer, model.args, description
 
 
