@@ -11,6 +11,7 @@ and biases alike), so the model uses the same half-split RoPE as Hugging Face an
 and a converted folder is the same weights for both.
 """
 
+import math
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple
 
@@ -65,6 +66,17 @@ def _positive_int(name: str, metadata: dict, key: str, default=None) -> int:
     return value
 
 
+def _positive_float(name: str, metadata: dict, key: str, default=None) -> float:
+    value = metadata.get(f"llama.{key}", default)
+    if value is None:
+        raise ModelLoadError(f"{name}: the GGUF metadata lacks llama.{key}; the file is incomplete")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ModelLoadError(
+            f"{name}: llama.{key} is {value!r}, not a positive finite number; the file is damaged"
+        )
+    return float(value)
+
+
 def args_from_metadata(
     name: str, metadata: dict, shapes: Dict[str, tuple], rope_freqs=None
 ) -> ModelArgs:
@@ -90,6 +102,8 @@ def args_from_metadata(
     if "token_embd.weight" not in shapes:
         raise ModelLoadError(f"{name}: the file has no token_embd.weight tensor; it is incomplete")
     context = metadata.get("llama.context_length")
+    if context is not None:
+        context = _positive_int(name, metadata, "context_length")
     args = ModelArgs(
         hidden_size=hidden,
         num_hidden_layers=n_layers,
@@ -98,8 +112,8 @@ def args_from_metadata(
         num_key_value_heads=n_kv_heads,
         head_dim=head_dim,
         vocab_size=metadata.get("llama.vocab_size") or shapes["token_embd.weight"][-1],
-        rms_norm_eps=metadata.get("llama.attention.layer_norm_rms_epsilon", 1e-5),
-        rope_theta=metadata.get("llama.rope.freq_base", 10000.0),
+        rms_norm_eps=_positive_float(name, metadata, "attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=_positive_float(name, metadata, "rope.freq_base", 10000.0),
         rope_scaling=_rope_scaling(name, metadata, rope_freqs, context),
         max_position_embeddings=context,
         tie_word_embeddings="output.weight" not in shapes,
@@ -141,7 +155,7 @@ def _rope_scaling(name: str, metadata: dict, rope_freqs, context: Optional[int])
             "original_max_position_embeddings": context,
         }
     if metadata.get("llama.rope.scaling.type") == "linear":
-        return {"type": "linear", "factor": metadata.get("llama.rope.scaling.factor")}
+        return {"type": "linear", "factor": _positive_float(name, metadata, "rope.scaling.factor")}
     return None
 
 
