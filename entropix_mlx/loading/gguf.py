@@ -23,6 +23,7 @@ from mlx.utils import tree_unflatten
 from ..errors import ModelLoadError
 from ..model.llama import Model, ModelArgs
 from ..model.sub_block_quant import SUB_BLOCK, sub_block_layer
+from .checks import held_layers
 from .gguf_file import GGUFFile, TensorInfo
 from .gguf_quants import FLOAT_TYPES, SUB_BLOCK_TYPES, SUPPORTED_TYPES, tensor_arrays
 from .gguf_tokenizer import tokenizer_from_gguf_metadata
@@ -123,10 +124,10 @@ def args_from_metadata(
 
 
 def _check_block_count(name: str, n_layers: int, shapes: Dict[str, tuple]):
-    blocks = {n.split(".")[1] for n in shapes if n.startswith("blk.")}
-    if len(blocks) != n_layers or blocks != {str(i) for i in range(len(blocks))}:
+    blocks = held_layers(shapes, "blk")
+    if blocks != n_layers:
         raise ModelLoadError(
-            f"{name}: llama.block_count is {n_layers} but the file holds tensors for {len(blocks)} "
+            f"{name}: llama.block_count is {n_layers} but the file holds tensors for {blocks} "
             "blocks; the file is damaged"
         )
 
