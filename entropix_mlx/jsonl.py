@@ -20,8 +20,12 @@ def read_records(
     naming the file, the line and what is wrong with it.
     """
     records = []
-    with open(path, encoding="utf-8") as lines:
+    with open(path, encoding="utf-8", errors="surrogateescape") as lines:
         for line_no, line in enumerate(lines, start=1):
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:
+                raise EntropixError(f"{path}:{line_no} is not UTF-8 text, so not {what}") from None
             if limit is not None and len(records) >= limit:
                 break
             if not line.strip():

@@ -209,7 +209,11 @@ def _check_int(name, value, optional=False):
 def _check_number(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # a whole number too large for a float
+        raise ConfigError(f"{name} must be finite, got a {len(str(value))}-digit number") from None
+    if not finite:
         raise ConfigError(f"{name} must be finite, got {value!r}")
 
 
