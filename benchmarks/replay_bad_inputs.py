@@ -53,7 +53,7 @@ Arg = Union[str, bytes]
 class Case:
     name: str
     args: Sequence[Arg]  # "{work}" in an argument is the scratch folder
-    stdin: bytes = b""
+    stdin: Union[bytes, str] = b""  # bytes, or a file to read ("{work}" expanded)
     expect: str = "error"  # "error" (a clean one-line error) or "ok" (exit 0)
     env: Dict[str, str] = field(default_factory=dict)
     setup: Optional[Callable[[Path], None]] = None  # run just before the case
@@ -551,7 +551,7 @@ def cases() -> List[Case]:
     add(
         "generate --trace = the prompt file on stdin",
         gen(tiny, "-p", "-", "--trace", f"{w}/notes.txt"),
-        stdin=None,  # stdin is notes.txt itself: see run_case
+        stdin=f"{w}/notes.txt",
     )
     add("plot TRACE -o TRACE", ["plot", f"{w}/trace.png", "-o", f"{w}/trace.png"])
     add("plot t.jsonl -o t.jsonl", ["plot", f"{w}/good.jsonl", "-o", f"{w}/good.jsonl"])
@@ -566,6 +566,15 @@ def cases() -> List[Case]:
     add("calibrate -o = --prompts", [*calibrate, "-o", f"{w}/two.txt", "--prompts", f"{w}/two.txt"])
     add("calibrate -o = the model", [*calibrate, "-o", tiny])
     add("bench --json = the model", [*bench, "--json", tiny])
+
+    # Endless files where a file is read.
+    add("--config /dev/zero", gen(tiny, "-p", "hi", "--config", "/dev/zero"))
+    add("--prompt - from /dev/zero", gen(tiny, "-p", "-"), stdin="/dev/zero")
+    add("plot /dev/zero", ["plot", "/dev/zero", "-o", f"{w}/z.png"])
+    add(
+        "calibrate --prompts /dev/zero", [*calibrate, "-o", f"{w}/p.toml", "--prompts", "/dev/zero"]
+    )
+    add("eval --data /dev/zero", ["eval", "-t", "gsm8k", "-m", tiny, "--data", "/dev/zero"])
 
     # Traces that plot cannot draw.
     for name in [
@@ -702,8 +711,9 @@ def run_case(case: Case, work: Path, timeout: float) -> Outcome:
     before = snapshot(work)
     args = [expand(a, work) for a in case.args]
     env = {k: expand(v, work) for k, v in case.env.items()}
-    stdin_file = work / "notes.txt" if case.stdin is None else None
-    done = run_cli(args, work, case.stdin, env, case.timeout or timeout, stdin_file)
+    stdin_file = expand(case.stdin, work) if isinstance(case.stdin, str) else None
+    stdin = None if stdin_file else case.stdin
+    done = run_cli(args, work, stdin, env, case.timeout or timeout, stdin_file)
     after = snapshot(work)
     changed = sorted(
         [f"changed {p}" for p in before if p in after and after[p] != before[p]]

@@ -581,3 +581,27 @@ def test_plot_of_a_trace_with_values_it_cannot_draw(tiny_gguf, tmp_path, values,
         run("plot", trace, "-o", tmp_path / "t.png"), f"{trace}:1 is not a trace record ({problem})"
     )
     assert tree(tmp_path) == before
+
+
+# --- Issue 27: endless files where a file is read ----------------------------------------------
+
+
+def test_endless_files_are_refused_not_read_forever(tiny_gguf, tmp_path):
+    fails_with(
+        run(*generate_args(tiny_gguf), "-p", "hi", "--config", "/dev/zero"),
+        "invalid sampler settings (--config /dev/zero / flags): cannot read /dev/zero: the file "
+        "is over 16 MB; is it the right file?",
+    )
+    fails_with(
+        run(*generate_args(tiny_gguf), "-p", "-", input=b"x" * (16 * 2**20 + 1)),
+        "the prompt on standard input is over 16 MB; is it the right file?",
+    )
+    fails_with(
+        run("plot", "/dev/zero", "-o", tmp_path / "z.png"),
+        "/dev/zero:1 is over 16 MB, so not a trace record",
+    )
+    fails_with(
+        run("calibrate", "-m", tiny_gguf, "-o", tmp_path / "p.toml", "--prompts", "/dev/zero"),
+        "/dev/zero is over 16 MB; is it the right file?",
+    )
+    assert list(tmp_path.iterdir()) == []

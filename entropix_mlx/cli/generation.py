@@ -11,6 +11,7 @@ import click
 
 from .. import cpu_blas
 from ..errors import GenerationError
+from ..files import read_limited
 from .options import BATCH_ROWS, load_model, model_path, sampler_config, sampler_options
 from .output import check_output_file, check_utf8, echo_err
 
@@ -209,7 +210,7 @@ def generate(prompt, no_chat_template, trace, color, completions, system, **opti
 def read_prompt(prompt: str) -> str:
     """The --prompt text ('-' reads standard input), checked to be UTF-8 and not blank."""
     if prompt == "-":
-        data = sys.stdin.buffer.read()
+        data = read_limited(sys.stdin.buffer, "the prompt on standard input")
         try:
             prompt = data.decode("utf-8")
         except UnicodeDecodeError as e:
