@@ -230,6 +230,7 @@ def tiny_files(work: Path):
     )
 
     (work / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
+    (work / "loop").symlink_to(work / "loop")  # a symbolic link to itself
     (work / "notes.txt").write_text("my notes\n")
     (work / "two.txt").write_text("first prompt\nsecond prompt\n")
     (work / "prompts.txt").write_bytes(b"caf\xe9\nhello\n")
@@ -567,6 +568,17 @@ def cases() -> List[Case]:
     add("calibrate -o = the model", [*calibrate, "-o", tiny])
     add("bench --json = the model", [*bench, "--json", tiny])
 
+    # Paths through a symbolic link to itself.
+    add("--trace through a link loop", gen(tiny, "-p", "hi", "--trace", f"{w}/loop/t.jsonl"))
+    add("plot -o through a link loop", ["plot", f"{w}/good.jsonl", "-o", f"{w}/loop/t.png"])
+    add("convert into a link loop", ["convert", tiny, f"{w}/loop/out"])
+    add("calibrate -o through a link loop", [*calibrate, "-o", f"{w}/loop/p.toml"])
+    add(
+        "eval --out through a link loop",
+        ["eval", "-t", "arith", "-m", tiny, "--out", f"{w}/loop/e"],
+    )
+    add("generate -m a link loop", gen(f"{w}/loop", "-p", "hi"))
+
     # Endless files where a file is read.
     add("--config /dev/zero", gen(tiny, "-p", "hi", "--config", "/dev/zero"))
     add("--prompt - from /dev/zero", gen(tiny, "-p", "-"), stdin="/dev/zero")
@@ -741,7 +753,7 @@ def main():
         work.mkdir()
         tiny_files(work)
         trace_files(work)
-        shutil.copytree(work, pristine)
+        shutil.copytree(work, pristine, symlinks=True)
         hashes = snapshot(pristine)
         if any(c.env for c in selected):
             catalog_files(work / "home")

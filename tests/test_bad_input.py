@@ -486,6 +486,22 @@ def test_trace_that_cannot_be_written_fails_before_the_load(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_outputs_through_a_symbolic_link_loop(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    fails_with(
+        run(*generate_args(tmp_path / "nope.gguf"), "-p", "hi", "--trace", loop / "t.jsonl"),
+        f"cannot write --trace {loop / 't.jsonl'}: a symbolic link loop",
+    )
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("")
+    fails_with(
+        run("plot", trace, "-o", loop / "t.png"),
+        f"cannot write --output {loop / 't.png'}: a symbolic link loop",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "t.jsonl"]
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_trace_onto_a_full_disk(tiny_gguf):
     fails_with(

@@ -35,7 +35,11 @@ def check_output_file(path: Path, option: str, inputs: Inputs = ()):
             raise click.ClickException(
                 f"{option} {path} would overwrite {what} ({source}); write it elsewhere"
             )
-    if not path.resolve().parent.is_dir():
+    try:
+        folder = path.resolve().parent
+    except RuntimeError:  # Python < 3.13 reports a symbolic link loop so
+        raise click.ClickException(f"cannot write {option} {path}: a symbolic link loop") from None
+    if not folder.is_dir():
         raise click.ClickException(f"cannot write {option} {path}: its folder does not exist")
     try:  # the one honest test of writing (permissions, read-only or special file systems)
         if path.exists():
@@ -65,9 +69,9 @@ def overwrites(output: Path, source: Path) -> bool:
             return False
         if os.path.samefile(output, source):
             return True
-    except OSError:
+        return source.is_dir() and output.resolve().is_relative_to(source.resolve())
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
         return False
-    return source.is_dir() and output.resolve().is_relative_to(source.resolve())
 
 
 def check_utf8(text: Optional[str], option: str) -> Optional[str]:
