@@ -1,8 +1,9 @@
 """Batched generation: many rows in one forward pass per step.
 
-Each row has its own prompt, KV state, sampler, PRNG key and stop rules. Rows join between
-steps (their prompts prefilled together, right-padded, then merged into the running batch)
-and leave when done. The KV cache is mlx-lm's `BatchKVCache`: rows are left-padded, and the
+Each row has its own prompt, KV state, sampler, PRNG key, EOS ids and max_tokens (stop strings
+are cut from its text by the caller, with `engine.text`). Rows join between steps (their
+prompts prefilled together, right-padded, then merged into the running batch) and leave when
+done. The KV cache is mlx-lm's `BatchKVCache`: rows are left-padded, and the
 final layer's scores are -inf over a row's padding, so its attention metrics see only its
 own tokens.
 """
