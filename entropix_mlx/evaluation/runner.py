@@ -18,6 +18,7 @@ from ..sampling import make_sampler, resolve_pause_token
 from .answers import extract_answer, same_number
 from .arms import Arm
 from .choice import score_choices
+from .penalty import with_repetition_penalty
 from .prefix import SharedPrefix
 from .tasks import Item
 from .voting import cot_decoding_choice, majority_vote
@@ -47,6 +48,7 @@ class Completion:
     strategies: Counter
     pause_tokens: Optional[int]
     forks: int = 0
+    ids: List[int] = field(default_factory=list)  # the tokens generated, EOS included
 
 
 def item_seed(task: str, index: int, run_seed: int) -> int:
@@ -75,10 +77,12 @@ class Answer:
         )
         self.text, self.tokens, self.pauses, self.seconds, self.forks = "", 0, 0, 0.0, 0
         self.strategies: Counter = Counter()
+        self.ids: List[int] = []
 
     def add(self, row: RowStep, seconds: float) -> Optional[Completion]:
         """Take the row's next token (and its share of the step's time); the Completion once done."""
         self.tokens += 1
+        self.ids.append(row.step.token)
         self.seconds += seconds
         self.forks += row.fork is not None
         self.pauses += row.step.token == self.pause_id
@@ -95,7 +99,14 @@ class Answer:
         )
         pauses = self.pauses if self.pause_id is not None else None
         return Completion(
-            self.text, finish, self.tokens, self.seconds, self.strategies, pauses, self.forks
+            self.text,
+            finish,
+            self.tokens,
+            self.seconds,
+            self.strategies,
+            pauses,
+            self.forks,
+            self.ids,
         )
 
 
@@ -154,6 +165,7 @@ class Job:
     cache: List
     last: List[int]
     budget: int
+    prompt: Sequence[int] = ()  # the whole prompt (a repetition penalty reads its last tokens)
 
 
 def answer_jobs(model, tokenizer, task, arms, seeds, max_tokens, run, log) -> Iterator[Job]:
@@ -165,14 +177,18 @@ def answer_jobs(model, tokenizer, task, arms, seeds, max_tokens, run, log) -> It
     run.prefix_tokens, run.prefill_seconds = len(prefix_ids), time.perf_counter() - tic
     plan = list(arm_runs(arms, seeds))
     for item in task.items:
-        ids = list(tokenizer.encode(task.prefix + item.prompt))
-        budget = check_prompt(ids, getattr(model.args, "max_position_embeddings", None), max_tokens)
+        ids = list(item.ids) or list(tokenizer.encode(task.prefix + item.prompt))
+        budget = check_prompt(
+            ids,
+            getattr(model.args, "max_position_embeddings", None),
+            min(item.max_tokens or max_tokens, max_tokens),
+        )
         tic = time.perf_counter()
         cache, last = shared.extend(ids)
         run.prefill_seconds += time.perf_counter() - tic
         for arm, run_seed in plan:
             sample_seed = None if run_seed is None else item_seed(task.name, item.index, run_seed)
-            yield Job(item, arm, run_seed, sample_seed, cache, last, budget)
+            yield Job(item, arm, run_seed, sample_seed, cache, last, budget, ids)
 
 
 def look_ahead(arm: Arm, task, budget: int) -> Optional[BranchRules]:
@@ -212,6 +228,7 @@ class Group:
             chosen.strategies,
             chosen.pause_tokens,
             chosen.forks,
+            chosen.ids,
         )
         job = self.job
         record = generation_record(task, job.item, job.arm, job.run_seed, job.sample_seed, chosen)
@@ -221,6 +238,8 @@ class Group:
             paths=len(done),
             path_answers=[extract_answer(c.text) for c in done] if len(done) > 1 else None,
         )
+        if task.kind == "write":  # no right answer: the writing task measures the tokens
+            record.update(answer=None, correct=None, extracted=None, token_ids=chosen.ids)
         return record
 
 
@@ -239,6 +258,8 @@ def run_batched(
     while True:
         while len(batch) < batch_size and (job := next(jobs, None)) is not None:
             step, with_scores, pause_id = samplers[job.arm.name]
+            if job.arm.repetition_penalty:  # a step of the row's own: it keeps the row's tokens
+                step = with_repetition_penalty(step, job.arm.repetition_penalty, job.prompt)
             paths = job.arm.paths if job.arm.sampler == "self-consistency" else 1
             group = Group(queued, job, [None] * paths)
             for path in range(paths):
@@ -369,6 +390,8 @@ def choice_record(task, item, arm: str, scores: List[float], tokens: int, second
 def running_accuracy(records: List[dict]) -> str:
     totals: Dict[str, List[int]] = {}
     for record in records:
+        if record["correct"] is None:  # a task without right answers (writing)
+            continue
         right_and_n = totals.setdefault(record["arm"], [0, 0])
         right_and_n[0] += record["correct"]
         right_and_n[1] += 1
