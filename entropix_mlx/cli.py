@@ -12,7 +12,7 @@ import click
 
 from . import cpu_blas
 from .batch import MAX_BATCH_SIZE
-from .errors import ConfigError, EntropixError
+from .errors import ConfigError, EntropixError, EvalError
 from .loading import CATALOG, CPU_DTYPES, DEFAULT_MODEL
 from .loading import catalog as catalog_lib
 from .sampling import SAMPLERS
@@ -597,13 +597,20 @@ def preset_config(model, config_file, overrides=None):
 )
 @click.option("--title", help="A title for the figure (default: the trace's file name).")
 def plot(trace_file, output, model, config_file, title):
-    """Draw a --trace file: the entropy-varentropy plane and a per-token timeline, as a PNG."""
+    """Draw a --trace file: the entropy-varentropy plane and a per-token timeline, as a PNG; or
+    the frontier of an `eval --task writing` summary.json."""
+    from .frontier_plot import plot_frontier, read_writing_summary
     from .plot import pixel_size, plot_trace, strategy_mismatches
     from .trace import read_trace
 
     if output.suffix.lower() != ".png":
         raise click.ClickException(f"--output {output} must be a .png file")
     check_output_folder(output, "--output")
+    writing = read_writing_summary(trace_file)
+    if writing is not None:
+        plot_frontier(writing, output, title)
+        click.echo(f"Wrote {output} (the frontier of {len(writing['arms'])} arms)")
+        return
     config = preset_config(model, config_file)
     try:
         records = read_trace(trace_file)
@@ -775,8 +782,114 @@ def tune_for_accuracy(
     click.echo(f"\nWrote {output}")
 
 
+# --- eval --task writing (issue 26) ------------------------------------------------------------
+
+
+def writing_options(command):
+    """The writing task's split and the standard sampler's sweeps (its frontier)."""
+    options = [
+        click.option(
+            "--split",
+            type=click.Choice(["dev", "test"]),
+            default="dev",
+            show_default=True,
+            help="writing: the prompt split (tune on dev only).",
+        ),
+        click.option(
+            "--temps",
+            help="writing: the standard sampler at these temperatures, comma-separated "
+            "(the frontier's curve; the preset's top-p/top-k/min-p).",
+        ),
+        click.option(
+            "--min-ps", help="writing: min-p sampling (temperature 1) at these min-p values."
+        ),
+        click.option(
+            "--repetition-penalties",
+            help="writing: greedy with mlx-lm's repetition penalty at these values.",
+        ),
+    ]
+    return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
+
+
+def eval_writing(
+    samplers,
+    seeds,
+    limit,
+    model,
+    out,
+    config_files,
+    max_tokens,
+    quick,
+    batch_size,
+    split,
+    temps,
+    min_ps,
+    repetition_penalties,
+):
+    """`eval --task writing`: generate, score each answer as it comes, summarize, print."""
+    from datetime import datetime, timezone
+
+    from .evaluation import ARMS, RecordWriter, make_arms, parse_seeds, plan, run_eval
+    from .evaluation.frontier import families, parse_values, sweep_arms
+    from .evaluation.report import write_summary
+    from .evaluation.text_metrics import require_wordfreq
+    from .evaluation.writing import load_writing_task
+    from .evaluation.writing_report import format_writing_table, summarize_writing
+    from .evaluation.writing_scores import WritingScorer
+    from .sampling import SamplerConfig
+
+    if set(samplers) - set(ARMS):
+        raise EvalError("the writing task compares greedy, standard and entropix (and the sweeps)")
+    require_wordfreq()
+    sweep = (
+        parse_values(temps, "--temps", 0.05, 5.0),
+        parse_values(min_ps, "--min-ps", 0.001, 0.99),
+        parse_values(repetition_penalties, "--repetition-penalties", 1.0, 5.0),
+    )
+    settings = plan("writing", limit, parse_seeds(seeds), max_tokens, quick)
+    loaded, tokenizer, info = load_model(model)
+    task = load_writing_task(tokenizer, split, settings.limit, settings.max_tokens)
+    base = SamplerConfig.merged(info.sampler_preset or {})
+    presets = [(Path(f).stem, sampler_config(info.sampler_preset, f, {})) for f in config_files]
+    arms = make_arms(samplers or ARMS, info.sampler_preset, presets) + sweep_arms(base, *sweep)
+    scorer = WritingScorer(loaded, task)
+    writer = RecordWriter(out) if out else None
+    started = datetime.now(timezone.utc)
+    try:
+        run = run_eval(
+            loaded,
+            tokenizer,
+            task,
+            arms,
+            settings.seeds,
+            batch_size=batch_size,
+            on_record=lambda r: writer.write(scorer.score(r)) if writer else scorer.score(r),
+            log=echo_err,
+        )
+    finally:
+        if writer:
+            writer.close()
+    summary = summarize_writing(
+        task,
+        run,
+        arms,
+        scorer.human,
+        families(arms, base),
+        model=model,
+        split=split,
+        seeds=settings.seeds,
+        quick=quick,
+        started=started,
+    )
+    click.echo(format_writing_table(summary))
+    if out:
+        echo_err(f"\nWrote {writer.path} and {write_summary(out, summary)}")
+
+
 @main.command("eval")
-@click.option("--task", "-t", required=True, help="arith, gsm8k, arc-easy or arc-challenge.")
+@click.option(
+    "--task", "-t", required=True, help="arith, gsm8k, arc-easy, arc-challenge or writing."
+)
 @click.option(
     "--sampler",
     "-s",
@@ -829,6 +942,7 @@ def tune_for_accuracy(
     show_default=True,
     help="Answers generated together as rows of one batch.",
 )
+@writing_options
 def eval_command(
     task,
     samplers,
@@ -842,9 +956,30 @@ def eval_command(
     max_tokens,
     quick,
     batch_size,
+    **writing,
 ):
-    """Compare samplers on the same items, paired: accuracy, Wilson CIs, exact McNemar tests."""
+    """Compare samplers on the same items, paired: accuracy, Wilson CIs, exact McNemar tests
+    (writing: loops, repetition, surprisal, junk and relevance, and the temperature frontier)."""
     from datetime import datetime, timezone
+
+    if task == "writing":
+        eval_writing(
+            samplers,
+            seeds,
+            limit,
+            model,
+            out,
+            config_files,
+            max_tokens,
+            quick,
+            batch_size,
+            **writing,
+        )
+        return
+    if writing["split"] != "dev" or any(v for k, v in writing.items() if k != "split"):
+        raise EvalError(
+            "--split, --temps, --min-ps and --repetition-penalties are for --task writing"
+        )
 
     from .evaluation import (
         ARMS,
