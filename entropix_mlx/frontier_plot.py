@@ -27,7 +27,9 @@ def read_writing_summary(path: Union[str, Path]) -> dict | None:
         summary = json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         return None
-    return summary if isinstance(summary, dict) and summary.get("schema") == WRITING_SCHEMA else None
+    return (
+        summary if isinstance(summary, dict) and summary.get("schema") == WRITING_SCHEMA else None
+    )
 
 
 def plot_frontier(summary: dict, path: Union[str, Path], title: str | None = None) -> Path:
@@ -43,8 +45,7 @@ def plot_frontier(summary: dict, path: Union[str, Path], title: str | None = Non
         draw_panel(ax, arms, measure, label)
     axes[0].legend(loc="best", fontsize=8)
     fig.suptitle(
-        title
-        or f"writing ({summary['split']}, {summary['items']} prompts): {summary['model']}",
+        title or f"writing ({summary['split']}, {summary['items']} prompts): {summary['model']}",
         fontsize=11,
     )
     fig.tight_layout()

@@ -282,17 +282,18 @@ def test_scorer_measures_each_answer(tiny):
     )
     scorer = WritingScorer(model, task)
     eos = tokenizer.eos_token_ids
+    given = [-0.25 * (1 + j % 5) for j in range(len(answer))]  # as generation reports them
     record = {
         "item": 0,
         "finish": "eos",
         "token_ids": answer + [min(eos)],
+        "token_logprobs": given + [-9.0],  # the EOS is not measured
         "completion": " tat tot tat tot",
     }
     scorer.score(record)
-    given = full_forward_logprobs(model, request.ids, answer)
     neutral = full_forward_logprobs(model, request.neutral, answer)
     assert record["ended"] and record["kind"] == "request"
-    assert record["surprisal"] == pytest.approx(-np.mean(given), abs=1e-4)
+    assert record["surprisal"] == pytest.approx(-np.mean(given), abs=1e-12)
     assert record["relevance"] == pytest.approx(np.mean(given) - np.mean(neutral), abs=1e-4)
     assert record["seq_rep_4"] == seq_rep(answer, 4) and record["words"] == 4
     looped = scorer.score(
@@ -300,14 +301,25 @@ def test_scorer_measures_each_answer(tiny):
             "item": 3,
             "finish": "max_tokens",
             "token_ids": [65, 66, 67] * 3,
+            "token_logprobs": [-1.0] * 9,
             "completion": "abcabcabc",
         }
     )
-    assert looped["loop"] and looped["relevance"] is None and looped["surprisal"] is not None
-    empty = scorer.score({"item": 1, "finish": "eos", "token_ids": [min(eos)], "completion": ""})
+    assert looped["loop"] and looped["relevance"] is None and looped["surprisal"] == 1.0
+    empty = scorer.score(
+        {
+            "item": 1,
+            "finish": "eos",
+            "token_ids": [min(eos)],
+            "token_logprobs": [-1.0],
+            "completion": "",
+        }
+    )
     assert empty["surprisal"] is None and empty["junk"] is None and not empty["loop"]
     human = scorer.human[1]  # the continuation prompt's reference, measured once
-    assert human["token_ids"] == list(continuation.reference) and human["surprisal"] > 0
+    assert human["token_ids"] == list(continuation.reference)
+    reference = full_forward_logprobs(model, continuation.ids, continuation.reference)
+    assert human["surprisal"] == pytest.approx(-np.mean(reference), abs=1e-4)
     assert loop.index not in scorer.human
 
 
@@ -343,8 +355,14 @@ def test_writing_runs_paired_and_batching_changes_nothing(tiny):
     _, tokenizer, _ = tiny
     task, one, _ = run_writing(tiny, 1)
     _, batched, _ = run_writing(tiny, 6)
-    strip = lambda rs: [{k: v for k, v in r.items() if "seconds" not in k} for r in rs]  # noqa: E731
+    numeric = ("token_logprobs", "surprisal", "relevance")  # equal up to float rounding
+    strip = lambda rs: [  # noqa: E731
+        {k: v for k, v in r.items() if "seconds" not in k and k not in numeric} for r in rs
+    ]
     assert strip(one.records) == strip(batched.records)
+    for a, b in zip(one.records, batched.records):
+        assert a["token_logprobs"] == pytest.approx(b["token_logprobs"], abs=1e-3)
+        assert a["surprisal"] == pytest.approx(b["surprisal"], abs=1e-3)
     assert len(one.records) == 4 * (2 + 3 * 2)  # two deterministic arms once, three per seed
     for r in one.records:
         assert r["answer"] is r["correct"] is r["extracted"] is None
@@ -353,6 +371,11 @@ def test_writing_runs_paired_and_batching_changes_nothing(tiny):
             tokenizer.decode(r["token_ids"][:-1] if r["ended"] else r["token_ids"])
             == r["completion"]
         )
+    model = tiny[0]
+    for r in one.records[:12]:  # each step's log-probability is the untempered model's
+        prompt = task.items[r["item"]].ids
+        expected = full_forward_logprobs(model, prompt, r["token_ids"])
+        assert r["token_logprobs"] == pytest.approx(expected, abs=2e-3), r["arm"]
     greedy = {r["item"]: r["token_ids"] for r in one.records if r["arm"] == "greedy"}
     penalized = {r["item"]: r["token_ids"] for r in one.records if r["arm"] == "greedy:rp=3"}
     assert greedy != penalized

@@ -3,6 +3,7 @@
 Records are dicts with the fields documented in `report.py` (items.jsonl).
 """
 
+import dataclasses
 import hashlib
 import time
 from collections import Counter
@@ -49,6 +50,7 @@ class Completion:
     pause_tokens: Optional[int]
     forks: int = 0
     ids: List[int] = field(default_factory=list)  # the tokens generated, EOS included
+    logprobs: List[float] = field(default_factory=list)  # theirs under the untempered model
 
 
 def item_seed(task: str, index: int, run_seed: int) -> int:
@@ -78,11 +80,13 @@ class Answer:
         self.text, self.tokens, self.pauses, self.seconds, self.forks = "", 0, 0, 0.0, 0
         self.strategies: Counter = Counter()
         self.ids: List[int] = []
+        self.logprobs: List[float] = []
 
     def add(self, row: RowStep, seconds: float) -> Optional[Completion]:
         """Take the row's next token (and its share of the step's time); the Completion once done."""
         self.tokens += 1
         self.ids.append(row.step.token)
+        self.logprobs.append(row.step.logprob)
         self.seconds += seconds
         self.forks += row.fork is not None
         self.pauses += row.step.token == self.pause_id
@@ -107,6 +111,7 @@ class Answer:
             pauses,
             self.forks,
             self.ids,
+            self.logprobs,
         )
 
 
@@ -220,16 +225,7 @@ class Group:
         pick = majority_vote([c.text for c in done]) if len(done) > 1 else 0
         chosen = done[pick]
         seconds = sum(c.seconds for c in done)
-        chosen = Completion(
-            chosen.text,
-            chosen.finish,
-            chosen.tokens,
-            seconds,
-            chosen.strategies,
-            chosen.pause_tokens,
-            chosen.forks,
-            chosen.ids,
-        )
+        chosen = dataclasses.replace(chosen, seconds=seconds)
         job = self.job
         record = generation_record(task, job.item, job.arm, job.run_seed, job.sample_seed, chosen)
         record.update(
@@ -239,7 +235,13 @@ class Group:
             path_answers=[extract_answer(c.text) for c in done] if len(done) > 1 else None,
         )
         if task.kind == "write":  # no right answer: the writing task measures the tokens
-            record.update(answer=None, correct=None, extracted=None, token_ids=chosen.ids)
+            record.update(
+                answer=None,
+                correct=None,
+                extracted=None,
+                token_ids=chosen.ids,
+                token_logprobs=[round(lp, 6) for lp in chosen.logprobs],
+            )
         return record
 
 

@@ -1,7 +1,8 @@
 """The writing task's summary (summary.json) and tables; prompts are the unit of every interval.
 
 items.jsonl: the fields of report.py's records (answer, correct and extracted are null), plus
-  token_ids (the generated tokens, EOS included), kind (request | continuation | loop-escape),
+  token_ids (the generated tokens, EOS included), token_logprobs (their log-probabilities under
+  the untempered model, as generation saw them), kind (request | continuation | loop-escape),
   ended (bool: the answer ended with EOS), loop (bool: the last tokens are two copies of a
   phrase of >= 3 tokens, or no EOS and seq-rep-4 > 0.3), seq_rep_4, surprisal (mean negative
   log-likelihood per token under the untempered model, nats), relevance (mean log p(answer |

@@ -1,12 +1,13 @@
 """Per-answer measures of the writing task, added to each record as it is made.
 
-The model-based ones (surprisal, relevance) read the untempered model: one forward pass over the
-context and the answer, whatever sampler wrote the answer. The EOS token that ends an answer is
-not measured (it is `ended`).
+The model-based ones (surprisal, relevance) read the untempered model, whatever sampler wrote the
+answer: log p(answer | prompt) comes with the answer (each step's log-probability under the
+plain softmax), log p(answer | neutral context) from one forward pass. The EOS token that ends an
+answer is not measured (it is `ended`).
 """
 
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import mlx.core as mx
 
@@ -55,8 +56,11 @@ class WritingScorer:
         tic = time.perf_counter()
         item = self.items[record["item"]]
         ended = record["finish"] == "eos"
-        ids = record["token_ids"][:-1] if ended else record["token_ids"]
-        record.update(kind=item.group, ended=ended, **self.measure(item, ids, record["completion"]))
+        keep = len(record["token_ids"]) - ended
+        ids, logprobs = record["token_ids"][:keep], record["token_logprobs"][:keep]
+        record.update(
+            kind=item.group, ended=ended, **self.measure(item, ids, record["completion"], logprobs)
+        )
         record["loop"] = is_loop(ids, ended)
         if item.reference and item.index not in self.human:
             reference = list(item.reference)
@@ -68,14 +72,19 @@ class WritingScorer:
         record["scoring_seconds"] = round(time.perf_counter() - tic, 4)
         return record
 
-    def measure(self, item, ids: List[int], text: str) -> dict:
+    def measure(
+        self, item, ids: List[int], text: str, logprobs: Optional[List[float]] = None
+    ) -> dict:
         """seq-rep-4, surprisal (mean NLL per token, nats), relevance (mean log p given the prompt
         minus given the neutral context; not for loop-escape prompts, whose repeats reward
-        copying) and the unknown-word share."""
+        copying) and the unknown-word share. `logprobs`: the tokens' log p given the prompt, when
+        known."""
         unknown, words = unknown_words(text)
         surprisal = relevance = None
         if ids:
-            given_prompt = mean(continuation_logprobs(self.model, item.ids, ids))
+            if logprobs is None:
+                logprobs = continuation_logprobs(self.model, item.ids, ids)
+            given_prompt = mean(logprobs)
             surprisal = -given_prompt
             if item.group != "loop-escape":
                 relevance = given_prompt - mean(
