@@ -357,7 +357,7 @@ def format_writing_table(summary: dict) -> str:
         f"{','.join(map(str, s['seeds']))} (greedy once); model {s['model']}; "
         f"{s['wall_seconds']:.0f} s{quick}"
     )
-    parts = [head, arms_table(s)]
+    parts = [head, arms_table(s), kinds_table(s)]
     if s["comparisons"]:
         parts.append(comparisons_table(s))
     if s["frontier"]["comparisons"]:
@@ -389,6 +389,18 @@ def arms_table(s: dict) -> str:
                 num(arm["scoring_seconds_per_answer"], 2),
             ]
         )
+    return aligned(rows)
+
+
+def kinds_table(s: dict) -> str:
+    kinds = [k for k in KINDS if k in s["items_by_kind"]]
+    rows = [["by kind: loops / surprisal", *kinds]]
+    for arm in s["arms"]:
+        cells = []
+        for kind in kinds:
+            m = arm["by_kind"].get(kind, {})
+            cells.append(f"{pct(m.get('loop'))} / {num(m.get('surprisal'), 2)}")
+        rows.append([arm["name"], *cells])
     return aligned(rows)
 
 
