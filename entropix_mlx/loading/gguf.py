@@ -76,6 +76,7 @@ def read_weights(gguf: GGUFFile, arch: Arch, args) -> Dict[str, mx.array]:
         arrays = tensor_arrays(
             gguf.tensor_bytes(t), t.qtype, shape, f"{gguf.path.name}: tensor {t.name}"
         )
+        base, suffix = t.name.rsplit(".", 1)  # suffix: "weight" or "bias"
         for leaf, w in arrays.items():
             if arch.permuted and ".attn_q." in t.name:
                 w = unpermute_rows(w, args.num_attention_heads)
@@ -83,7 +84,8 @@ def read_weights(gguf: GGUFFile, arch: Arch, args) -> Dict[str, mx.array]:
                 w = unpermute_rows(w, args.num_key_value_heads)
             elif arch.norm_shift and t.name.endswith("norm.weight"):
                 w = w - arch.norm_shift
-            weights[project_name(f"{t.name.rsplit('.', 1)[0]}.{leaf}", arch)] = mx.eval(w) or w
+            leaf = suffix if leaf == "weight" else leaf  # a quantized tensor's scales, biases
+            weights[project_name(f"{base}.{leaf}", arch)] = mx.eval(w) or w
         gguf.release(t)
     return weights
 

@@ -21,7 +21,7 @@ from mlx_lm.models.base import BaseModelArgs, create_attention_mask
 from mlx_lm.models.cache import KVCache, RotatingKVCache
 from mlx_lm.models.rope_utils import initialize_rope
 
-from .llama import attend, text_weights, untie_if_headed
+from .llama import attend, match_head, text_weights
 
 SLIDING, GLOBAL = "sliding_attention", "full_attention"
 
@@ -220,5 +220,5 @@ class Model(nn.Module):
 
     def sanitize(self, weights: Dict[str, mx.array]) -> Dict[str, mx.array]:
         weights = text_weights(weights)
-        untie_if_headed(self, weights)
+        match_head(self, weights)
         return weights

@@ -267,7 +267,7 @@ class Model(nn.Module):
         """Checkpoint entries under this model's names: the text model of a multimodal
         checkpoint, Phi-3's fused projections split, no rotary buffers."""
         weights = {k: v for k, v in text_weights(weights).items() if "rotary_emb.inv_freq" not in k}
-        untie_if_headed(self, weights)
+        match_head(self, weights)
         return split_fused(weights, self.args)
 
 
@@ -289,13 +289,18 @@ def text_weights(weights: Dict[str, mx.array]) -> Dict[str, mx.array]:
     return out
 
 
-def untie_if_headed(model: nn.Module, weights: Dict[str, mx.array]):
-    """A checkpoint holding its own `lm_head.weight` gets an output layer for it, whatever
-    `tie_word_embeddings` says (transformers leaves the key out of config.json when it holds
-    its class default, which is False for Llama but True here, as in mlx-lm)."""
-    if model.args.tie_word_embeddings and "lm_head.weight" in weights:
-        model.args.tie_word_embeddings = False
-        model.lm_head = nn.Linear(model.args.hidden_size, model.args.vocab_size, bias=False)
+def match_head(model: nn.Module, weights: Dict[str, mx.array]):
+    """Tie the output layer to the embeddings exactly when the checkpoint holds no
+    `lm_head.weight`: transformers leaves `tie_word_embeddings` out of config.json when it is
+    the class default, which differs between classes (and between a wrapper and its
+    `text_config`), so the weights decide, as in mlx-lm's Gemma 3."""
+    args = model.args
+    headed = "lm_head.weight" in weights
+    if args.tie_word_embeddings and headed:
+        model.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+    elif not args.tie_word_embeddings and not headed and "lm_head" in model:
+        model.pop("lm_head")
+    args.tie_word_embeddings = not headed
 
 
 def split_fused(weights: Dict[str, mx.array], args: ModelArgs) -> Dict[str, mx.array]:
