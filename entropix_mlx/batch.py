@@ -282,7 +282,9 @@ class BatchGenerator:
         caches = [
             cache if cache is not None else self.model.make_cache() for _, _, cache, _ in pending
         ]
-        cache = [BatchKVCache.merge(list(layer)) for layer in zip(*caches)]
+        # Each cache kind merges into its batch twin (a sliding-window layer's RotatingKVCache
+        # into a BatchRotatingKVCache).
+        cache = [layer[0].merge(list(layer)) for layer in zip(*caches)]
         rest = [ids[:-1] for _, ids, _, _ in pending]
         if any(rest):
             self._prefill_padded(cache, rest)
