@@ -3,7 +3,7 @@ only its new tokens: mlx-lm's `LRUPromptCache` (least recently used first out), 
 
 from typing import Any, List, Optional, Sequence, Tuple
 
-from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
 MAX_ENTRIES = 256  # sequences kept at most; the byte bound usually binds first
 
@@ -17,6 +17,9 @@ class PromptCache:
         to run). At least the last id is left to run: its logits give the first new token."""
         cache, rest = self.lru.fetch_nearest_cache("model", list(prompt_ids))
         if cache is not None and not rest:
+            # A sliding-window layer's full rotating cache cannot give back its last token.
+            if not can_trim_prompt_cache(cache):
+                return None, list(prompt_ids)
             trim_prompt_cache(cache, 1)
             rest = list(prompt_ids[-1:])
         return cache, list(rest)

@@ -89,3 +89,23 @@ def test_converted_folder_config_reads_back_the_same_model(tiny, tmp_path):
     ids = mx.array([[5, 60, 7, 200, 31, 9, 12, 44]])
     assert mx.allclose(reread(ids), model(ids), atol=1e-5).item()
 
+
+def test_a_kept_prompt_past_the_window_is_not_fed_twice(tiny):
+    """A full sliding-window cache cannot drop its last token to recompute its logits: the
+    prompt cache runs such a prompt afresh rather than feed that token a second time."""
+    from entropix_mlx.prompt_cache import PromptCache
+
+    model, tokenizer, _ = tiny
+    ids = tokenizer.encode(PROMPTS[0])
+    cache = model.make_cache()
+    model(mx.array(ids)[None], cache=cache)
+    kept = PromptCache(1 << 30)
+    kept.store(ids, cache)
+    fetched, rest = kept.fetch(ids)
+    assert fetched is None and rest == ids
+    short = ids[:3]  # within the window of 4: trimmed by one token, as before
+    cache = model.make_cache()
+    model(mx.array(short)[None], cache=cache)
+    kept.store(short, cache)
+    fetched, rest = kept.fetch(short)
+    assert fetched[0].offset == len(short) - 1 and rest == short[-1:]
