@@ -109,3 +109,19 @@ def test_a_kept_prompt_past_the_window_is_not_fed_twice(tiny):
     kept.store(short, cache)
     fetched, rest = kept.fetch(short)
     assert fetched[0].offset == len(short) - 1 and rest == short[-1:]
+
+
+def test_a_shared_prefix_past_the_window_is_not_cut_back(tiny):
+    """Evaluation's shared few-shot prefix: where a prompt parts from it inside a full
+    sliding-window cache, the prompt is prefilled afresh; either way its logits are those of
+    the prompt run whole."""
+    from entropix_mlx.evaluation.prefix import SharedPrefix
+
+    model, tokenizer, _ = tiny
+    ids = tokenizer.encode(PROMPTS[0])
+    prefix = SharedPrefix(model, ids[:-2] + [7])  # parts from the prompt 3 tokens from the end
+    for prompt in (ids, ids[:3] + [9, 9]):
+        cache, last = prefix.extend(prompt)
+        logits = model(mx.array([last]), cache=cache)[0, -1]
+        whole = model(mx.array([prompt]))[0, -1]
+        assert mx.allclose(logits, whole, atol=1e-4).item()

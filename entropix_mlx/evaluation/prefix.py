@@ -4,6 +4,7 @@ import copy
 from typing import List, Sequence, Tuple
 
 import mlx.core as mx
+from mlx_lm.models.cache import can_trim_prompt_cache
 
 from ..generate import prefill as prefill_tokens
 
@@ -48,5 +49,8 @@ class SharedPrefix:
         if not ids:
             raise ValueError("the prompt is empty")
         keep = min(common_prefix_length(self.ids, ids), len(ids) - 1)
-        cache = prefill(self.model, ids[keep:-1], fork(self.cache, keep))
+        if keep < len(self.ids) and not can_trim_prompt_cache(self.cache):
+            keep = 0  # a full sliding-window cache cannot be cut back: start afresh
+        start = fork(self.cache, keep) if keep else self.model.make_cache()
+        cache = prefill(self.model, ids[keep:-1], start)
         return cache, list(ids[-1:])
