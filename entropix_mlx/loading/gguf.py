@@ -13,6 +13,10 @@ and mlx-lm, and a converted folder is the same weights for both. Gemma's norms, 
 1 + w, are stored back as w.
 """
 
+import ctypes
+import ctypes.util
+import gc
+from functools import partial
 from pathlib import Path
 from typing import Dict, Iterable, Tuple
 
@@ -73,9 +77,9 @@ def read_weights(gguf: GGUFFile, arch: Arch, args) -> Dict[str, mx.array]:
         if t.name in ROPE_TENSORS:
             continue
         shape = t.shape[::-1]
-        arrays = tensor_arrays(
-            gguf.tensor_bytes(t), t.qtype, shape, f"{gguf.path.name}: tensor {t.name}"
-        )
+        label = f"{gguf.path.name}: tensor {t.name}"
+        done = partial(gguf.release, t)
+        arrays = tensor_arrays(gguf.tensor_bytes(t), t.qtype, shape, label, done)
         base, suffix = t.name.rsplit(".", 1)  # suffix: "weight" or "bias"
         for leaf, w in arrays.items():
             if arch.permuted and ".attn_q." in t.name:
@@ -128,6 +132,15 @@ def build_model(gguf: GGUFFile, args) -> nn.Module:
     return model
 
 
+def release_freed_heap():
+    """Hand memory Python freed back to the system (glibc keeps it otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # no glibc (macOS): nothing to do
+        pass
+
+
 def load_gguf(path: Path) -> Tuple[nn.Module, object, object, str]:
     """Load a GGUF file -> (model, tokenizer, args, quantization description)."""
     gguf = GGUFFile(path)
@@ -136,4 +149,5 @@ def load_gguf(path: Path) -> Tuple[nn.Module, object, object, str]:
     # (7 MB on SmolLM2) are free again before the weights arrive.
     tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
     gguf.metadata = {k: v for k, v in gguf.metadata.items() if not k.startswith("tokenizer.ggml.")}
+    release_freed_heap()  # Gemma's 262k-token vocabulary leaves ~100 MB of it behind
     return build_model(gguf, args), tokenizer, args, describe(gguf.tensors.values())
