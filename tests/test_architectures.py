@@ -15,6 +15,8 @@ from entropix_mlx.loading import ModelLoadError, load
 from entropix_mlx.loading.convert import convert
 from entropix_mlx.sampling.metrics import attention_metrics
 
+from .helpers import greedy
+
 REFERENCES = Path(__file__).resolve().parent / "references"
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "phi3", "gemma3"]
 WRAPPERS = {"mistral3": "mistral", "gemma3_multimodal": "gemma3_text"}
@@ -43,16 +45,6 @@ def loaded(request):
     name, fmt = request.param
     model, tokenizer, info = load(source(name, fmt))
     return name, fmt, model, tokenizer, info
-
-
-def greedy(model, ids, n):
-    cache = model.make_cache()
-    logits = model(mx.array(ids)[None], cache=cache, last_only=True)
-    tokens = []
-    for _ in range(n):
-        tokens.append(int(mx.argmax(logits[0, -1]).item()))
-        logits = model(mx.array([[tokens[-1]]]), cache=cache)
-    return tokens
 
 
 def test_logits_and_greedy_tokens_match_transformers(loaded):
