@@ -71,7 +71,7 @@ class SamplerConfig:
     # Look-ahead branching (beyond the original; branch_k 0 keeps the one hotter sample).
     # Where the branch strategy is chosen, fork the top branch_k candidates, roll each out
     # for up to branch_horizon tokens or to a boundary, score it by branch_score (see
-    # entropix_mlx/branching.py) and keep the winner; at most max_branch_points forks.
+    # entropix_mlx/engine/lookahead.py) and keep the winner; at most max_branch_points forks.
     branch_k: int = 0
     branch_horizon: int = 6
     max_branch_points: int = 4
