@@ -29,9 +29,15 @@ def literal_prompt_ids(tokenizer, prompt: Prompt) -> List[int]:
     template), a message list goes through the template, ids pass through."""
     if isinstance(prompt, str):
         return tokenizer.encode(prompt)
-    if len(prompt) and isinstance(prompt[0], dict):
+    if is_chat(prompt):
         return chat_prompt_ids(tokenizer, prompt)
     return [int(t) for t in prompt]
+
+
+def is_chat(prompt: Prompt) -> bool:
+    """Whether `prompt` is a list of chat messages (answered as a new text) rather than text or
+    ids to continue."""
+    return not isinstance(prompt, str) and len(prompt) > 0 and isinstance(prompt[0], dict)
 
 
 def context_length(model) -> Optional[int]:
