@@ -174,9 +174,8 @@ class Scheduler:
         self.samplers: Dict[tuple, object] = {}
         self.samplers_lock = threading.Lock()  # the request handlers build samplers too
         self.left: Dict[int, list] = {}  # uid -> KV cache of a row that left, until its tokens come
-        self.ended: Dict[
-            int, List[int]
-        ] = {}  # uid -> a finished row's tokens, until its cache comes
+        # uid -> a finished row's tokens, until its cache comes
+        self.ended: Dict[int, List[int]] = {}
         self.keys = itertools.count()  # joining keys: the same sequence on every rank
         self.reset()
 
@@ -205,6 +204,9 @@ class Scheduler:
         if plan.reset:
             self.reset()
         self.batch.remove(plan.drop_rows)
+        for uid in plan.drop_rows:  # a cancelled row's cache: no tokens will come for it
+            if uid not in self.ended:
+                self.left.pop(uid, None)
         for key in plan.drop_joining:
             self.joining.pop(key, None)
         admitted = []

@@ -341,3 +341,19 @@ def test_a_cancelled_long_prompt_stops_between_chunks(tiny, worker_of):
     assert recording.widths.count(8) <= 3  # of the 24 chunks its prompt needed
     (later,) = run_jobs(worker, [tiny_request(tokenizer, max_tokens=2)])
     assert finished(later)
+
+
+def test_a_cancelled_row_leaves_nothing_in_the_prompt_cache_bookkeeping(tiny, worker_of):
+    tokenizer = tiny[1]
+    worker = worker_of(max_concurrency=2)  # with the prompt cache
+
+    def cancel_at_the_first_token(job, event):
+        if type(event).__name__ == "Delta":
+            job.cancelled.set()
+
+    long = tiny_request(tokenizer, max_tokens=200)
+    (cancelled,) = run_jobs(worker, [long], on_event=cancel_at_the_first_token)
+    assert cancelled[-1] == Failure(503, "the generation was cancelled")
+    (later,) = run_jobs(worker, [tiny_request(tokenizer, max_tokens=2)])
+    assert finished(later)
+    assert worker.scheduler.left == {} and worker.scheduler.ended == {}
