@@ -68,6 +68,9 @@ MAX_BODY_BYTES = 1_000_000
 BODY_TIMEOUT_SECONDS = 30.0  # a request's body must arrive within this after its head
 IDLE_TIMEOUT_SECONDS = 5  # uvicorn's keep-alive default, also applied before a first request
 MAX_CONNECTIONS = 1024  # open connections at most (and half the file descriptors at most)
+# Connections accepted per turn of the event loop (and the kernel's queue of them): a burst of
+# connections over the limit takes descriptors until each is closed, a few turns later.
+BACKLOG = 128
 PEER_CHECK_SECONDS = 0.25  # how often a half-closed connection's client is checked for
 HEARTBEAT_SECONDS = 1.0  # a stream with nothing to send sends an SSE comment this often
 MODEL_ALIASES = ("default",)
@@ -1035,6 +1038,7 @@ def uvicorn_config(
         port=port,
         log_level=log_level,
         http=protocol,
+        backlog=BACKLOG,
         timeout_keep_alive=idle_timeout,
         timeout_graceful_shutdown=3,
     )
