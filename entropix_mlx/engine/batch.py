@@ -162,13 +162,27 @@ class BatchGenerator:
         **row_options,
     ) -> List[int]:
         """Prefill `prompt_ids` once (into `prompt_cache` if given, which it extends) and continue
-        it as one row per seed (a request's `n` choices); their uids."""
+        it as one row per seed (a request's `n` choices); their uids. All rows or none: if one
+        cannot be queued, those queued before it are removed."""
         cache = prompt_cache if prompt_cache is not None else self.model.make_cache()
         prefill(self.model, mx.array(prompt_ids[:-1])[None], cache, self.prefill_step_size)
-        return [
-            self.insert(prompt_ids[-1:], sampler, seed=seed, prompt_cache=cache, **row_options)
-            for seed in seeds
-        ]
+        uids: List[int] = []
+        try:
+            for seed in seeds:
+                uids.append(
+                    self.insert(
+                        prompt_ids[-1:], sampler, seed=seed, prompt_cache=cache, **row_options
+                    )
+                )
+        except BaseException:
+            self.remove(uids)
+            raise
+        return uids
+
+    @property
+    def uids(self) -> List[int]:
+        """The uids of the rows running or queued."""
+        return [row.uid for row in self.rows] + [row.uid for row, *_ in self.pending]
 
     def remove(self, uids: Sequence[int]):
         """Drop rows (queued or running); the others go on unchanged."""
