@@ -12,7 +12,7 @@ import mlx.core as mx
 from .engine.batch import MAX_BATCH_SIZE, BatchGenerator
 from .engine.decode import SamplerStep, TokenStep, generate_step
 from .engine.lookahead import LookAheadGenerator, LookAheadRules
-from .engine.prompt import Prompt, context_length, fit_prompt, literal_prompt_ids
+from .engine.prompt import Prompt, context_length, fit_prompt, is_chat, literal_prompt_ids
 from .engine.seeds import check_seed, row_seeds
 from .engine.text import RowText, row_end
 from .errors import GenerationError
@@ -62,7 +62,8 @@ def stream_generate(
     """Stream a completion of `prompt` as responses.
 
     `prompt`: raw text (encoded as is), a list of chat messages (`{"role", "content"}`, run
-    through the model's chat template) or token ids.
+    through the model's chat template) or token ids. The text of raw text or ids continues
+    them exactly (its first token keeps its leading space); a chat answer is a text of its own.
 
     `sampler`: "entropix" (default), "standard", "greedy", or a sampler step. Generation
     stops at any EOS id of the tokenizer, at a `stop` string (the text ends before it) or after
@@ -92,7 +93,7 @@ def stream_generate(
     max_tokens = fit_prompt(prompt_ids, context, max_tokens, cached)
     check_seed(seed)
     step = make_sampler(sampler, config, tokenizer) if isinstance(sampler, str) else sampler
-    text = RowText(tokenizer, stop)
+    text = RowText(tokenizer, stop, () if is_chat(prompt) else prompt_ids)
     eos_ids = set(tokenizer.eos_token_ids)
     steps = generate_step(
         mx.array(prompt_ids),
@@ -168,7 +169,10 @@ def stream_batch_generate(
         else:
             uids = [batch.insert(ids, step, seed=seeds[rows[0]], **row_options)]
         index.update(zip(uids, rows))
-    texts = {uid: RowText(tokenizer, stop) for uid in index}
+    texts = {
+        uid: RowText(tokenizer, stop, () if is_chat(prompts[i]) else checked[i][0])
+        for uid, i in index.items()
+    }
     clock = Clock(sum(len(ids) for ids, _ in groups))  # prefilled once per distinct prompt
     while len(batch):
         row_steps = batch.next()

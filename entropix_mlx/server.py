@@ -7,9 +7,14 @@ or not), GET /v1/models, GET /health. Errors are OpenAI-shaped JSON:
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
+import hmac
+import ipaddress
 import json
 import logging
 import math
+import resource
 import socket
 import time
 import uuid
@@ -25,6 +30,7 @@ from typing import (
     Union,
 )
 
+import h11
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .engine.prompt import chat_prompt_ids, fit_prompt, literal_prompt_ids
 from .engine.seeds import row_seeds
@@ -55,10 +62,21 @@ from .scheduler import (
 DEFAULT_MAX_TOKENS_LIMIT = 512
 MAX_TOP_LOGPROBS = 20  # OpenAI's bounds: chat top_logprobs, completions logprobs
 MAX_COMPLETION_LOGPROBS = 5
+MAX_STOP_STRINGS = 16  # OpenAI allows 4; each is searched for after every token of its row
 RETRY_AFTER_SECONDS = 2
 MAX_BODY_BYTES = 1_000_000
+BODY_TIMEOUT_SECONDS = 30.0  # a request's body must arrive within this after its head
+IDLE_TIMEOUT_SECONDS = 5  # uvicorn's keep-alive default, also applied before a first request
+MAX_CONNECTIONS = 1024  # open connections at most (and half the file descriptors at most)
+# Connections accepted per turn of the event loop (and the kernel's queue of them): a burst of
+# connections over the limit takes descriptors until each is closed, a few turns later.
+BACKLOG = 128
+PEER_CHECK_SECONDS = 0.25  # how often a half-closed connection's client is checked for
+HEARTBEAT_SECONDS = 1.0  # a stream with nothing to send sends an SSE comment this often
 MODEL_ALIASES = ("default",)
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+SAMPLER_SETTINGS = {f.name for f in dataclasses.fields(SamplerConfig)}
 
 log = logging.getLogger("entropix_mlx.server")
 
@@ -119,14 +137,17 @@ async def on_http_error(request: Request, error: HTTPException) -> JSONResponse:
 
 
 @contextlib.contextmanager
-def library_checks(prompt_param: str):
+def library_checks(prompt_param: str, settings_from: Dict[str, str] = {}):
     """Turn the library's refusals (`EntropixError`) into OpenAI errors: the one place where the
     server maps them. The error's `param` names the library's argument; the request's field of
-    that argument is reported."""
+    that argument is reported. A sampler setting's field is the one `settings_from` names for
+    it (`temp` from `temperature`), else `entropix`."""
     try:
         yield
     except EntropixError as e:
         param = {"prompt": prompt_param, "config": "entropix"}.get(e.param, e.param)
+        if param in SAMPLER_SETTINGS:
+            param = settings_from.get(param, "entropix")
         message = str(e)
         if isinstance(e, ConfigError) and param in (None, "entropix"):
             param, message = "entropix", f"invalid 'entropix' settings: {e}"
@@ -161,8 +182,18 @@ class RequestOptions:
     model: str
 
 
-async def read_json_body(request: Request, limit: int) -> dict:
-    """The request's JSON object; 413 past `limit` bytes (checked before parsing), 400 if not JSON."""
+async def read_json_body(request: Request, limit: int, timeout: float) -> dict:
+    """The request's JSON object: 415 unless sent as application/json (so that no web page can
+    send it as a CORS "simple request"), 413 past `limit` bytes (checked before parsing), 408 if
+    it takes over `timeout` seconds to arrive, 400 if not JSON."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise APIError(
+            415,
+            f"the request body must be sent as Content-Type: application/json, not "
+            f"{media_type or 'without a Content-Type'}",
+            code="unsupported_media_type",
+        )
     too_large = APIError(
         413,
         f"the request body is over {limit} bytes; send a shorter prompt",
@@ -173,10 +204,17 @@ async def read_json_body(request: Request, limit: int) -> dict:
         raise too_large
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_large
+    except TimeoutError:
+        raise APIError(
+            408,
+            f"the request body did not arrive within {timeout:g} s; send it at once",
+            code="request_timeout",
+        ) from None
     except ClientDisconnect:
         log.info("a client disconnected while sending its request body")
         raise APIError(
@@ -219,9 +257,17 @@ def get_field(body: dict, name: str, json_type: str, default: Any = None) -> Any
             param=name,
             code="invalid_type",
         )
-    if json_type == "number" and not math.isfinite(value):
+    if json_type == "number" and not is_finite(value):
         raise APIError(422, f"'{name}' must be a finite number", param=name, code="invalid_value")
     return value
+
+
+def is_finite(number) -> bool:
+    """Whether a JSON number is finite as a float (1e400 is read as inf, 10**400 as an int)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def _json_type_name(value: Any) -> str:
@@ -309,14 +355,33 @@ def parse_stop(body: dict) -> Tuple[str, ...]:
         )
     if stops is not None and not all(stops):
         raise APIError(422, "'stop' strings must not be empty", param="stop", code="invalid_value")
+    if stops is not None and len(stops) > MAX_STOP_STRINGS:
+        raise APIError(
+            422,
+            f"'stop' holds {len(stops)} strings; send at most {MAX_STOP_STRINGS}",
+            param="stop",
+            code="invalid_value",
+        )
     return tuple(stops or ())
+
+
+# The OpenAI fields that set a SamplerConfig setting: setting -> field.
+SETTING_FIELDS = {"temp": "temperature", "top_p": "top_p"}
+
+
+def setting_fields(fields: Dict[str, Any]) -> Dict[str, str]:
+    """The settings that come from an OpenAI field (given, and not overridden in `entropix`)."""
+    return {
+        setting: field
+        for setting, field in SETTING_FIELDS.items()
+        if fields[field] is not None and setting not in fields["entropix"]
+    }
 
 
 def parse_sampler_config(fields: Dict[str, Any], info: ModelInfo) -> SamplerConfig:
     """The model's preset, then `temperature` / `top_p`, then the `entropix` overrides."""
-    aliases = {"temp": fields["temperature"], "top_p": fields["top_p"]}
-    settings = {**{k: v for k, v in aliases.items() if v is not None}, **fields["entropix"]}
-    config = info.sampler_config(**settings)
+    aliases = {setting: fields[field] for setting, field in setting_fields(fields).items()}
+    config = info.sampler_config(**{**aliases, **fields["entropix"]})
     if config.branch_k:
         raise APIError(
             400,
@@ -598,8 +663,10 @@ async def event_stream(
         if endpoint.chat:
             for i in range(wanted.n):
                 yield chunk(choices=[endpoint.choice(i, "", None, None, stream=True, first=True)])
-        async for event in job.stream():
-            if isinstance(event, Failure):
+        async for event in job.stream(heartbeat=HEARTBEAT_SECONDS):
+            if event is None:  # also finds a client that left, whose socket refuses the bytes
+                yield ": keep-alive\n\n"
+            elif isinstance(event, Failure):
                 yield sse(
                     APIError(
                         event.status, event.message, type="server_error", code="generation_failed"
@@ -649,11 +716,15 @@ class ModelServer:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_queue: int = DEFAULT_MAX_QUEUE,
         prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES,
+        body_timeout: float = BODY_TIMEOUT_SECONDS,
+        api_key: Optional[str] = None,
+        prefill_step_size: Optional[int] = None,
     ):
         self.model, self.tokenizer, self.info = model, tokenizer, info
         self.name = str(info.name)
         self.vocab_size = info.args.vocab_size
         self.max_tokens_limit, self.max_body_bytes = max_tokens_limit, max_body_bytes
+        self.body_timeout, self.api_key = body_timeout, api_key
         rows = max_concurrency
         choices = Field(
             "integer",
@@ -664,7 +735,7 @@ class ModelServer:
         self.chat_fields = {**CHAT_FIELDS, "n": choices}
         self.completion_fields = {**COMPLETION_FIELDS, "n": choices}
         self.worker = GenerationWorker(
-            model, tokenizer, max_concurrency, max_queue, prompt_cache_bytes
+            model, tokenizer, max_concurrency, max_queue, prompt_cache_bytes, prefill_step_size
         )
         self.created = int(time.time())
 
@@ -688,16 +759,17 @@ class ModelServer:
         }
 
     async def chat_completions(self, request: Request):
-        body = await read_json_body(request, self.max_body_bytes)
+        body = await self.read_body(request)
         model, messages = parse_model(body, self.name), parse_messages(body)
         fields = read_fields(body, self.chat_fields)
         settings = self.generation_settings(body, fields, chat_top_logprobs(fields))
         prompt_ids = await run_in_threadpool(self._encode_chat, messages)
         answer = options(fields, model)
+        settings["continues_prompt"] = False  # an answer is a text of its own
         return await self._answer(request, prompt_ids, "messages", settings, CHAT, answer)
 
     async def completions(self, request: Request):
-        body = await read_json_body(request, self.max_body_bytes)
+        body = await self.read_body(request)
         model, prompt = parse_model(body, self.name), parse_prompt(body, self.vocab_size)
         fields = read_fields(body, self.completion_fields)
         settings = self.generation_settings(body, fields, fields["logprobs"])
@@ -707,13 +779,17 @@ class ModelServer:
             else await run_in_threadpool(self._encode_text, prompt)
         )
         answer = options(fields, model)
+        settings["continues_prompt"] = True  # clients append the text to the prompt
         return await self._answer(request, prompt_ids, "prompt", settings, COMPLETION, answer)
+
+    async def read_body(self, request: Request) -> dict:
+        return await read_json_body(request, self.max_body_bytes, self.body_timeout)
 
     def generation_settings(
         self, body: dict, fields: Dict[str, Any], top_logprobs: Optional[int]
     ) -> dict:
         """GenerationRequest's arguments but the prompt: checked `fields`, `stop` of `body`."""
-        with library_checks("prompt"):
+        with library_checks("prompt", setting_fields(fields)):
             config = parse_sampler_config(fields, self.info)
             self.worker.scheduler.sampler(fields["sampler"], config)  # built once, shared
             seed = row_seeds(fields["seed"], fields["n"])[0]
@@ -747,7 +823,8 @@ class ModelServer:
     async def _answer(self, request, prompt_ids, prompt_param, settings, endpoint, options):
         generation = self.fit_to_context(prompt_ids, prompt_param, settings)
         try:
-            job = self.worker.submit(generation)
+            with library_checks(prompt_param):
+                job = self.worker.submit(generation)
         except Busy as e:
             raise APIError(
                 429,
@@ -785,17 +862,42 @@ class ModelServer:
     def routes(self) -> List[Route]:
         return [
             Route("/health", self.health, methods=["GET"]),
-            Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/models/{id:path}", self.model_by_id, methods=["GET"]),
-            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/models", self.authorized(self.models), methods=["GET"]),
+            Route("/v1/models/{id:path}", self.authorized(self.model_by_id), methods=["GET"]),
+            Route("/v1/chat/completions", self.authorized(self.chat_completions), methods=["POST"]),
+            Route("/v1/completions", self.authorized(self.completions), methods=["POST"]),
         ]
+
+    def authorized(self, handler: Callable) -> Callable:
+        """`handler`, answering 401 first unless the request carries the server's API key (if
+        it has one) as `Authorization: Bearer <key>`."""
+
+        @functools.wraps(handler)
+        async def route(request: Request):
+            if self.api_key is not None:
+                check_api_key(request.headers.get("authorization"), self.api_key)
+            return await handler(request)
+
+        return route
+
+
+def check_api_key(authorization: Optional[str], key: str):
+    """401 unless `authorization` is `Bearer <key>` (compared in constant time)."""
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode()):
+        return
+    message = (
+        "the API key is wrong; send the key the server was started with"
+        if authorization
+        else "this server needs an API key; send it as Authorization: Bearer <key>"
+    )
+    raise APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 def create_app(model, tokenizer, info, **limits) -> Starlette:
     """The ASGI app serving one loaded model (`load()`'s triple); the worker runs in its lifespan.
-    `limits`: ModelServer's max_tokens_limit, max_body_bytes, max_concurrency, max_queue and
-    prompt_cache_bytes."""
+    `limits`: ModelServer's max_tokens_limit, max_body_bytes, max_concurrency, max_queue,
+    prompt_cache_bytes, body_timeout, api_key and prefill_step_size."""
     server = ModelServer(model, tokenizer, info, **limits)
     handlers = {
         APIError: on_api_error,
@@ -813,6 +915,136 @@ def check_can_listen(host: str, port: int):
         probe.bind((host, port))
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is an address of this machine only (127.0.0.1, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+# --- Connections ---------------------------------------------------------------------
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with the bounds it lacks. A connection beyond
+    `max_connections` is closed at once, so idle sockets cannot use up the file descriptors. A
+    connection with no request under way is closed after `timeout_keep_alive` seconds, from its
+    start as after a response, however slowly its bytes come (uvicorn times out only the wait
+    after a response, and restarts it at every byte). A client that half-closes after sending
+    its request still gets the answer (uvicorn would drop it), while one that left is found by
+    the reset its socket answers our next bytes with."""
+
+    warned = 0.0  # when a refused connection was last logged
+
+    def __init__(self, *args, max_connections: int = MAX_CONNECTIONS, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_connections = max_connections
+        self.idle_timer: Optional[asyncio.TimerHandle] = None
+        self.peer_timer: Optional[asyncio.TimerHandle] = None
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            if time.monotonic() - GuardedH11Protocol.warned > 60:
+                GuardedH11Protocol.warned = time.monotonic()
+                log.warning("%d connections are open: refusing more", self.max_connections)
+            transport.close()
+            return
+        self._wait_for_request()
+
+    def data_received(self, data: bytes):
+        super().data_received(data)
+        if self._request_under_way():
+            self._stop_waiting()
+
+    def on_response_complete(self):
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self._request_under_way():
+            self._wait_for_request()
+
+    def eof_received(self):
+        """The client sent its last byte: it half-closed and waits for the answer, or it left.
+        Keep the connection open to answer (and close it after), and tell the two apart by
+        what its socket does with our next bytes: a 100 Continue if the answer has not begun
+        (HTTP/1.1 clients skip it), else the answer's own."""
+        whole_request = self.conn.their_state in (h11.DONE, h11.MUST_CLOSE)
+        if not (self._request_under_way() and whole_request):
+            return None  # uvicorn's way: close
+        self.cycle.keep_alive = False
+        if not self.cycle.response_started and self.scope["http_version"] != "1.0":
+            self.transport.write(
+                self.conn.send(
+                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                )
+            )
+        self._check_peer()
+        return True
+
+    def connection_lost(self, exc):
+        self._stop_waiting()
+        if self.peer_timer is not None:
+            self.peer_timer.cancel()
+        super().connection_lost(exc)
+
+    def _check_peer(self):
+        """Drop the connection once the client's socket has reset it (it is gone)."""
+        if self.transport.is_closing() or not self._request_under_way():
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.transport.abort()  # the app hears http.disconnect and cancels the generation
+            return
+        self.peer_timer = self.loop.call_later(PEER_CHECK_SECONDS, self._check_peer)
+
+    def _request_under_way(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _wait_for_request(self):
+        self._stop_waiting()
+        self.idle_timer = self.loop.call_later(self.timeout_keep_alive, self._close_idle)
+
+    def _stop_waiting(self):
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
+    def _close_idle(self):
+        if not self._request_under_way():
+            self.transport.close()
+
+
+def connection_limit(wanted: int = MAX_CONNECTIONS) -> int:
+    """`wanted`, but at most half the process's file descriptors."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return wanted if soft == resource.RLIM_INFINITY else max(1, min(wanted, soft // 2))
+
+
+def uvicorn_config(
+    app: Starlette,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    log_level: str = "info",
+    max_connections: int = MAX_CONNECTIONS,
+    idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+) -> uvicorn.Config:
+    """How uvicorn serves `app`: HTTP/1.1 through `GuardedH11Protocol`."""
+    protocol = functools.partial(
+        GuardedH11Protocol, max_connections=connection_limit(max_connections)
+    )
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=protocol,
+        backlog=BACKLOG,
+        timeout_keep_alive=idle_timeout,
+        timeout_graceful_shutdown=3,
+    )
+
+
 def run(app: Starlette, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info"):
     """Serve `app` with uvicorn until interrupted."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
+        uvicorn.Server(uvicorn_config(app, host, port, log_level)).run()

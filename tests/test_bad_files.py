@@ -60,11 +60,6 @@ def gguf_with(tmp_path, model, metadata) -> Path:
             "{{'type': 'linear', 'factor': 0}}",
         ),
         (
-            {"rope_scaling": {"rope_type": "warp", "factor": 8.0}},
-            "rope_scaling in {} is not one mlx-lm can build (ValueError: Unsupported RoPE type "
-            "warp)",
-        ),
-        (
             {"quantization": "4-bit"},
             "quantization in {} must be an object with whole-number bits and group_size, got "
             "'4-bit'",
@@ -79,6 +74,16 @@ def gguf_with(tmp_path, model, metadata) -> Path:
 def test_config_json_that_would_hang_or_fool_the_loader(tiny_folder, tmp_path, change, message):
     folder = edit_config(shutil.copytree(tiny_folder, tmp_path / "m"), lambda c: {**c, **change})
     refused(folder, message.format(folder / "config.json") + "; fix or re-download config.json")
+
+
+def test_a_rope_type_mlx_lm_cannot_build(tiny_folder, tmp_path):
+    scaling = {"rope_type": "warp", "factor": 8.0}
+    folder = shutil.copytree(tiny_folder, tmp_path / "m")
+    refused(
+        edit_config(folder, lambda c: {**c, "rope_scaling": scaling}),
+        f"the model cannot be built from {folder} (Unsupported RoPE type warp); fix or "
+        "re-download config.json and the weights",
+    )
 
 
 def test_a_million_layers_are_refused_before_any_layer_is_built(tiny_folder, tmp_path, monkeypatch):

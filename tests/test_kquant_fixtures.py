@@ -2,8 +2,6 @@
 llama.cpp's logits and greedy tokens on exactly the same weights (../shared/testdata/kquant)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlx.core as mx
@@ -13,8 +11,8 @@ import pytest
 from entropix_mlx.loading import load
 from entropix_mlx.model.sub_block_quant import SubBlockQuantizedEmbedding, SubBlockQuantizedLinear
 
-from .conftest import REPO
 from .conftest import testdata_path as shared_file
+from .helpers import greedy, load_peak_over_file_size
 
 # The fixture README: a float32 forward pass over exactly dequantized weights matches to ~1e-3
 # (an independent numpy one: 1.5e-4 .. 3.2e-4); float16 weights alone would move it 0.14.
@@ -34,16 +32,6 @@ def loaded(request, reference):
     return ftype, *load(
         str(shared_file(f"kquant/{reference[f'{ftype}__file']}")), cpu_dtype="quantized"
     )
-
-
-def greedy(model, ids, n):
-    cache = model.make_cache()
-    logits = model(mx.array(ids)[None], cache=cache, last_only=True)
-    tokens = []
-    for _ in range(n):
-        tokens.append(int(mx.argmax(logits[0, -1]).item()))
-        logits = model(mx.array([[tokens[-1]]]), cache=cache)
-    return tokens
 
 
 @pytest.mark.parametrize("prompt", ["P1", "P2"])
@@ -87,37 +75,6 @@ def test_converted_folder_gives_the_same_logits_in_mlx_lm(loaded, reference, tmp
     theirs, _ = mlx_lm_load(str(folder))
     ids = mx.array(reference[f"{ftype}__P1__ids"])[None]
     np.testing.assert_allclose(np.array(theirs(ids)), np.array(ours(ids)), rtol=0, atol=1e-4)
-
-
-MEASURE_PEAK = """
-import os, sys, tempfile
-from pathlib import Path
-import entropix_mlx
-from gguf import GGMLQuantizationType as T
-from entropix_mlx.loading import load
-from tests.tiny import tiny_model, write_quantized_gguf
-def kib(key):
-    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1])
-if sys.argv[2] == "warm":  # the default model's block types, on a tiny model
-    with tempfile.TemporaryDirectory() as tmp:
-        for qtype in (T.Q4_1, T.Q8_0):
-            load(str(write_quantized_gguf(Path(tmp) / "w.gguf", tiny_model(), qtype)), cpu_dtype="quantized")
-before = kib("VmRSS:")
-open("/proc/self/clear_refs", "w").write("5")  # the peak counts from here
-load(sys.argv[1], cpu_dtype="quantized")
-print((kib("VmHWM:") - before) * 1024 / os.path.getsize(sys.argv[1]))
-"""
-
-
-def load_peak_over_file_size(path: Path, warm: bool) -> float:
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE_PEAK, str(path), "warm" if warm else "cold"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    )
-    return float(out.stdout)
 
 
 @pytest.mark.real_model

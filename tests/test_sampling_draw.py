@@ -175,3 +175,17 @@ def test_greedy_and_zero_temperature_samplers(logits):
 def test_standard_sampler_validates(params, field):
     with pytest.raises(ValueError, match=field):
         make_standard_sampler(**params)
+
+
+def test_a_tiny_temperature_is_argmax_even_over_large_logits():
+    # 100 / 1e-37 overflows float32: the logits are shifted to a maximum of 0 first.
+    logits = mx.array([[0.0, 50.0, 100.0, -30.0], [7.0, -2.0, 3.0, 6.5]])
+    keys = mx.random.split(mx.random.key(0), 2)
+    for step in (
+        make_standard_sampler(temperature=1e-37),  # the plain draw
+        make_standard_sampler(temperature=1e-37, top_p=0.9),  # over the candidates
+        make_standard_sampler(temperature=1.2e-38, top_k=3),
+    ):
+        token, _, _ = step(logits, None, mx.array([0, 0]), keys)
+        assert token.tolist() == [2, 0]
+    assert sample(logits, 1e-37, 1.0, 4, 0.0, keys).tolist() == [2, 0]

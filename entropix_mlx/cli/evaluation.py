@@ -6,10 +6,13 @@ import click
 
 from .options import BATCH_ROWS, load_model, model_option, model_path, sampler_config
 from .output import check_output_folder, echo_err
+from .writing import check_writing_options, eval_writing, writing_options
 
 
 @click.command("eval")
-@click.option("--task", "-t", required=True, help="arith, gsm8k, arc-easy or arc-challenge.")
+@click.option(
+    "--task", "-t", required=True, help="arith, gsm8k, arc-easy, arc-challenge or writing."
+)
 @click.option(
     "--sampler",
     "-s",
@@ -62,6 +65,7 @@ from .output import check_output_folder, echo_err
     show_default=True,
     help="Answers generated together as rows of one batch.",
 )
+@writing_options
 def eval_command(
     task,
     samplers,
@@ -75,9 +79,17 @@ def eval_command(
     max_tokens,
     quick,
     batch_size,
+    **writing,
 ):
-    """Compare samplers on the same items, paired: accuracy, Wilson CIs, exact McNemar tests."""
+    """Compare samplers on the same items, paired: accuracy, Wilson CIs, exact McNemar tests
+    (writing: loops, repetition, surprisal, junk and relevance, and the temperature frontier)."""
     from datetime import datetime, timezone
+
+    check_writing_options(task, writing)
+    if task == "writing":
+        args = (samplers, seeds, limit, model, out, config_files, max_tokens, quick, batch_size)
+        eval_writing(*args, **writing)
+        return
 
     from ..evaluation import (
         ARMS,

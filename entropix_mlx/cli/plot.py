@@ -30,13 +30,20 @@ from .output import check_output_file, echo_err, utf8_option
     help="A title for the figure (default: the trace's file name).",
 )
 def plot(trace_file, output, model, config_file, title):
-    """Draw a --trace file: the entropy-varentropy plane and a per-token timeline, as a PNG."""
+    """Draw a --trace file: the entropy-varentropy plane and a per-token timeline, as a PNG; or
+    the frontier of an `eval --task writing` summary.json."""
+    from ..frontier_plot import plot_frontier, read_writing_summary
     from ..plot import pixel_size, plot_trace, strategy_mismatches
     from ..trace import read_trace
 
     if output.suffix.lower() != ".png":
         raise click.ClickException(f"--output {output} must be a .png file")
     check_output_file(output, "--output", [("the trace", trace_file), ("--config", config_file)])
+    writing = read_writing_summary(trace_file)
+    if writing is not None:
+        plot_frontier(writing, output, title)
+        click.echo(f"Wrote {output} (the frontier of {len(writing['arms'])} arms)")
+        return
     config = preset_config(model, config_file)
     try:
         records = read_trace(trace_file)

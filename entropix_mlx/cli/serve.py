@@ -14,7 +14,8 @@ from .output import echo_err, is_rank0
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="Address to listen on; 0.0.0.0 exposes the server to your network.",
+    callback=lambda ctx, param, host: check_host(host),
+    help="Address to listen on; 0.0.0.0 exposes the server to your network (use --api-key).",
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option(
@@ -45,9 +46,25 @@ from .output import echo_err, is_rank0
     show_default=True,
     help="Bytes of KV states kept for prompt reuse (0 turns the prompt cache off).",
 )
+@click.option(
+    "--api-key",
+    envvar="ENTROPIX_MLX_API_KEY",
+    callback=lambda ctx, param, key: check_api_key(key),
+    help="Answer only requests that send this key (Authorization: Bearer KEY), as OpenAI clients "
+    "do with api_key=KEY; also read from $ENTROPIX_MLX_API_KEY, which keeps it out of the "
+    "process list.",
+)
 @cpu_dtype_option
 def serve(
-    model, host, port, max_tokens_limit, max_concurrency, max_queue, prompt_cache_bytes, cpu_dtype
+    model,
+    host,
+    port,
+    max_tokens_limit,
+    max_concurrency,
+    max_queue,
+    prompt_cache_bytes,
+    api_key,
+    cpu_dtype,
 ):
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
     try:
@@ -70,6 +87,11 @@ def serve(
         raise click.ClickException(
             f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port"
         ) from None
+    if not server.is_loopback(host) and not api_key:
+        echo_err(
+            f"Warning: listening on {host} without --api-key: anyone who can reach this machine "
+            "can use the model."
+        )
     loaded = load_model(model, cpu_dtype)
     app = server.create_app(
         *loaded,
@@ -77,8 +99,25 @@ def serve(
         max_concurrency=max_concurrency,
         max_queue=max_queue,
         prompt_cache_bytes=prompt_cache_bytes,
+        api_key=api_key,
     )
     echo_err(
         f"Serving {loaded[2].name} at http://{host}:{port}/v1 (OpenAI-compatible); Ctrl-C stops."
     )
     server.run(app, host, port)
+
+
+def check_host(host: str) -> str:
+    """An address to listen on, given in full: an empty one would mean every interface."""
+    if not host.strip():
+        raise click.BadParameter(
+            "an empty address listens on every interface; say --host 0.0.0.0 for that, or keep "
+            "the default 127.0.0.1 (this machine only)"
+        )
+    return host
+
+
+def check_api_key(key):
+    if key is not None and not key.strip():
+        raise click.BadParameter("the key is empty; give a secret, or leave the option out")
+    return key

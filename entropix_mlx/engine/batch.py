@@ -1,8 +1,9 @@
 """Batched generation: many rows in one forward pass per step.
 
-Each row has its own prompt, KV state, sampler, PRNG key and stop rules. Rows join between
-steps (their prompts prefilled together, right-padded, then merged into the running batch)
-and leave when done. The KV cache is mlx-lm's `BatchKVCache`: rows are left-padded, and the
+Each row has its own prompt, KV state, sampler, PRNG key, EOS ids and max_tokens (stop strings
+are cut from its text by the caller, with `engine.text`). Rows join between steps (their
+prompts prefilled together, right-padded, then merged into the running batch) and leave when
+done. The KV cache is mlx-lm's `BatchKVCache`: rows are left-padded, and the
 final layer's scores are -inf over a row's padding, so its attention metrics see only its
 own tokens.
 """
@@ -161,13 +162,27 @@ class BatchGenerator:
         **row_options,
     ) -> List[int]:
         """Prefill `prompt_ids` once (into `prompt_cache` if given, which it extends) and continue
-        it as one row per seed (a request's `n` choices); their uids."""
+        it as one row per seed (a request's `n` choices); their uids. All rows or none: if one
+        cannot be queued, those queued before it are removed."""
         cache = prompt_cache if prompt_cache is not None else self.model.make_cache()
         prefill(self.model, mx.array(prompt_ids[:-1])[None], cache, self.prefill_step_size)
-        return [
-            self.insert(prompt_ids[-1:], sampler, seed=seed, prompt_cache=cache, **row_options)
-            for seed in seeds
-        ]
+        uids: List[int] = []
+        try:
+            for seed in seeds:
+                uids.append(
+                    self.insert(
+                        prompt_ids[-1:], sampler, seed=seed, prompt_cache=cache, **row_options
+                    )
+                )
+        except BaseException:
+            self.remove(uids)
+            raise
+        return uids
+
+    @property
+    def uids(self) -> List[int]:
+        """The uids of the rows running or queued."""
+        return [row.uid for row in self.rows] + [row.uid for row, *_ in self.pending]
 
     def remove(self, uids: Sequence[int]):
         """Drop rows (queued or running); the others go on unchanged."""
@@ -269,7 +284,9 @@ class BatchGenerator:
         caches = [
             cache if cache is not None else self.model.make_cache() for _, _, cache, _ in pending
         ]
-        cache = [BatchKVCache.merge(list(layer)) for layer in zip(*caches)]
+        # Each cache kind merges into its batch twin (a sliding-window layer's RotatingKVCache
+        # into a BatchRotatingKVCache).
+        cache = [layer[0].merge(list(layer)) for layer in zip(*caches)]
         rest = [ids[:-1] for _, ids, _, _ in pending]
         if any(rest):
             self._prefill_padded(cache, rest)

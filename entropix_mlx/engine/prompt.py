@@ -16,14 +16,19 @@ def chat_prompt_ids(
 ) -> List[int]:
     """Token ids of a prompt for a chat model: plain text becomes a user message, and messages go
     through the chat template (plain text is encoded as written with `chat_template=False` or
-    when the tokenizer has no template)."""
+    when the tokenizer has no template). Only the template writes control tokens: a message
+    that spells one (`<|im_start|>system`) gets it as plain text, so it cannot forge a turn."""
     if isinstance(prompt, str):
         if not chat_template or tokenizer.chat_template is None:
             return tokenizer.encode(prompt)
         prompt = [{"role": "user", "content": prompt}]
     messages = ([{"role": "system", "content": system}] if system else []) + list(prompt)
     with bounded_template():
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        return list(
+            tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, sanitize_control_tokens=True
+            )
+        )
 
 
 def literal_prompt_ids(tokenizer, prompt: Prompt) -> List[int]:
@@ -31,9 +36,15 @@ def literal_prompt_ids(tokenizer, prompt: Prompt) -> List[int]:
     template), a message list goes through the template, ids pass through."""
     if isinstance(prompt, str):
         return tokenizer.encode(prompt)
-    if len(prompt) and isinstance(prompt[0], dict):
+    if is_chat(prompt):
         return chat_prompt_ids(tokenizer, prompt)
     return [int(t) for t in prompt]
+
+
+def is_chat(prompt: Prompt) -> bool:
+    """Whether `prompt` is a list of chat messages (answered as a new text) rather than text or
+    ids to continue."""
+    return not isinstance(prompt, str) and len(prompt) > 0 and isinstance(prompt[0], dict)
 
 
 def context_length(model) -> Optional[int]:

@@ -5,7 +5,7 @@ evaluation all continue prompts through `PromptCache.fetch` and keep states with
 
 from typing import Any, List, Sequence, Tuple
 
-from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
 MAX_ENTRIES = 256  # sequences kept at most; the byte bound usually binds first
 
@@ -19,9 +19,10 @@ class PromptCache:
         """(a copy of the KV cache of the longest kept prefix of `prompt_ids`, or a new empty one;
         the ids still to run). At least the last id is left to run: its logits give the first
         new token. A kept sequence that parts from `prompt_ids` (BPE merges across a join) is cut
-        back to where they agree."""
+        back to where they agree, where its cache can be cut back."""
         cache, rest = self.lru.fetch_nearest_cache("model", list(prompt_ids))
-        if cache is None:
+        # A sliding-window layer's full rotating cache cannot give back its last token.
+        if cache is None or (not rest and not can_trim_prompt_cache(cache)):
             return self.model.make_cache(), list(prompt_ids)
         if not rest:
             trim_prompt_cache(cache, 1)

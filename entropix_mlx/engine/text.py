@@ -7,6 +7,9 @@ from typing import Optional, Sequence, Tuple
 # Why a row ended, and the OpenAI finish reason each one is reported as.
 EOS, STOP_STRING, MAX_TOKENS = "eos", "stop_string", "max_tokens"
 FINISH_REASONS = {EOS: "stop", STOP_STRING: "stop", MAX_TOKENS: "length"}
+# Prompt tokens that prime a continuation's detokenizer: one gives the first token its context,
+# a few more let a character split over byte tokens start within them.
+PRIMING_TOKENS = 4
 
 
 def row_end(token: int, eos_ids, generated: int, max_tokens: int) -> Optional[str]:
@@ -50,25 +53,45 @@ class StopMatcher:
 class RowText:
     """The text of one row: `add` each generated token with the engine's end (EOS, MAX_TOKENS
     or None) and get the new text, cut before a stop string, and why the row ended (None while
-    it goes on; STOP_STRING once a stop string is reached, though the engine's row still runs)."""
+    it goes on; STOP_STRING once a stop string is reached, though the engine's row still runs).
 
-    def __init__(self, tokenizer, stops: Sequence[str] = ()):
+    `context`: the prompt tokens the text continues (a completion), whose last few prime the
+    detokenizer, so that the text is exactly what the tokens decode to after the prompt (its
+    first token keeps its leading space); none for a text of its own (a chat answer), whose
+    leading space the detokenizer drops as at the start of any text."""
+
+    def __init__(self, tokenizer, stops: Sequence[str] = (), context: Sequence[int] = ()):
         self.detokenizer = tokenizer.detokenizer
         self.stops = StopMatcher(stops)
         self.end: Optional[str] = None
+        self.offset = 0  # characters of the detokenizer's text already handed out (or primed)
+        primer = [int(t) for t in context[-PRIMING_TOKENS:]]
+        if primer:
+            alone = tokenizer.detokenizer  # the primer's whole text, nothing held back
+            for token in primer:
+                self.detokenizer.add_token(token)
+                alone.add_token(token)
+            alone.finalize()
+            self.offset = len(alone.text)
 
     def add(self, token: int, end: Optional[str]) -> Tuple[str, Optional[str]]:
         if end != EOS:  # the end-of-sequence token is not text
             self.detokenizer.add_token(token)
         if end:
             self.detokenizer.finalize()
-        text, stopped = self.stops.feed(self.detokenizer.last_segment)
+        text, stopped = self.stops.feed(self._new_text())
         if stopped:
             self.end = STOP_STRING
         elif end:
             text += self.stops.flush()
             self.end = end
         return text, self.end
+
+    def _new_text(self) -> str:
+        text = self.detokenizer.text
+        new = text[self.offset :]
+        self.offset = max(self.offset, len(text))
+        return new
 
     @property
     def finish_reason(self) -> Optional[str]:

@@ -27,6 +27,7 @@ class Arm:
     sampler: str  # greedy, standard, entropix, or one of ANSWER_LEVEL
     config: SamplerConfig
     paths: int = 1  # answer-level methods: paths per answer
+    repetition_penalty: Optional[float] = None  # mlx-lm's, over the last 20 tokens (a baseline)
 
     @property
     def deterministic(self) -> bool:
@@ -41,15 +42,16 @@ class Arm:
 
     def settings(self) -> Dict[str, object]:
         """The settings that shape this arm's choices (for the summary)."""
+        penalty = {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty else {}
         if self.sampler == "greedy":
-            return {}
+            return penalty
         if self.sampler == "cot-decoding":
             return {"paths": self.paths, "choice": "largest summed answer-token margin by answer"}
         if self.path_sampler == "standard":
             base = {k: getattr(self.config, k) for k in ("temp", "top_p", "top_k", "min_p")}
             if self.paths > 1:
                 return {**base, "paths": self.paths, "choice": "majority vote"}
-            return base
+            return {**base, **penalty}
         return self.config.to_dict()
 
 

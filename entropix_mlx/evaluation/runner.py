@@ -3,6 +3,7 @@
 Records are dicts with the fields documented in `report.py` (items.jsonl).
 """
 
+import dataclasses
 import hashlib
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from ..sampling import make_sampler, resolve_pause_token
 from .answers import extract_answer, same_number
 from .arms import Arm
 from .choice import score_choices
+from .penalty import with_repetition_penalty
 from .tasks import Item
 from .voting import cot_decoding_choice, majority_vote
 
@@ -50,6 +52,8 @@ class Completion:
     strategies: Counter
     pause_tokens: Optional[int]
     forks: int = 0
+    ids: List[int] = field(default_factory=list)  # the tokens generated, EOS included
+    logprobs: List[float] = field(default_factory=list)  # theirs under the untempered model
 
 
 def item_seed(task: str, index: int, run_seed: int) -> int:
@@ -74,10 +78,14 @@ class Answer:
         self.row_text, self.pause_id = RowText(tokenizer, stop), pause_id
         self.text, self.tokens, self.pauses, self.seconds, self.forks = "", 0, 0, 0.0, 0
         self.strategies: Counter = Counter()
+        self.ids: List[int] = []
+        self.logprobs: List[float] = []
 
     def add(self, row: RowStep) -> Optional[Completion]:
         """Take the row's next token; the Completion once done."""
         self.tokens += 1
+        self.ids.append(row.step.token)
+        self.logprobs.append(row.step.logprob)
         self.forks += row.fork is not None
         self.pauses += row.step.token == self.pause_id
         if row.step.strategy is not None:
@@ -88,7 +96,15 @@ class Answer:
             return None
         pauses = self.pauses if self.pause_id is not None else None
         return Completion(
-            self.text, end, self.tokens, self.seconds, self.strategies, pauses, self.forks
+            self.text,
+            end,
+            self.tokens,
+            self.seconds,
+            self.strategies,
+            pauses,
+            self.forks,
+            self.ids,
+            self.logprobs,
         )
 
 
@@ -147,6 +163,7 @@ class AnswerJob:
     cache: List
     last: List[int]
     budget: int
+    prompt: Sequence[int] = ()  # the whole prompt (a repetition penalty reads its last tokens)
 
 
 def answer_jobs(model, tokenizer, task, arms, seeds, max_tokens, run, log) -> Iterator[AnswerJob]:
@@ -160,15 +177,17 @@ def answer_jobs(model, tokenizer, task, arms, seeds, max_tokens, run, log) -> It
     run.prefix_tokens, run.prefill_seconds = len(prefix_ids), time.perf_counter() - tic
     plan = list(arm_runs(arms, seeds))
     for item in task.items:
-        ids = list(tokenizer.encode(task.prefix + item.prompt))
-        budget = fit_prompt(ids, context_length(model), max_tokens)
+        ids = list(item.ids) or list(tokenizer.encode(task.prefix + item.prompt))
+        budget = fit_prompt(
+            ids, context_length(model), min(item.max_tokens or max_tokens, max_tokens)
+        )
         tic = time.perf_counter()
         cache, rest = shared.fetch(ids)
         cache, last = prefill(model, mx.array(rest[:-1])[None], cache), rest[-1:]
         run.prefill_seconds += time.perf_counter() - tic
         for arm, run_seed in plan:
             sample_seed = None if run_seed is None else item_seed(task.name, item.index, run_seed)
-            yield AnswerJob(item, arm, run_seed, sample_seed, cache, last, budget)
+            yield AnswerJob(item, arm, run_seed, sample_seed, cache, last, budget, ids)
 
 
 def look_ahead(arm: Arm, task, budget: int) -> Optional[LookAheadRules]:
@@ -200,15 +219,7 @@ class Group:
         pick = majority_vote([c.text for c in done]) if len(done) > 1 else 0
         chosen = done[pick]
         seconds = sum(c.seconds for c in done)
-        chosen = Completion(
-            chosen.text,
-            chosen.finish,
-            chosen.tokens,
-            seconds,
-            chosen.strategies,
-            chosen.pause_tokens,
-            chosen.forks,
-        )
+        chosen = dataclasses.replace(chosen, seconds=seconds)
         job = self.job
         record = generation_record(task, job.item, job.arm, job.run_seed, job.sample_seed, chosen)
         record.update(
@@ -217,6 +228,14 @@ class Group:
             paths=len(done),
             path_answers=[extract_answer(c.text) for c in done] if len(done) > 1 else None,
         )
+        if task.kind == "write":  # no right answer: the writing task measures the tokens
+            record.update(
+                answer=None,
+                correct=None,
+                extracted=None,
+                token_ids=chosen.ids,
+                token_logprobs=[round(lp, 6) for lp in chosen.logprobs],
+            )
         return record
 
 
@@ -235,6 +254,8 @@ def run_batched(
     while True:
         while len(batch) < batch_size and (job := next(jobs, None)) is not None:
             step, pause_id = samplers[job.arm.name]
+            if job.arm.repetition_penalty:  # a step of the row's own: it keeps the row's tokens
+                step = with_repetition_penalty(step, job.arm.repetition_penalty, job.prompt)
             paths = job.arm.paths if job.arm.sampler == "self-consistency" else 1
             group = Group(queued, job, [None] * paths)
             for path in range(paths):
@@ -364,6 +385,8 @@ def choice_record(task, item, arm: str, scores: List[float], tokens: int, second
 def running_accuracy(records: List[dict]) -> str:
     totals: Dict[str, List[int]] = {}
     for record in records:
+        if record["correct"] is None:  # a task without right answers (writing)
+            continue
         right_and_n = totals.setdefault(record["arm"], [0, 0])
         right_and_n[0] += record["correct"]
         right_and_n[1] += 1

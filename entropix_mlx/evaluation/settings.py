@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 from ..errors import EvalError
 
 QUICK_ITEMS = {"gsm8k": 2}  # 3 for the others
-QUICK_MAX_TOKENS = {"arith": 6, "gsm8k": 16}
+QUICK_MAX_TOKENS = {"arith": 6, "gsm8k": 16, "writing": 16}
 QUICK_GSM8K_SHOTS = 1  # the 8-shot prefix alone takes minutes to prefill on a CPU
 
 

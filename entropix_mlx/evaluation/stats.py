@@ -1,9 +1,11 @@
-"""Exact statistics for paired accuracy: Wilson intervals and McNemar's exact test."""
+"""Statistics for paired comparisons: Wilson intervals, McNemar's exact test, Wilcoxon's
+signed-rank test."""
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Hashable, Mapping, Tuple
+from typing import Hashable, Mapping, Sequence, Tuple
 
 Z95 = NormalDist().inv_cdf(0.975)  # 1.959964...
 
@@ -53,3 +55,58 @@ def paired_counts(a: Mapping[Hashable, bool], b: Mapping[Hashable, bool]) -> Pai
     only_b = sum(b[k] and not a[k] for k in keys)
     both = sum(a[k] and b[k] for k in keys)
     return PairedCounts(both, only_a, only_b, len(keys) - both - only_a - only_b)
+
+
+@dataclass(frozen=True)
+class SignedRank:
+    """Wilcoxon's signed-rank test on paired differences: W+ (the rank sum of the positive
+    differences), the differences that were not zero, and the two-sided p-value."""
+
+    statistic: float
+    n: int
+    p_value: float
+    exact: bool
+
+
+WILCOXON_EXACT_MAX = 50  # up to this many nonzero differences the null distribution is enumerated
+
+
+def wilcoxon_signed_rank(differences: Sequence[float]) -> SignedRank:
+    """Two-sided Wilcoxon signed-rank test. Zero differences are dropped (Wilcoxon's rule), tied
+    magnitudes share their mean rank; the p-value is exact (the sign-flip distribution of the
+    tied ranks) up to WILCOXON_EXACT_MAX differences, else the normal approximation with the tie
+    correction and no continuity correction."""
+    nonzero = [d for d in differences if d != 0]
+    n = len(nonzero)
+    if n == 0:
+        return SignedRank(0.0, 0, 1.0, True)
+    ranks = mean_ranks([abs(d) for d in nonzero])
+    w_plus = sum(r for r, d in zip(ranks, nonzero) if d > 0)
+    if n <= WILCOXON_EXACT_MAX:
+        doubled = [round(2 * r) for r in ranks]  # mean ranks are halves: doubled, integers
+        counts = [1] + [0] * sum(doubled)  # counts[s]: sign patterns whose doubled W+ is s
+        for r in doubled:
+            counts = [c + (counts[s - r] if s >= r else 0) for s, c in enumerate(counts)]
+        s = round(2 * w_plus)
+        low, high = sum(counts[: s + 1]), sum(counts[s:])
+        return SignedRank(w_plus, n, min(1.0, 2 * min(low, high) / 2**n), True)
+    mean = n * (n + 1) / 4
+    ties = sum(t**3 - t for t in Counter(ranks).values())
+    sd = math.sqrt(n * (n + 1) * (2 * n + 1) / 24 - ties / 48)
+    z = (w_plus - mean) / sd if sd else 0.0
+    return SignedRank(w_plus, n, min(1.0, 2 * NormalDist().cdf(-abs(z))), False)
+
+
+def mean_ranks(values: Sequence[float]) -> list:
+    """1-based ranks of `values`, ties given the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start : end + 1]:
+            ranks[i] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks

@@ -56,6 +56,8 @@ class Item:
     answer: str  # the gold number, or for multiple choice the gold index as text
     group: Optional[str] = None  # e.g. the arithmetic difficulty level
     choices: Tuple[str, ...] = ()
+    ids: Tuple[int, ...] = ()  # the whole prompt already encoded (then `prompt` is for display)
+    max_tokens: Optional[int] = None  # this item's own answer budget, below the run's
 
 
 @dataclass(frozen=True)

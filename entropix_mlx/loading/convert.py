@@ -1,11 +1,13 @@
 """Write a loaded model as an MLX folder that mlx-lm's own `load` opens too."""
 
+import copy
 import tempfile
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
 
+import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.utils import save_config, save_model
 
@@ -91,7 +93,27 @@ def check_destination(dst: Path):
     tempfile.TemporaryDirectory(dir=parent).cleanup()  # before the long load: can one be made?
 
 
+def fused(layers) -> nn.Module:
+    """One layer whose output rows are the given layers' in order (same kind and settings)."""
+    layer = copy.copy(layers[0])
+    for key, value in layers[0].items():
+        if isinstance(value, mx.array):
+            layer[key] = mx.concatenate([part[key] for part in layers])
+    return layer
+
+
+def fuse_phi3(model: nn.Module):
+    """mlx-lm's Phi-3 reads q/k/v as one `qkv_proj` and gate/up as one `gate_up_proj` (in a
+    Phi-3 GGUF or folder they are stored fused, so the parts share one quantization)."""
+    for layer in model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.qkv_proj = fused([attn.pop(name) for name in ("q_proj", "k_proj", "v_proj")])
+        mlp.gate_up_proj = fused([mlp.pop(name) for name in ("gate_proj", "up_proj")])
+
+
 def write_folder(folder: Path, model: nn.Module, tokenizer, info):
+    if info.args.model_type == "phi3":
+        fuse_phi3(model)
     save_model(folder, model)
     config = {k: v for k, v in asdict(info.args).items() if v is not None}
     config["eos_token_id"] = sorted(tokenizer.eos_token_ids)

@@ -1,19 +1,24 @@
-"""GGUF (llama architecture) -> ModelArgs, weights under this project's names, tokenizer.
+"""GGUF -> model args, weights under this project's names, tokenizer.
 
 The file is read through one memory map (`gguf_file`), one tensor at a time, and its
-metadata is checked against the tensors present before any layer is built. `gguf_quants` turns
-each tensor into MLX arrays without loss: quantized layers, with bits and group size read back
-off the shapes (16-value groups become `model.sub_block_quant` layers).
+metadata is checked against the tensors present before any layer is built (`gguf_arch`: what
+each architecture stores where). `gguf_quants` turns each tensor into MLX arrays without loss:
+quantized layers, with bits and group size read back off the shapes (16-value groups become
+`model.sub_block_quant` layers).
 
-RoPE layout: llama.cpp stores the rows of the Q and K projections permuted for its
-interleaved ("traditional") RoPE. We undo that permutation on load (rows of weight, scales
-and biases alike), so the model uses the same half-split RoPE as Hugging Face and mlx-lm,
-and a converted folder is the same weights for both.
+RoPE layout: in Llama-style files llama.cpp stores the rows of the Q and K projections
+permuted for its interleaved ("traditional") RoPE. We undo that permutation on load (rows of
+weight, scales and biases alike), so the model uses the same half-split RoPE as Hugging Face
+and mlx-lm, and a converted folder is the same weights for both. Gemma's norms, stored as
+1 + w, are stored back as w.
 """
 
-import math
+import ctypes
+import ctypes.util
+import gc
+from functools import partial
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -21,29 +26,12 @@ import numpy as np
 from mlx.utils import tree_unflatten
 
 from ..errors import ModelLoadError
-from ..model.llama import Model, ModelArgs
+from ..model import classes
 from ..model.sub_block_quant import SUB_BLOCK, sub_block_layer
-from .checks import held_layers
+from .gguf_arch import ROPE_TENSORS, Arch, arch_of, args_from_metadata, project_name
 from .gguf_file import GGUFFile, TensorInfo
 from .gguf_quants import FLOAT_TYPES, SUB_BLOCK_TYPES, SUPPORTED_TYPES, tensor_arrays
 from .gguf_tokenizer import tokenizer_from_gguf_metadata
-
-_LAYER_NAMES = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
-_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-
-
-_REQUIRED_KEYS = ("embedding_length", "block_count", "feed_forward_length", "attention.head_count")
-_OPTIONAL_TENSORS = {"output.weight", "rope_freqs.weight"}
 
 
 def check_tensor_types(name: str, tensors: Iterable[TensorInfo]):
@@ -54,161 +42,6 @@ def check_tensor_types(name: str, tensors: Iterable[TensorInfo]):
                 f"load (it loads {', '.join(sorted(q.name for q in SUPPORTED_TYPES))}); re-quantize with "
                 "llama.cpp (e.g. to Q4_K_M) or use the model's MLX / Hugging Face folder"
             )
-
-
-def _positive_int(name: str, metadata: dict, key: str, default=None) -> int:
-    value = metadata.get(f"llama.{key}", default)
-    if value is None:
-        raise ModelLoadError(f"{name}: the GGUF metadata lacks llama.{key}; the file is incomplete")
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ModelLoadError(
-            f"{name}: llama.{key} is {value!r}, not a positive integer; the file is damaged"
-        )
-    return value
-
-
-def _positive_float(name: str, metadata: dict, key: str, default=None) -> float:
-    value = metadata.get(f"llama.{key}", default)
-    if value is None:
-        raise ModelLoadError(f"{name}: the GGUF metadata lacks llama.{key}; the file is incomplete")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ModelLoadError(
-            f"{name}: llama.{key} is {value!r}, not a positive finite number; the file is damaged"
-        )
-    return float(value)
-
-
-def args_from_metadata(
-    name: str, metadata: dict, shapes: Dict[str, tuple], rope_freqs=None
-) -> ModelArgs:
-    """ModelArgs from the `llama.*` keys, checked against the tensor shapes (GGUF order) present.
-
-    Everything is checked before a layer is built, so a bad key can neither crash deep in MLX
-    nor make a million layers.
-    """
-    arch = metadata.get("general.architecture")
-    if arch != "llama":
-        raise ModelLoadError(
-            f"GGUF architecture {arch!r} is not supported; entropix-mlx runs llama-architecture models"
-        )
-    hidden, n_layers, ffn, n_heads = (_positive_int(name, metadata, k) for k in _REQUIRED_KEYS)
-    n_kv_heads = _positive_int(name, metadata, "attention.head_count_kv", n_heads)
-    if n_heads % n_kv_heads:
-        raise ModelLoadError(
-            f"{name}: llama.attention.head_count_kv {n_kv_heads} does not divide "
-            f"llama.attention.head_count {n_heads}; the file is damaged"
-        )
-    head_dim = _positive_int(name, metadata, "attention.key_length", max(hidden // n_heads, 1))
-    _check_block_count(name, n_layers, shapes)
-    if "token_embd.weight" not in shapes:
-        raise ModelLoadError(f"{name}: the file has no token_embd.weight tensor; it is incomplete")
-    context = metadata.get("llama.context_length")
-    if context is not None:
-        context = _positive_int(name, metadata, "context_length")
-    args = ModelArgs(
-        hidden_size=hidden,
-        num_hidden_layers=n_layers,
-        intermediate_size=ffn,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads,
-        head_dim=head_dim,
-        vocab_size=metadata.get("llama.vocab_size") or shapes["token_embd.weight"][-1],
-        rms_norm_eps=_positive_float(name, metadata, "attention.layer_norm_rms_epsilon", 1e-5),
-        rope_theta=_positive_float(name, metadata, "rope.freq_base", 10000.0),
-        rope_scaling=_rope_scaling(name, metadata, rope_freqs, context),
-        max_position_embeddings=context,
-        tie_word_embeddings="output.weight" not in shapes,
-    )
-    _check_shapes(name, args, shapes)
-    return args
-
-
-def _check_block_count(name: str, n_layers: int, shapes: Dict[str, tuple]):
-    blocks = held_layers(shapes, "blk")
-    if blocks != n_layers:
-        raise ModelLoadError(
-            f"{name}: llama.block_count is {n_layers} but the file holds tensors for {blocks} "
-            "blocks; the file is damaged"
-        )
-
-
-def _rope_scaling(name: str, metadata: dict, rope_freqs, context: Optional[int]) -> Optional[dict]:
-    """Llama 3.1+ `rope_freqs` (divisors of each rotary frequency) as mlx-lm's RoPE scaling.
-
-    mlx-lm's "longrope" multiplies each wavelength base^(2i/d) by its factor, the same as
-    dividing the frequency; with the original context equal to the context it scales nothing
-    else, so our model and mlx-lm (on a converted folder) run the file as llama.cpp does.
-    """
-    if rope_freqs is not None:
-        if not context:
-            raise ModelLoadError(
-                f"{name}: has rope_freqs.weight but no llama.context_length; the file is incomplete"
-            )
-        if not (np.isfinite(rope_freqs).all() and (rope_freqs > 0).all()):
-            raise ModelLoadError(
-                f"{name}: rope_freqs.weight must hold positive finite factors; the file is damaged"
-            )
-        factors = rope_freqs.astype(float).tolist()
-        return {
-            "type": "longrope",
-            "long_factor": factors,
-            "short_factor": factors,
-            "original_max_position_embeddings": context,
-        }
-    if metadata.get("llama.rope.scaling.type") == "linear":
-        return {"type": "linear", "factor": _positive_float(name, metadata, "rope.scaling.factor")}
-    return None
-
-
-def expected_shapes(args: ModelArgs) -> Dict[str, tuple]:
-    """Every tensor a llama GGUF of these args may hold -> its shape (GGUF order, row length first)."""
-    h, f, vocab = args.hidden_size, args.intermediate_size, args.vocab_size
-    q, kv = args.num_attention_heads * args.head_dim, args.num_key_value_heads * args.head_dim
-    layer = {
-        "attn_norm": (h,),
-        "ffn_norm": (h,),
-        "attn_q": (h, q),
-        "attn_k": (h, kv),
-        "attn_v": (h, kv),
-        "attn_output": (q, h),
-        "ffn_gate": (h, f),
-        "ffn_up": (h, f),
-        "ffn_down": (f, h),
-    }
-    shapes = {
-        "token_embd.weight": (h, vocab),
-        "output_norm.weight": (h,),
-        "output.weight": (h, vocab),
-        "rope_freqs.weight": (args.head_dim // 2,),
-    }
-    for i in range(args.num_hidden_layers):
-        shapes.update({f"blk.{i}.{k}.weight": s for k, s in layer.items()})
-    return shapes
-
-
-def _check_shapes(name: str, args: ModelArgs, shapes: Dict[str, tuple]):
-    expected = expected_shapes(args)
-    for tensor, shape in shapes.items():
-        if tensor not in expected:
-            raise ModelLoadError(
-                f"{name}: unexpected tensor {tensor}, which a llama model does not have"
-            )
-        if shape != expected[tensor]:
-            raise ModelLoadError(
-                f"{name}: tensor {tensor} has shape {list(shape)}, but the llama.* metadata implies "
-                f"{list(expected[tensor])}; the file is inconsistent"
-            )
-    missing = [t for t in expected if t not in shapes and t not in _OPTIONAL_TENSORS]
-    if missing:
-        raise ModelLoadError(f"{name}: the file has no {missing[0]} tensor; it is incomplete")
-
-
-def project_name(gguf_name: str) -> str:
-    """`blk.3.attn_q.scales` -> `model.layers.3.self_attn.q_proj.scales`."""
-    parts = gguf_name.split(".")
-    if parts[0] == "blk":
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
-    return f"{_TOP_NAMES[parts[0]]}.{parts[1]}"
 
 
 def unpermute_rows(x: mx.array, n_heads: int) -> mx.array:
@@ -237,32 +70,40 @@ def quantize_like(model: nn.Module, weights: Dict[str, mx.array]):
     model.update_modules(tree_unflatten(layers))
 
 
-def read_weights(gguf: GGUFFile, args: ModelArgs) -> Dict[str, mx.array]:
-    """Every tensor but rope_freqs as MLX arrays under this project's names, one at a time."""
+def read_weights(gguf: GGUFFile, arch: Arch, args) -> Dict[str, mx.array]:
+    """Every weight tensor as MLX arrays under this project's names, one at a time."""
     weights = {}
     for t in gguf.tensors.values():
-        if t.name == "rope_freqs.weight":
+        if t.name in ROPE_TENSORS:
             continue
         shape = t.shape[::-1]
-        arrays = tensor_arrays(
-            gguf.tensor_bytes(t), t.qtype, shape, f"{gguf.path.name}: tensor {t.name}"
-        )
+        label = f"{gguf.path.name}: tensor {t.name}"
+        done = partial(gguf.release, t)
+        arrays = tensor_arrays(gguf.tensor_bytes(t), t.qtype, shape, label, done)
+        base, suffix = t.name.rsplit(".", 1)  # suffix: "weight" or "bias"
         for leaf, w in arrays.items():
-            if ".attn_q." in t.name:
+            if arch.permuted and ".attn_q." in t.name:
                 w = unpermute_rows(w, args.num_attention_heads)
-            elif ".attn_k." in t.name:
+            elif arch.permuted and ".attn_k." in t.name:
                 w = unpermute_rows(w, args.num_key_value_heads)
-            weights[project_name(f"{t.name.rsplit('.', 1)[0]}.{leaf}")] = mx.eval(w) or w
+            elif arch.norm_shift and t.name.endswith("norm.weight"):
+                w = w - arch.norm_shift
+            leaf = suffix if leaf == "weight" else leaf  # a quantized tensor's scales, biases
+            weights[project_name(f"{base}.{leaf}", arch)] = mx.eval(w) or w
         gguf.release(t)
     return weights
 
 
-def read_rope_freqs(gguf: GGUFFile) -> Optional[np.ndarray]:
-    t = gguf.tensors.get("rope_freqs.weight")
-    if t is None:
-        return None
-    label = f"{gguf.path.name}: tensor {t.name}"
-    return np.array(tensor_arrays(gguf.tensor_bytes(t), t.qtype, t.shape[::-1], label)["weight"])
+def read_rope_tensors(gguf: GGUFFile) -> Dict[str, np.ndarray]:
+    out = {}
+    for name in ROPE_TENSORS:
+        t = gguf.tensors.get(name)
+        if t is not None:
+            label = f"{gguf.path.name}: tensor {t.name}"
+            out[name] = np.array(
+                tensor_arrays(gguf.tensor_bytes(t), t.qtype, t.shape[::-1], label)["weight"]
+            )
+    return out
 
 
 def describe(tensors: Iterable[TensorInfo]) -> str:
@@ -273,28 +114,40 @@ def describe(tensors: Iterable[TensorInfo]) -> str:
     return f"{kinds}; {padded} in 16-value groups" if padded else kinds
 
 
-def check_gguf(gguf: GGUFFile) -> ModelArgs:
+def check_gguf(gguf: GGUFFile):
     """The model's args, after checking the tensor types and the metadata against the tensors."""
     check_tensor_types(gguf.path.name, gguf.tensors.values())
     shapes = {name: t.shape for name, t in gguf.tensors.items()}
-    return args_from_metadata(gguf.path.name, gguf.metadata, shapes, read_rope_freqs(gguf))
+    return args_from_metadata(gguf.path.name, gguf.metadata, shapes, read_rope_tensors(gguf))
 
 
-def build_model(gguf: GGUFFile, args: ModelArgs) -> Model:
-    weights = read_weights(gguf, args)
-    model = Model(args)
+def build_model(gguf: GGUFFile, args) -> nn.Module:
+    arch = arch_of(gguf.path.name, gguf.metadata)
+    weights = read_weights(gguf, arch, args)
+    model = classes(args.model_type)[0](args)
+    weights = model.sanitize(weights)
     quantize_like(model, weights)
-    model.load_weights(list(model.sanitize(weights).items()), strict=True)
+    model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())
     return model
 
 
-def load_gguf(path: Path) -> Tuple[Model, object, ModelArgs, str]:
-    """Load a llama GGUF file -> (model, tokenizer, args, quantization description)."""
+def release_freed_heap():
+    """Hand memory Python freed back to the system (glibc keeps it otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # no glibc (macOS): nothing to do
+        pass
+
+
+def load_gguf(path: Path) -> Tuple[nn.Module, object, object, str]:
+    """Load a GGUF file -> (model, tokenizer, args, quantization description)."""
     gguf = GGUFFile(path)
     args = check_gguf(gguf)
     # The tokenizer first, so its temporary memory and the vocabulary's lists in the metadata
     # (7 MB on SmolLM2) are free again before the weights arrive.
     tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
     gguf.metadata = {k: v for k, v in gguf.metadata.items() if not k.startswith("tokenizer.ggml.")}
+    release_freed_heap()  # Gemma's 262k-token vocabulary leaves ~100 MB of it behind
     return build_model(gguf, args), tokenizer, args, describe(gguf.tensors.values())

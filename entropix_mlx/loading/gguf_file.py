@@ -10,7 +10,7 @@ import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
@@ -153,10 +153,12 @@ class GGUFFile:
         """The tensor's raw bytes: a view into the map, read only when used."""
         return np.frombuffer(self._map, np.uint8, count=info.n_bytes, offset=info.offset)
 
-    def release(self, info: TensorInfo):
-        """Drop the pages up to the end of this tensor from this process's memory.
+    def release(self, info: TensorInfo, n_bytes: Optional[int] = None):
+        """Drop the pages up to the end of this tensor (or of its first `n_bytes`, for a
+        tensor converted piece by piece) from this process's memory.
 
         The whole prefix, not only the tensor: the kernel maps pages around each one read
         ("fault-around"), which maps the end of earlier tensors back in.
         """
-        self._map.madvise(mmap.MADV_DONTNEED, 0, info.offset + info.n_bytes)
+        end = info.offset + (info.n_bytes if n_bytes is None else n_bytes)
+        self._map.madvise(mmap.MADV_DONTNEED, 0, end - end % mmap.PAGESIZE)

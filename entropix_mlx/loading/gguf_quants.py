@@ -37,6 +37,7 @@ SUB_BLOCK_TYPES = {T.Q6_K, T.Q2_K}  # a scale and bias per 16 values: padded to 
 # Values converted at a time. Small enough that malloc reuses the chunks' temporaries: with
 # 1 << 20 they were left behind as 13 MB of freed heap on the default model.
 _CHUNK_VALUES = 1 << 16
+_SLAB_VALUES = 1 << 22
 
 
 def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
@@ -158,8 +159,8 @@ def _exact_dtype(*arrays: np.ndarray) -> Tuple[np.ndarray, ...]:
     return tuple(halves) if exact else arrays
 
 
-def _row_chunks(rows: int, row_length: int):
-    step = max(1, _CHUNK_VALUES // row_length)
+def _row_chunks(rows: int, row_length: int, values: int):
+    step = max(1, values // row_length)
     return (slice(i, min(i + step, rows)) for i in range(0, rows, step))
 
 
@@ -169,33 +170,50 @@ def _pad_sub_blocks(codes: np.ndarray) -> np.ndarray:
     return np.concatenate([codes, np.zeros_like(codes)], axis=-1).reshape(len(codes), -1)
 
 
-def _affine(raw: np.ndarray, qtype: T, row_length: int, label: str) -> Dict[str, mx.array]:
+def _affine(
+    raw: np.ndarray, qtype: T, row_length: int, label: str, done: Callable[[int], None]
+) -> Dict[str, mx.array]:
     bits, scale_bias, codes_of = AFFINE_TYPES[qtype]
     block_bytes = GGML_QUANT_SIZES[qtype][1]
     padded = qtype in SUB_BLOCK_TYPES
     rows, groups = len(raw), row_length // (SUB_BLOCK if padded else GROUP_SIZE)
-    weight = np.empty((rows, (2 if padded else 1) * row_length * bits // 32), np.uint32)
+    columns = (2 if padded else 1) * row_length * bits // 32
+    # The codes go into their MLX array a slab at a time (written in place), so the load
+    # never holds a tensor's codes twice (the Gemma 3 embedding's are 160 MB).
+    weight = mx.zeros((rows, columns), mx.uint32)
     scales = np.empty((rows, groups), np.float32)
     biases = np.empty((rows, groups), np.float32)
-    for chunk in _row_chunks(rows, row_length):
-        blocks = raw[chunk].reshape(-1, block_bytes)
-        scale, bias = scale_bias(blocks)
-        scales[chunk], biases[chunk] = scale.reshape(-1, groups), bias.reshape(-1, groups)
-        codes = codes_of(blocks).reshape(len(scales[chunk]), -1)
-        weight[chunk] = pack(_pad_sub_blocks(codes) if padded else codes, bits)
+    for slab in _row_chunks(rows, row_length, _SLAB_VALUES):
+        packed = np.empty((slab.stop - slab.start, columns), np.uint32)
+        for chunk in _row_chunks(slab.stop - slab.start, row_length, _CHUNK_VALUES):
+            rows_in = slice(slab.start + chunk.start, slab.start + chunk.stop)
+            blocks = raw[rows_in].reshape(-1, block_bytes)
+            scale, bias = scale_bias(blocks)
+            scales[rows_in], biases[rows_in] = scale.reshape(-1, groups), bias.reshape(-1, groups)
+            codes = codes_of(blocks).reshape(chunk.stop - chunk.start, -1)
+            packed[chunk] = pack(_pad_sub_blocks(codes) if padded else codes, bits)
+        weight[slab] = mx.array(packed)
+        mx.eval(weight)
+        mx.clear_cache()  # the slab's copy: MLX would keep it for reuse
+        done(slab.stop * raw.shape[1])
     _check_finite(scales, label)
     _check_finite(biases, label)
     scales, biases = _exact_dtype(scales, biases)
-    return {"weight": mx.array(weight), "scales": mx.array(scales), "biases": mx.array(biases)}
+    return {"weight": weight, "scales": mx.array(scales), "biases": mx.array(biases)}
 
 
 def tensor_arrays(
-    raw: np.ndarray, qtype: T, shape: Tuple[int, ...], label: str
+    raw: np.ndarray,
+    qtype: T,
+    shape: Tuple[int, ...],
+    label: str,
+    done: Callable[[int], None] = lambda n_bytes: None,
 ) -> Dict[str, mx.array]:
     """One GGUF tensor -> `{"weight"}` (float) or `{"weight", "scales", "biases"}` (quantized).
 
     `raw`: the tensor's bytes (a view into the memory-mapped file); `shape` in numpy order,
-    the row length last; `label` names the tensor in errors.
+    the row length last; `label` names the tensor in errors; `done(n)` is told as the first
+    n bytes of `raw` are no longer needed.
     """
     rows, row_length = int(np.prod(shape[:-1])), shape[-1]
     if qtype in FLOAT_TYPES:
@@ -207,5 +225,5 @@ def tensor_arrays(
             raise non_finite(label, "fetch it again")
         return {"weight": array}
     raw = np.frombuffer(raw, np.uint8).reshape(rows, -1)
-    arrays = _affine(raw, qtype, row_length, label)
+    arrays = _affine(raw, qtype, row_length, label, done)
     return {k: v.reshape(*shape[:-1], v.shape[-1]) for k, v in arrays.items()}

@@ -1,6 +1,6 @@
 """An MLX or Hugging Face folder (config.json, safetensors, tokenizer files), or a Hub repo id.
 
-mlx-lm reads the folder (`load_model` with this project's Llama classes, `load_tokenizer`);
+mlx-lm reads the folder (`load_model` with this project's model classes, `load_tokenizer`);
 what is added here is the checking that turns a bad file into one clear line.
 """
 
@@ -11,17 +11,15 @@ from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.rope_utils import initialize_rope
 from mlx_lm.utils import load_config, load_model, load_tokenizer
 
 from ..errors import ModelLoadError
-from ..model.llama import Model, ModelArgs
+from ..model import SUPPORTED, classes
 from .checks import held_layers
 
-SUPPORTED_MODEL_TYPES = ("llama",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
-# The config.json keys ModelArgs reads: (type, required); all numbers must be positive and
+# The config.json keys the models read: (type, required); all numbers must be positive and
 # finite, whole numbers below 2**31 (MLX's array dimensions are 32-bit).
 MAX_SIZE = 2**31
 CONFIG_FIELDS = {
@@ -36,11 +34,41 @@ CONFIG_FIELDS = {
     "rms_norm_eps": (float, False),
     "rope_theta": (float, False),
     "tie_word_embeddings": (bool, False),
+    "sliding_window": (int, False),
+    "query_pre_attn_scalar": (float, False),
+}
+# Multimodal checkpoints whose text model runs here: wrapper type -> the text model's type when
+# `text_config` names none, and the text config's Hugging Face defaults (a Gemma 3 4B's
+# text_config leaves out the heads and the vocabulary).
+WRAPPERS = {
+    "mistral3": ("mistral", {}),
+    "gemma3": (
+        "gemma3_text",
+        {
+            "vocab_size": 262208,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "head_dim": 256,
+            "query_pre_attn_scalar": 256,
+            "rms_norm_eps": 1e-6,
+            "sliding_window": 4096,
+            "max_position_embeddings": 131072,
+        },
+    ),
 }
 
 
+def unsupported(what: str) -> str:
+    """The refusal line for an architecture this project cannot run."""
+    return (
+        f"{what} is not supported; entropix-mlx runs these architectures: "
+        f"{', '.join(SUPPORTED)} (and the text model of mistral3 and gemma3 checkpoints)"
+    )
+
+
 def read_config(folder: Path) -> dict:
-    """mlx-lm's view of config.json, checked to describe a Llama this project can build."""
+    """config.json as the model classes read it (`text_config` unwrapped, transformers 5's
+    `rope_parameters` spelled out), checked to describe a model this project can build."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ModelLoadError(
@@ -57,12 +85,10 @@ def read_config(folder: Path) -> dict:
         config = None
     if not isinstance(config, dict):
         raise ModelLoadError(f"{config_path} is not a JSON object; fix or re-download it")
+    config = text_model_config(config)
     model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(
-            f"model_type {model_type!r} in {config_path} is not supported; "
-            "entropix-mlx runs llama-architecture models"
-        )
+    if model_type not in SUPPORTED:
+        raise ModelLoadError(f"model_type {model_type!r} in {config_path}: {unsupported('it')}")
     for key, (kind, required) in CONFIG_FIELDS.items():
         problem = config_problem(config.get(key), kind, required)
         if problem:
@@ -70,10 +96,22 @@ def read_config(folder: Path) -> dict:
                 f"{key} in {config_path} {problem}; fix or re-download config.json"
             )
     try:
-        ModelArgs.from_dict(config)
+        classes(model_type)[1].from_dict(config)
     except ValueError as e:  # heads that do not divide
         raise ModelLoadError(f"config.json is inconsistent: {e}; fix or re-download it") from None
-    check_rope_scaling(config, config_path)
+    check_settings(config, config_path)
+    return config
+
+
+def check_settings(config: dict, config_path: Path):
+    """`rope_scaling` and `quantization`, when set, must be objects of positive numbers."""
+    scaling = config.get("rope_scaling")
+    factor = scaling.get("factor", 1.0) if isinstance(scaling, dict) else None
+    if scaling is not None and config_problem(factor, float, True):
+        raise ModelLoadError(
+            f"rope_scaling in {config_path} must be an object with a positive finite factor, got "
+            f"{_short(scaling)}; fix or re-download config.json"
+        )
     quantization = config.get("quantization")
     if quantization is not None and not (
         isinstance(quantization, dict)
@@ -83,7 +121,39 @@ def read_config(folder: Path) -> dict:
             f"quantization in {config_path} must be an object with whole-number bits and "
             f"group_size, got {_short(quantization)}; fix or re-download config.json"
         )
-    return config
+
+
+def text_model_config(config: dict) -> dict:
+    """The text model's settings: a wrapper's `text_config` over its own keys (the
+    quantization stays), with `rope_parameters` read into the keys the models take."""
+    wrapper = config.get("model_type")
+    if wrapper in WRAPPERS and isinstance(config.get("text_config"), dict):
+        text_type, defaults = WRAPPERS[wrapper]
+        text = {"model_type": text_type, **defaults, **config["text_config"]}
+        config = {**config, **text}
+    return {**config, **rope_settings(config)}
+
+
+def rope_settings(config: dict) -> dict:
+    """transformers 5 nests RoPE settings in `rope_parameters` (per layer type for Gemma 3):
+    -> `rope_theta`, `rope_scaling` (None for plain RoPE), `partial_rotary_factor` and Gemma's
+    `rope_local_base_freq`."""
+    rope = config.get("rope_parameters")
+    if not isinstance(rope, dict):
+        return {}
+    out = {}
+    if isinstance(rope.get("full_attention"), dict):
+        local = rope.get("sliding_attention") or {}
+        if "rope_theta" in local:
+            out["rope_local_base_freq"] = local["rope_theta"]
+        rope = rope["full_attention"]
+    if "rope_theta" in rope:
+        out["rope_theta"] = rope["rope_theta"]
+    if "partial_rotary_factor" in rope:
+        out["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    out["rope_scaling"] = None if kind == "default" else rope
+    return out
 
 
 def config_problem(value, kind: type, required: bool) -> Optional[str]:
@@ -113,29 +183,6 @@ def _short(value) -> str:
     return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
-def check_rope_scaling(config: dict, config_path: Path):
-    """`rope_scaling` as mlx-lm builds it: an object whose `factor`, if any, is positive."""
-    scaling = config.get("rope_scaling")
-    if scaling is None:
-        return
-    factor = scaling.get("factor", 1.0) if isinstance(scaling, dict) else None
-    if not isinstance(scaling, dict) or config_problem(factor, float, True):
-        raise ModelLoadError(
-            f"rope_scaling in {config_path} must be an object with a positive finite factor, got "
-            f"{_short(scaling)}; fix or re-download config.json"
-        )
-    args = ModelArgs.from_dict(config)
-    try:
-        initialize_rope(
-            args.head_dim, args.rope_theta, False, scaling, args.max_position_embeddings
-        )
-    except (AssertionError, KeyError, TypeError, ValueError, ZeroDivisionError) as e:
-        raise ModelLoadError(
-            f"rope_scaling in {config_path} is not one mlx-lm can build ({type(e).__name__}: "
-            f"{e}); fix or re-download config.json"
-        ) from None
-
-
 def check_weight_names(folder: Path, config: dict):
     """config.json against the names in the weight files (read lazily, before any layer is
     built): as many layers as num_hidden_layers says; quantized layers if `quantization` is set.
@@ -161,15 +208,17 @@ def check_weight_names(folder: Path, config: dict):
         )
 
 
-def llama_classes(config: dict):
-    """mlx-lm's model-class hook: this project's Llama port instead of mlx-lm's own."""
-    return Model, ModelArgs
+def model_classes(config: dict):
+    """mlx-lm's model-class hook: this project's models instead of mlx-lm's own."""
+    return classes(text_model_config(config)["model_type"])
 
 
-def read_model(folder: Path, quantize: Optional[int] = None):
+def read_model(folder: Path, config: dict, quantize: Optional[int] = None):
     """The model (weights still lazy) and its quantization description."""
     try:
-        model, config = load_model(folder, lazy=True, get_model_classes=llama_classes)
+        model, config = load_model(
+            folder, lazy=True, get_model_classes=model_classes, model_config=config
+        )
     except FileNotFoundError:
         raise ModelLoadError(
             f"{folder} has no model*.safetensors weight files; download the weights too"
@@ -180,9 +229,10 @@ def read_model(folder: Path, quantize: Optional[int] = None):
         ) from None
     except KeyError as e:  # mlx-lm indexes the quantization settings it expects
         raise ModelLoadError(f"config.json lacks the quantization setting {e}; fix it") from None
-    except ValueError as e:  # mlx-lm lists the missing or unexpected tensors over several lines
+    except ValueError as e:  # mlx-lm lists missing or unexpected tensors over several lines
         raise ModelLoadError(
-            f"weights do not match the config: {' '.join(str(e).split())}"
+            f"the model cannot be built from {folder} ({' '.join(str(e).split())}); fix or "
+            "re-download config.json and the weights"
         ) from None
     q = config.get("quantization")
     if q:
@@ -199,7 +249,7 @@ def load_folder(folder: Path, quantize: Optional[int] = None):
     """Load an MLX / Hugging Face folder -> (model, tokenizer, args, quantization description)."""
     config = read_config(folder)
     check_weight_names(folder, config)
-    model, description = read_model(folder, quantize)
+    model, description = read_model(folder, config, quantize)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ModelLoadError(
             f"{folder} has no tokenizer.json or tokenizer.model; add the tokenizer files"

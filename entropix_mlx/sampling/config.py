@@ -22,6 +22,8 @@ MAX_CANDIDATES = 100
 MAX_ADAPTIVE_SAMPLES = 64
 MAX_BRANCH_K = 8  # look-ahead forks at most this many candidates (each is a batch row)
 BRANCH_SCORES = ("margin", "logprob")
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32; below it, zero or subnormal
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class SamplerConfig:
     # Look-ahead branching (beyond the original; branch_k 0 keeps the one hotter sample).
     # Where the branch strategy is chosen, fork the top branch_k candidates, roll each out
     # for up to branch_horizon tokens or to a boundary, score it by branch_score (see
-    # entropix_mlx/branching.py) and keep the winner; at most max_branch_points forks.
+    # entropix_mlx/engine/lookahead.py) and keep the winner; at most max_branch_points forks.
     branch_k: int = 0
     branch_horizon: int = 6
     max_branch_points: int = 4
@@ -198,32 +200,51 @@ _TEXT_FIELDS = {"pause_token", "branch_score"}
 
 def _check_text(name, value):
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+        raise ConfigError(f"{name} must be a non-empty string, got {value!r}", name)
 
 
 def _check_int(name, value, optional=False):
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
+        raise ConfigError(f"{name} must be an integer, got {value!r}", name)
 
 
 def _check_number(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
+        raise ConfigError(f"{name} must be a number, got {value!r}", name)
     try:
-        finite = math.isfinite(value)
-    except OverflowError:  # a whole number too large for a float
-        raise ConfigError(f"{name} must be finite, got a {len(str(value))}-digit number") from None
-    if not finite:
-        raise ConfigError(f"{name} must be finite, got {value!r}")
+        size = abs(float(value))
+    except OverflowError:  # an integer past float64
+        raise ConfigError(f"{name} must be finite, got {_short(value)}", name) from None
+    if not math.isfinite(size):
+        raise ConfigError(f"{name} must be finite, got {value!r}", name)
+    # The sampler computes in float32: a value it would round to 0 or to infinity means
+    # something else there (top_p 1e-300 would keep no token at all).
+    if size and size < FLOAT32_TINY:
+        raise ConfigError(
+            f"{name} {value!r} is too small for float32, which the sampler computes in; "
+            f"a value other than 0 needs a size of at least {FLOAT32_TINY:.2g}",
+            name,
+        )
+    if size > FLOAT32_MAX:
+        raise ConfigError(
+            f"{name} {_short(value)} is too large for float32, which the sampler computes in; "
+            f"use a size of at most {FLOAT32_MAX:.2g}",
+            name,
+        )
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(str(abs(value)))} digits)"
 
 
 def _check_range(name, value, low, high, rule, low_open=False, high_open=False):
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
-        raise ConfigError(f"{name} {rule}, got {value!r}")
+        raise ConfigError(f"{name} {rule}, got {_short(value)}", name)
 
 
 def _toml_value(value):

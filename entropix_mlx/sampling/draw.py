@@ -26,7 +26,9 @@ def top_candidates(logits: mx.array, k: int = MAX_CANDIDATES) -> tuple[mx.array,
 def candidate_log_probs(logits: mx.array, candidate_logits: mx.array, temperature: mx.array):
     """log q of each candidate, q = softmax(logits / temperature) over the FULL vocabulary."""
     t = temperature[:, None]
-    return candidate_logits / t - logsumexp(logits / t)
+    # Shifted so that the largest is 0: a tiny temperature sends the others to -inf, not to inf.
+    top = candidate_logits[:, :1]
+    return (candidate_logits - top) / t - logsumexp((logits - top) / t)
 
 
 def keep_mask(log_q: mx.array, top_p: mx.array, top_k: mx.array, min_p: mx.array) -> mx.array:
@@ -124,7 +126,8 @@ def make_standard_sampler(
         logits = logits.astype(mx.float32)
         batch, vocab = logits.shape
         if top_k == 0 and top_p == 1.0 and min_p == 0.0:
-            token = categorical(logits * (1 / temperature), key).astype(mx.int32)
+            shifted = logits - mx.max(logits, axis=-1, keepdims=True)  # as in candidate_log_probs
+            token = categorical(shifted * (1 / temperature), key).astype(mx.int32)
         else:
             candidate_logits, candidate_ids = top_candidates(logits, top_k or vocab)
             k = candidate_logits.shape[-1]
