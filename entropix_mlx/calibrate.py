@@ -13,6 +13,7 @@ import numpy as np
 
 from .engine.prompt import chat_prompt_ids
 from .errors import CalibrationError
+from .files import read_limited
 from .generate import stream_generate
 from .sampling import (
     STRATEGIES,
@@ -87,7 +88,8 @@ def split_prompts(prompts: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def read_prompts(path: Union[str, Path]) -> list[str]:
     """One prompt per line; blank lines and lines starting with '#' are skipped."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    with open(path, "rb") as f:
+        lines = read_limited(f, str(path)).decode("utf-8").splitlines()
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if len(prompts) < 2:
         raise CalibrationError(

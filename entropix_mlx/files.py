@@ -1,4 +1,4 @@
-"""Files written whole or not at all.
+"""Files written whole or not at all, and read within a bound.
 
 A file or folder is built under a temporary name beside its destination (`.NAME.PID-RANDOM.part`,
 unique to the process) and renamed into place at the end, so readers never see half of it and
@@ -11,7 +11,11 @@ import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
+
+from .errors import EntropixError
+
+TEXT_LIMIT = 16 * 2**20  # bytes of a settings, prompts or stdin file; far above any real one
 
 
 def _running(pid: int) -> bool:
@@ -75,3 +79,12 @@ def write_text(dest: Path, text: str):
     """Write `text` (UTF-8) to `dest` atomically."""
     with replacing(Path(dest)) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def read_limited(stream: BinaryIO, what: str, limit: int = TEXT_LIMIT) -> bytes:
+    """All of `stream`, refused past `limit` bytes: an endless file (/dev/zero) must not hang
+    or exhaust the reader."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise EntropixError(f"{what} is over {limit // 2**20} MB; is it the right file?")
+    return data

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Union
 
 from .errors import PlotError
+from .files import read_limited
 from .plot import DPI, _matplotlib
 
 WRITING_SCHEMA = "entropix-mlx/writing-summary/1"
@@ -24,8 +25,9 @@ ARM_STYLE = {"greedy": "#000000", "entropix": "#d62728", "standard": "#1f77b4"}
 def read_writing_summary(path: Union[str, Path]) -> dict | None:
     """The summary in `path` if it is a writing summary.json, else None (e.g. a trace)."""
     try:
-        summary = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        with open(path, "rb") as f:  # bounded: an endless file is not a summary either
+            summary = json.loads(read_limited(f, str(path)))
+    except ValueError:  # not JSON, not UTF-8, or too large
         return None
     return (
         summary if isinstance(summary, dict) and summary.get("schema") == WRITING_SCHEMA else None

@@ -6,6 +6,8 @@ from typing import Callable, List, Optional, Sequence, Union
 
 from .errors import EntropixError
 
+MAX_LINE = 16 * 2**20  # characters: a record is a few KB
+
 
 def read_records(
     path: Union[str, Path],
@@ -20,8 +22,15 @@ def read_records(
     naming the file, the line and what is wrong with it.
     """
     records = []
-    with open(path, encoding="utf-8") as lines:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        lines = iter(lambda: f.readline(MAX_LINE + 1), "")  # an endless line must not hang
         for line_no, line in enumerate(lines, start=1):
+            if len(line) > MAX_LINE:
+                raise EntropixError(f"{path}:{line_no} is over 16 MB, so not {what}")
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:
+                raise EntropixError(f"{path}:{line_no} is not UTF-8 text, so not {what}") from None
             if limit is not None and len(records) >= limit:
                 break
             if not line.strip():

@@ -17,11 +17,14 @@ Record fields (stable; documented in docs/traces.md):
                         (optional when reading: older traces lack it)
 """
 
+import contextlib
 import json
+import math
 import numbers
 from pathlib import Path
 from typing import List, Optional, Union
 
+from .errors import EntropixError
 from .generate import GenerationResponse
 from .jsonl import read_records
 from .sampling import METRICS, PARAMETERS, STRATEGIES
@@ -73,21 +76,30 @@ class TraceWriter:
         self.count = 0
 
     def write(self, response: GenerationResponse):
-        if self.stream is None:
-            self.stream = open(self.path, "w", encoding="utf-8")
-        self.stream.write(
-            json.dumps(
-                trace_record(self.count, response, response.text, response.finish_reason),
-                ensure_ascii=False,
-            )
-            + "\n"
-        )
-        self.stream.flush()
+        record = trace_record(self.count, response, response.text, response.finish_reason)
+        try:
+            if self.stream is None:
+                self.stream = open(self.path, "w", encoding="utf-8")
+            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.stream.flush()
+        except OSError as e:  # a full disk, a file that cannot be written
+            self.abandon()
+            raise EntropixError(
+                f"cannot write the trace {self.path} ({e.strerror or e}); "
+                f"{self.count} records were written"
+            ) from None
         self.count += 1
 
     def close(self):
         if self.stream is not None:
             self.stream.close()
+
+    def abandon(self):
+        """Close after a failed write, dropping what could not be written."""
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            with contextlib.suppress(OSError):  # its close flushes the unwritten text again
+                stream.close()
 
     def __enter__(self):
         return self
@@ -102,6 +114,15 @@ def read_trace(path: Union[str, Path]) -> List[dict]:
     return read_records(path, required, "a trace record", check=record_problem)
 
 
+def _finite_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a whole number too large for a float
+        return False
+
+
 def record_problem(record: dict) -> Optional[str]:
     """What is wrong with the values of a trace record (None if nothing)."""
     for name in ("index", "token"):
@@ -112,10 +133,13 @@ def record_problem(record: dict) -> Optional[str]:
     if record["strategy"] is not None and record["strategy"] not in STRATEGIES:
         choices = ", ".join(STRATEGIES)
         return f"strategy must be one of {choices} or null, got {record['strategy']!r}"
-    for name in ("logprob", *METRICS, *PARAMETERS):
+    logprob = record["logprob"]
+    if logprob is not None and (isinstance(logprob, bool) or not isinstance(logprob, numbers.Real)):
+        return f"logprob must be a number or null, got {logprob!r:.40}"
+    for name in (*METRICS, *PARAMETERS):  # what plot draws: finite, or it has no axis to draw on
         value = record[name]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-            return f"{name} must be a number or null, got {value!r}"
+        if value is not None and not _finite_number(value):
+            return f"{name} must be a finite number or null, got {value!r:.40}"
     if record["finish_reason"] not in (None, "stop", "length"):
         reason = record["finish_reason"]
         return f'finish_reason must be "stop", "length" or null, got {reason!r}'

@@ -41,6 +41,14 @@ def tiny_gguf(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_folder(tiny_gguf, tmp_path_factory) -> Path:
+    """`tiny_gguf` converted to a float MLX folder (config.json, safetensors, tokenizer files)."""
+    from entropix_mlx.loading.convert import convert
+
+    return convert(str(tiny_gguf), tmp_path_factory.mktemp("tiny-folder") / "folder", bits=None)
+
+
+@pytest.fixture(scope="session")
 def tiny(tiny_gguf):
     """(model, tokenizer, info) of `tiny_gguf`."""
     from entropix_mlx.loading import load

@@ -2,6 +2,7 @@
 leaves the user's files as they were; interrupted writes leave nothing half-written."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -11,54 +12,15 @@ import threading
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from entropix_mlx import cli, files
+from entropix_mlx import files
 from entropix_mlx.loading import ModelLoadError, catalog
 from entropix_mlx.loading import convert as convert_module
 from entropix_mlx.loading.convert import convert
 
-from .helpers import fake_catalog_entry
+from .helpers import edit_config, fails_with, fake_catalog_entry, generate_args, run, tree
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tiny_gguf, tmp_path_factory):
-    return convert(str(tiny_gguf), tmp_path_factory.mktemp("bad") / "folder", bits=None)
-
-
-def run(*args, input=None, env=None):
-    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input, env=env)
-
-
-def fails_with(result, message: str):
-    """Exit code 1 and exactly `Error: message` as the last line, no traceback."""
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[-1] == f"Error: {message}", result.output
-    assert "Traceback" not in result.output
-
-
-def generate_args(model, *extra):
-    return [
-        "generate",
-        "-m",
-        model,
-        "--pause-token",
-        ".",
-        "--max-tokens",
-        "4",
-        "--seed",
-        "1",
-        *extra,
-    ]
-
-
-def tree(folder: Path) -> dict:
-    return {
-        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-    }
 
 
 # --- 1. --trace: an existing file survives a failed run; records are flushed as written -------
@@ -175,13 +137,79 @@ def test_models_home_under_a_file(tmp_path):
     assert blocker.read_text() == "mine"
 
 
+def damage_in_place(path: Path, offset: int):
+    """Overwrite 4 bytes and put the modification time back: the stamp still matches."""
+    stat = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"XXXX")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def corrupt_message(path: Path) -> str:
+    return (
+        f"{path} is corrupt (its sha256 does not match the catalog's); run "
+        "`entropix-mlx models fetch fake` to replace it, or delete it"
+    )
+
+
+def test_damage_that_kept_size_and_mtime_is_found_by_verify_and_repaired_by_fetch(fake_catalog):
+    path = catalog.fetch("fake")
+    damage_in_place(path, 1000)
+    bad = path.read_bytes()
+    listing = run("models", "list")  # the fast check, which says what it is
+    assert "fake  [fetched]" in listing.output
+    assert "(`entropix-mlx models verify` hashes it again)" in listing.output
+    verified = run("models", "verify", "fake")
+    fails_with(
+        verified,
+        "fake is corrupt (sha256 does not match the catalog's); download again with "
+        "`entropix-mlx models fetch fake`",
+    )
+    assert f"fake: {path}: CORRUPT" in verified.output
+    assert path.read_bytes() == bad  # reported, not deleted behind the user's back
+    # verify dropped the stamp: a load hashes the file again and refuses it
+    fails_with(run("generate", "-m", "fake", "-p", "hi"), corrupt_message(path))
+    fetched = run("models", "fetch", "fake")
+    assert fetched.exit_code == 0, fetched.output
+    assert f"{path} is corrupt (its sha256 does not match the catalog's); fetching it again" in (
+        fetched.output
+    )
+    assert path.read_bytes() == b"GGUF" * 50_000
+    verified = run("models", "verify")
+    assert verified.exit_code == 0 and f"fake: {path}: sha256 verified" in verified.output
+
+
+def test_models_fetch_hashes_a_kept_file_whatever_its_stamp(fake_catalog, monkeypatch):
+    path = catalog.fetch("fake")
+    hashed = []
+    sha256 = catalog.file_sha256
+    monkeypatch.setattr(catalog, "file_sha256", lambda p: hashed.append(p) or sha256(p))
+    fetched = run("models", "fetch", "fake")
+    assert fetched.exit_code == 0 and hashed == [path]
+    assert fetched.output.splitlines()[-1] == f"fake: {path} (sha256 verified)"
+
+
+def test_a_catalog_file_that_fails_to_load_is_hashed_to_say_how_to_repair_it(fake_catalog):
+    path = catalog.fetch("fake")  # its payload is no model: an intact copy fails as the file is
+    fails_with(
+        run("generate", "-m", "fake", "-p", "hi"),
+        "model.gguf is GGUF version 1179993927, which entropix-mlx cannot read (versions 2 and 3 "
+        "are); re-export it with a current llama.cpp",
+    )
+    damage_in_place(path, 4)  # the header, with the stamp still matching
+    fails_with(run("generate", "-m", "fake", "-p", "hi"), corrupt_message(path))
+
+
+def test_verify_names_a_model_that_is_not_fetched(fake_catalog):
+    fails_with(
+        run("models", "verify", "fake"),
+        "fake is not fetched; run `entropix-mlx models fetch fake`",
+    )
+    assert not fake_catalog.exists()
+
+
 # --- 4. Loader and command-line input: one line each -----------------------------------------
-
-
-def edit_config(folder: Path, change) -> Path:
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(change(config)))
-    return folder
 
 
 @pytest.mark.parametrize(
@@ -263,7 +291,7 @@ def test_plot_of_a_trace_with_wrongly_typed_fields(tiny_gguf, tmp_path):
     trace.write_text("".join(json.dumps(r) + "\n" for r in records))
     fails_with(
         run("plot", trace, "-o", tmp_path / "t.png"),
-        f"{trace}:1 is not a trace record (logits_entropy must be a number or null, got 'high')",
+        f"{trace}:1 is not a trace record (logits_entropy must be a finite number or null, got 'high')",
     )
     assert not (tmp_path / "t.png").exists()
 
@@ -385,3 +413,211 @@ def test_thresholds_out_of_order_in_a_toml_file(tiny_gguf, tmp_path, toml, messa
         f"invalid sampler settings (--config {config} / flags): thresholds out of order: {message}",
     )
     assert config.read_text() == toml
+
+
+# --- Issue 27: text that is not UTF-8, numbers too large for a float ---------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--system", "caf\udce9"],
+        ["--pause-token", "caf\udce9"],
+    ],
+)
+def test_generate_options_that_are_not_utf8(tiny_gguf, args):
+    fails_with(
+        run(*generate_args(tiny_gguf), "-p", "hi", *args),
+        f"{args[0]} is not UTF-8 (byte 0xe9 at character 3); pass UTF-8 text",
+    )
+
+
+def test_plot_and_calibrate_options_that_are_not_utf8(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("")
+    fails_with(
+        run("plot", trace, "-o", tmp_path / "t.png", "--title", "\udcff"),
+        "--title is not UTF-8 (byte 0xff at character 0); pass UTF-8 text",
+    )
+    fails_with(
+        run("calibrate", "-o", tmp_path / "p.toml", "--pause-token", "\udce9"),
+        "--pause-token is not UTF-8 (byte 0xe9 at character 0); pass UTF-8 text",
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["t.jsonl"]
+
+
+def test_chat_refuses_a_line_that_is_not_utf8_and_goes_on(tiny_gguf):
+    args = ["chat", "-m", tiny_gguf, "--pause-token", ".", "--max-tokens", "2", "--seed", "1"]
+    result = run(*args, input=b"caf\xe9\nhi\n/quit\n")
+    assert result.exit_code == 0, result.output
+    assert "that line is not UTF-8 (byte 0xe9 at character 3); pass UTF-8 text" in result.output
+    assert result.output.count(">> ") == 3 and "Traceback" not in result.output
+
+
+def test_toml_numbers_too_large_for_a_float(tiny_gguf, tmp_path):
+    config = tmp_path / "digits.toml"
+    config.write_text(f"temp = {10**400}\n")
+    fails_with(
+        run(*generate_args(tiny_gguf), "-p", "hi", "--config", config),
+        f"invalid sampler settings (--config {config} / flags): temp must be finite, got "
+        "100000000000... (401 digits)",
+    )
+    assert config.read_text() == f"temp = {10**400}\n"
+
+
+# --- Issue 27: outputs that cannot be written, or would overwrite an input of the run ----------
+
+
+linux_proc = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+
+
+@linux_proc
+def test_trace_that_cannot_be_written_fails_before_the_load(tmp_path):
+    # The model does not exist: the --trace check must come first.
+    fails_with(
+        run(*generate_args(tmp_path / "nope.gguf"), "-p", "hi", "--trace", "/proc/t.jsonl"),
+        "cannot write --trace /proc/t.jsonl: No such file or directory",
+    )
+    long_name = tmp_path / ("x" * 300 + ".jsonl")
+    fails_with(
+        run(*generate_args(tmp_path / "nope.gguf"), "-p", "hi", "--trace", long_name),
+        f"cannot write --trace {long_name}: File name too long",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_through_a_symbolic_link_loop(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    fails_with(
+        run(*generate_args(tmp_path / "nope.gguf"), "-p", "hi", "--trace", loop / "t.jsonl"),
+        f"cannot write --trace {loop / 't.jsonl'}: a symbolic link loop",
+    )
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("")
+    fails_with(
+        run("plot", trace, "-o", loop / "t.png"),
+        f"cannot write --output {loop / 't.png'}: a symbolic link loop",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "t.jsonl"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_trace_onto_a_full_disk(tiny_gguf):
+    fails_with(
+        run(*generate_args(tiny_gguf), "-p", "hi", "--trace", "/dev/full"),
+        "cannot write the trace /dev/full (No space left on device); 0 records were written",
+    )
+
+
+@linux_proc
+def test_convert_into_a_place_that_cannot_be_written(tiny_gguf):
+    fails_with(
+        run("convert", tiny_gguf, "/proc/entropix-out"),
+        "cannot write /proc/entropix-out (No such file or directory); choose another place",
+    )
+
+
+def test_an_output_that_is_an_input_is_refused(tiny_gguf, tiny_folder, tmp_path):
+    model = Path(shutil.copy(tiny_gguf, tmp_path / "tiny.gguf"))
+    folder = shutil.copytree(tiny_folder, tmp_path / "folder")
+    config = tmp_path / "c.toml"
+    config.write_text("temp = 0.5\n")
+    trace = tmp_path / "trace.png"  # a trace under a picture's name
+    shutil.copy(tmp_path / "c.toml", trace)
+    before = tree(tmp_path)
+    cases = [
+        (generate_args(model, "-p", "hi", "--trace", model), "--trace", model, "the model", model),
+        (
+            generate_args(folder, "-p", "hi", "--trace", folder / "tokenizer.json"),
+            "--trace",
+            folder / "tokenizer.json",
+            "the model",
+            folder,
+        ),
+        (
+            generate_args(model, "-p", "hi", "--config", config, "--trace", config),
+            "--trace",
+            config,
+            "--config",
+            config,
+        ),
+        (["plot", trace, "-o", trace], "--output", trace, "the trace", trace),
+        (
+            ["calibrate", "-m", model, "-o", config, "--config", config],
+            "--output",
+            config,
+            "--config",
+            config,
+        ),
+        (["bench", "-m", model, "--json", model], "--json", model, "the model", model),
+    ]
+    for args, option, output, what, source in cases:
+        fails_with(
+            run(*args), f"{option} {output} would overwrite {what} ({source}); write it elsewhere"
+        )
+    assert tree(tmp_path) == before
+
+
+# --- Issue 27: traces that plot cannot draw ------------------------------------------------------
+
+
+def test_plot_of_a_file_that_is_not_text(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_bytes(b"\xff\xfe binary\n")
+    fails_with(
+        run("plot", trace, "-o", tmp_path / "t.png"),
+        f"{trace}:1 is not UTF-8 text, so not a trace record",
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["t.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "values, problem",
+    [
+        ({"logits_entropy": math.nan}, "logits_entropy must be a finite number or null, got nan"),
+        (
+            {"logits_varentropy": math.inf},
+            "logits_varentropy must be a finite number or null, got inf",
+        ),
+        (
+            {"attn_entropy": 10**400},
+            "attn_entropy must be a finite number or null, got "
+            "1000000000000000000000000000000000000000",
+        ),
+    ],
+)
+def test_plot_of_a_trace_with_values_it_cannot_draw(tiny_gguf, tmp_path, values, problem):
+    trace = tmp_path / "t.jsonl"
+    assert run(*generate_args(tiny_gguf), "-p", "hi", "--trace", trace).exit_code == 0
+    record = {**json.loads(trace.read_text().splitlines()[0]), **values}
+    trace.write_text(json.dumps(record) + "\n")  # json writes NaN and Infinity as it reads them
+    before = tree(tmp_path)
+    fails_with(
+        run("plot", trace, "-o", tmp_path / "t.png"), f"{trace}:1 is not a trace record ({problem})"
+    )
+    assert tree(tmp_path) == before
+
+
+# --- Issue 27: endless files where a file is read ----------------------------------------------
+
+
+def test_endless_files_are_refused_not_read_forever(tiny_gguf, tmp_path):
+    fails_with(
+        run(*generate_args(tiny_gguf), "-p", "hi", "--config", "/dev/zero"),
+        "invalid sampler settings (--config /dev/zero / flags): cannot read /dev/zero: the file "
+        "is over 16 MB; is it the right file?",
+    )
+    fails_with(
+        run(*generate_args(tiny_gguf), "-p", "-", input=b"x" * (16 * 2**20 + 1)),
+        "the prompt on standard input is over 16 MB; is it the right file?",
+    )
+    fails_with(
+        run("plot", "/dev/zero", "-o", tmp_path / "z.png"),
+        "/dev/zero:1 is over 16 MB, so not a trace record",
+    )
+    fails_with(
+        run("calibrate", "-m", tiny_gguf, "-o", tmp_path / "p.toml", "--prompts", "/dev/zero"),
+        "/dev/zero is over 16 MB; is it the right file?",
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from .options import MODEL_HELP, cpu_dtype_option, model_option
-from .output import check_output_folder, echo_err, write_output
+from .options import MODEL_HELP, cpu_dtype_option, model_option, model_path
+from .output import check_output_file, echo_err, utf8_option, write_output
 
 
 def parse_prompt_lengths(ctx, param, value):
@@ -55,7 +55,11 @@ def parse_prompt_lengths(ctx, param, value):
     is_flag=True,
     help="Smoke test: one 32-token prompt, 8 tokens, 1 repeat (flags you give still win).",
 )
-@click.option("--pause-token", help="Text of Entropix's pause token (default: the model's preset).")
+@click.option(
+    "--pause-token",
+    callback=utf8_option,
+    help="Text of Entropix's pause token (default: the model's preset).",
+)
 @click.option(
     "--no-cold", is_flag=True, help="Skip the first-use runs with an empty MLX compile cache."
 )
@@ -84,7 +88,7 @@ def bench(
             if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT
         }
     if json_file:
-        check_output_folder(json_file, "--json")
+        check_output_file(json_file, "--json", [("the model", model_path(model))])
     make = BenchSettings.quick if quick else BenchSettings
     settings = make(
         model=model, pause_token=pause_token, cold_compile=not no_cold, cpu_dtype=cpu_dtype, **given

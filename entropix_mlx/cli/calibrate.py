@@ -4,8 +4,8 @@ from pathlib import Path
 
 import click
 
-from .options import BATCH_ROWS, load_model, model_option, sampler_config
-from .output import check_output_folder, echo_err, write_output
+from .options import BATCH_ROWS, load_model, model_option, model_path, sampler_config
+from .output import check_output_file, echo_err, utf8_option, write_output
 
 
 @click.command()
@@ -33,6 +33,7 @@ from .output import check_output_folder, echo_err, write_output
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--target",
+    callback=utf8_option,
     help="Target mix in percent, e.g. 'argmax=40,pause=2,branch=10,resample=5' "
     "(adaptive takes the rest; default as shown).",
 )
@@ -43,7 +44,9 @@ from .output import check_output_folder, echo_err, write_output
     help="A TOML file of base settings (temp, top_p, ...) to generate with.",
 )
 @click.option(
-    "--pause-token", help="Text of the pause token to write into the preset (default: the model's)."
+    "--pause-token",
+    callback=utf8_option,
+    help="Text of the pause token to write into the preset (default: the model's).",
 )
 @click.option(
     "--objective",
@@ -102,7 +105,8 @@ def calibrate(
     """Fit the sampler's thresholds to a model: match a strategy mix, or tune for accuracy."""
     from .. import calibrate as calibration
 
-    check_output_folder(output, "--output")
+    inputs = [("the model", model_path(model)), ("--prompts", prompts_file)]
+    check_output_file(output, "--output", inputs + [("--config", config_file)])
     if objective == "accuracy":
         tune_for_accuracy(
             model, output, config_file, pause_token, limit, dev_seeds, branching, batch_size

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import click
 
-from .options import BATCH_ROWS, load_model, model_option, sampler_config
-from .output import echo_err
+from .options import BATCH_ROWS, load_model, model_option, model_path, sampler_config
+from .output import check_output_folder, echo_err
 from .writing import check_writing_options, eval_writing, writing_options
 
 
@@ -93,6 +93,8 @@ def eval_command(
 
     from ..evaluation import (
         ARMS,
+        ITEMS_FILE,
+        SUMMARY_FILE,
         RecordWriter,
         format_table,
         load_task,
@@ -106,6 +108,10 @@ def eval_command(
 
     settings = plan(task, limit, parse_seeds(seeds), max_tokens, quick)
     task_obj = load_task(task, data, settings.limit, settings.shots)
+    if out:
+        inputs = [("the model", model_path(model)), ("--data", data)]
+        inputs += [("--config", f) for f in config_files]
+        check_output_folder(out, [ITEMS_FILE, SUMMARY_FILE], "--out", inputs)
     if task_obj.kind == "choice" and (samplers or config_files or seeds != "0"):
         echo_err(
             f"{task} is log-likelihood multiple choice: --sampler, --config and --seeds do not apply."

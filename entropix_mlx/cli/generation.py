@@ -1,5 +1,6 @@
 """generate and chat: a loaded model with its sampler settings, streamed to the terminal."""
 
+import io
 import re
 import sys
 from collections import Counter
@@ -9,8 +10,10 @@ from pathlib import Path
 import click
 
 from .. import cpu_blas
-from .options import BATCH_ROWS, load_model, sampler_config, sampler_options
-from .output import check_output_folder, echo_err
+from ..errors import GenerationError
+from ..files import read_limited
+from .options import BATCH_ROWS, load_model, model_path, sampler_config, sampler_options
+from .output import check_output_file, check_utf8, echo_err
 
 CHAT_PROMPT_CACHE_BYTES = 256 * 2**20  # the conversation's KV states, kept between turns
 CHAT_COMMANDS = {
@@ -176,11 +179,16 @@ def generate(prompt, no_chat_template, trace, color, completions, system, **opti
     from ..engine.prompt import chat_prompt_ids
     from ..trace import TraceWriter
 
-    prompt = read_prompt(prompt)
     if completions > 1 and trace:
         raise click.ClickException("--trace records one completion; use it without -n")
     if trace:
-        check_output_folder(Path(trace), "--trace")
+        inputs = [
+            ("the model", model_path(options["model"])),
+            ("--config", options["config_file"]),
+            ("the prompt's standard input", "/dev/stdin" if prompt == "-" else None),
+        ]
+        check_output_file(Path(trace), "--trace", inputs)
+    prompt = read_prompt(prompt)
     session = GenerationSession(**options)
     ids = chat_prompt_ids(session.tokenizer, prompt, system, chat_template=not no_chat_template)
     if color:
@@ -202,7 +210,7 @@ def generate(prompt, no_chat_template, trace, color, completions, system, **opti
 def read_prompt(prompt: str) -> str:
     """The --prompt text ('-' reads standard input), checked to be UTF-8 and not blank."""
     if prompt == "-":
-        data = sys.stdin.buffer.read()
+        data = read_limited(sys.stdin.buffer, "the prompt on standard input")
         try:
             prompt = data.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -210,13 +218,7 @@ def read_prompt(prompt: str) -> str:
                 f"the prompt on standard input is not UTF-8 (byte 0x{data[e.start]:02x} at offset "
                 f"{e.start}); convert it to UTF-8"
             ) from None
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError as e:  # undecodable argv bytes arrive as lone surrogates
-        raise click.ClickException(
-            f"--prompt is not UTF-8 (byte 0x{ord(prompt[e.start]) - 0xDC00:02x} at character "
-            f"{e.start}); pass UTF-8 text"
-        ) from None
+    check_utf8(prompt, "--prompt")
     if not prompt.strip():
         raise click.ClickException(
             "the prompt is empty; pass text with --prompt (or '-' for stdin)"
@@ -235,6 +237,8 @@ def chat(system, **options):
     session = GenerationSession(**options)
     prompt_cache = PromptCache(session.model, CHAT_PROMPT_CACHE_BYTES)
     history = []
+    if isinstance(sys.stdin, io.TextIOWrapper):  # a line that is not UTF-8 is refused, not fatal
+        sys.stdin.reconfigure(errors="surrogateescape")
     echo_err("Chat with the model. /help lists the commands, /quit (or Ctrl-D) ends.")
     while True:
         try:
@@ -242,6 +246,11 @@ def chat(system, **options):
         except (EOFError, KeyboardInterrupt):
             click.echo()
             return
+        try:
+            check_utf8(line, "that line")
+        except click.ClickException as e:
+            echo_err(e.format_message())
+            continue
         command = line.strip()
         if command == "/quit":
             return
@@ -267,5 +276,9 @@ def chat(system, **options):
             )
         except KeyboardInterrupt:
             echo_err(" [stopped]")
+        except GenerationError as e:  # the template refused it, or it outgrew the context
+            history.pop()
+            echo_err(f"{e} (the message was not kept; /reset clears the history)")
+            continue
         click.echo()
         history.append({"role": "assistant", "content": "".join(answer)})

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from .. import cpu_blas
+from ..errors import ModelLoadError
 from ..loading import CATALOG, DEFAULT_MODEL
 from ..loading import catalog as catalog_lib
 from .output import echo_err
@@ -12,7 +13,7 @@ from .output import echo_err
 
 @click.group()
 def models():
-    """List and fetch the catalog's models."""
+    """List, fetch and verify the catalog's models."""
 
 
 @models.command("list")
@@ -24,15 +25,42 @@ def models_list():
         default = " (default)" if name == DEFAULT_MODEL else ""
         fix = f" (replace it: entropix-mlx models fetch {name})" if mark == "corrupt" else ""
         click.echo(f"{name}{default}  [{mark}]{fix}\n    {entry.description}")
-    click.echo(f"\nModels folder: {folder}\n{cpu_blas.STATUS.describe()}")
+    click.echo(
+        f"\nModels folder: {folder}\n"
+        "fetched: unchanged in size and time since its sha256 last matched "
+        "(`entropix-mlx models verify` hashes it again)\n"
+        f"{cpu_blas.STATUS.describe()}"
+    )
 
 
 @models.command("fetch")
 @click.argument("name", default=DEFAULT_MODEL)
 def models_fetch(name):
-    """Download and verify a catalog model (default: the embedded one); replaces a corrupt copy."""
-    path = catalog_lib.fetch(name, log=echo_err, replace_corrupt=True)
+    """Download a catalog model (default: the embedded one), or hash the kept copy in full and
+    download it again if it is corrupt."""
+    path = catalog_lib.fetch(name, log=echo_err, repair=True)
     click.echo(f"{name}: {path} (sha256 verified)")
+
+
+@models.command("verify")
+@click.argument("name", required=False)
+def models_verify(name):
+    """Hash the fetched catalog models (or only NAME) in full and name any that are corrupt."""
+    corrupt = []
+    for each in [name] if name else CATALOG:
+        mark = catalog_lib.status(each, rehash=True)
+        if mark == "not fetched" and name:
+            raise ModelLoadError(f"{name} is not fetched; run `entropix-mlx models fetch {name}`")
+        path = catalog_lib.models_dir() / CATALOG[each].filename
+        said = {"fetched": f"{path}: sha256 verified", "corrupt": f"{path}: CORRUPT"}
+        click.echo(f"{each}: {said.get(mark, mark)}")
+        corrupt += [each] if mark == "corrupt" else []
+    if corrupt:
+        raise ModelLoadError(
+            f"{', '.join(corrupt)} {'is' if len(corrupt) == 1 else 'are'} corrupt (sha256 does "
+            "not match the catalog's); download again with "
+            + " and ".join(f"`entropix-mlx models fetch {each}`" for each in corrupt)
+        )
 
 
 @click.command()

@@ -1,14 +1,16 @@
 """The options several commands share, and what they turn into: a loaded model, a sampler config."""
 
 import functools
+from pathlib import Path
 
 import click
 
 from ..engine.batch import MAX_BATCH_SIZE
 from ..errors import ConfigError
 from ..loading import CATALOG, CPU_DTYPES, DEFAULT_MODEL, load
+from ..loading.catalog import models_dir
 from ..sampling import SAMPLERS, SamplerConfig
-from .output import echo_err
+from .output import echo_err, utf8_option
 
 MODEL_HELP = "Catalog name, .gguf file, MLX/HF folder or Hub repo id"
 CPU_DTYPE_HELP = (
@@ -35,7 +37,9 @@ def sampler_options(command):
     """The model and sampler options that generate and chat share."""
     options = [
         model_option(),
-        click.option("--system", help="A system message for the chat template."),
+        click.option(
+            "--system", callback=utf8_option, help="A system message for the chat template."
+        ),
         click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True),
         click.option("--seed", type=int, help="Random seed (same seed, same text)."),
         click.option(
@@ -51,13 +55,20 @@ def sampler_options(command):
             type=click.Path(exists=True, dir_okay=False),
             help="A TOML file of SamplerConfig settings (overrides the model's preset).",
         ),
-        click.option("--pause-token", help='Text of the pause token (default "...").'),
+        click.option(
+            "--pause-token", callback=utf8_option, help='Text of the pause token (default "...").'
+        ),
         click.option(
             "--verbose", "-v", is_flag=True, help="Speed, peak memory and strategy histogram."
         ),
         cpu_dtype_option,
     ]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
+
+
+def model_path(name: str) -> Path:
+    """Where a model name loads from, as far as is known before loading (a Hub id: nowhere)."""
+    return models_dir() / CATALOG[name].filename if name in CATALOG else Path(name).expanduser()
 
 
 def load_model(name: str, cpu_dtype: str = "auto"):

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from .options import model_option, preset_config
-from .output import check_output_folder, echo_err
+from .output import check_output_file, echo_err, utf8_option
 
 
 @click.command()
@@ -24,7 +24,11 @@ from .output import check_output_folder, echo_err
     type=click.Path(exists=True, dir_okay=False),
     help="A TOML file of SamplerConfig settings whose thresholds to draw (overrides the preset).",
 )
-@click.option("--title", help="A title for the figure (default: the trace's file name).")
+@click.option(
+    "--title",
+    callback=utf8_option,
+    help="A title for the figure (default: the trace's file name).",
+)
 def plot(trace_file, output, model, config_file, title):
     """Draw a --trace file: the entropy-varentropy plane and a per-token timeline, as a PNG; or
     the frontier of an `eval --task writing` summary.json."""
@@ -34,7 +38,7 @@ def plot(trace_file, output, model, config_file, title):
 
     if output.suffix.lower() != ".png":
         raise click.ClickException(f"--output {output} must be a .png file")
-    check_output_folder(output, "--output")
+    check_output_file(output, "--output", [("the trace", trace_file), ("--config", config_file)])
     writing = read_writing_summary(trace_file)
     if writing is not None:
         plot_frontier(writing, output, title)

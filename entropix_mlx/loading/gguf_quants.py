@@ -28,8 +28,8 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from gguf.quants import Q4_K, dequantize
 
-from ..errors import ModelLoadError
 from ..model.sub_block_quant import SUB_BLOCK
+from .checks import non_finite
 
 GROUP_SIZE = 32
 FLOAT_TYPES = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16}
@@ -146,15 +146,9 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(stream).reshape(len(codes), -1).view(np.uint32)
 
 
-def _non_finite(label: str) -> ModelLoadError:
-    return ModelLoadError(
-        f"{label} holds NaN or infinite values; the file is damaged, fetch it again"
-    )
-
-
 def _check_finite(x: np.ndarray, label: str):
     if not np.isfinite(x).all():
-        raise _non_finite(label)
+        raise non_finite(label, "fetch it again")
 
 
 def _exact_dtype(*arrays: np.ndarray) -> Tuple[np.ndarray, ...]:
@@ -228,7 +222,7 @@ def tensor_arrays(
         if qtype == T.BF16:
             array = array.view(mx.bfloat16)
         if not mx.isfinite(array).all().item():
-            raise _non_finite(label)
+            raise non_finite(label, "fetch it again")
         return {"weight": array}
     raw = np.frombuffer(raw, np.uint8).reshape(rows, -1)
     arrays = _affine(raw, qtype, row_length, label, done)

@@ -71,6 +71,32 @@ _GPT2_PRES = {
 
 _HF_FOLDER_HINT = "load the model from its Hugging Face folder (with tokenizer.json) instead"
 
+# What each key holds, when present: a type, or a list of that type. Anything else is damage.
+_KINDS = {
+    "tokenizer.ggml.model": str,
+    "tokenizer.ggml.pre": str,
+    "tokenizer.chat_template": str,
+    "tokenizer.ggml.tokens": [str],
+    "tokenizer.ggml.merges": [str],
+    "tokenizer.ggml.token_type": [int],
+    "tokenizer.ggml.scores": [float],
+    **dict.fromkeys(
+        [
+            f"tokenizer.ggml.{flag}"
+            for flag in ("add_bos_token", "add_eos_token", "add_space_prefix")
+        ],
+        bool,
+    ),
+    **dict.fromkeys(
+        [
+            f"tokenizer.ggml.{name}_token_id"
+            for name in ("bos", "eos", "unknown", "padding", "eot", "eom")
+        ],
+        int,
+    ),
+}
+_KIND_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+
 
 class UnsupportedTokenizerError(ModelLoadError):
     """The GGUF describes no tokenizer this module can build (a `ValueError`)."""
@@ -145,6 +171,11 @@ class _TokenizerMetadata:
             )
         self.tokens = _unique(list(tokens))
         self.types = self.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+        if len(self.types) != len(tokens):
+            raise ModelLoadError(
+                f"GGUF metadata tokenizer.ggml.token_type has {len(self.types)} entries for "
+                f"{len(tokens)} tokens; the file is damaged"
+            )
         spm = self.model == "llama"
         # llama.cpp's defaults when a flag is absent: SentencePiece adds BOS and a space prefix.
         self.add_bos = bool(self.get("tokenizer.ggml.add_bos_token", spm))
@@ -153,7 +184,11 @@ class _TokenizerMetadata:
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self._metadata.get(key, default)
-        return value.tolist() if hasattr(value, "tolist") else value
+        value = value.tolist() if hasattr(value, "tolist") else value
+        problem = None if value is None or key not in _KINDS else _kind_problem(value, _KINDS[key])
+        if problem:
+            raise ModelLoadError(f"GGUF metadata {key}{problem}; the file is damaged")
+        return value
 
     def id(self, name: str) -> Optional[int]:
         """The id of `tokenizer.ggml.{name}_token_id`, or None if absent or out of range."""
@@ -173,6 +208,27 @@ class _TokenizerMetadata:
         return value
 
 
+def _kind_problem(value: Any, kind) -> Optional[str]:
+    """What is wrong with a metadata value that should be of `kind` (None if nothing)."""
+    if not isinstance(kind, list):
+        return None if _holds(value, kind) else f" is {_shown(value)}, not {_KIND_NAMES[kind]}"
+    if not isinstance(value, list):
+        return f" is {_shown(value)}, not a list"
+    bad = next((i for i, item in enumerate(value) if not _holds(item, kind[0])), None)
+    return None if bad is None else f"[{bad}] is {_shown(value[bad])}, not {_KIND_NAMES[kind[0]]}"
+
+
+def _holds(value: Any, kind: type) -> bool:
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:36] + " ..."
+
+
 def _unique(tokens: List[str]) -> List[str]:
     # A vocabulary maps strings to ids, so a repeated string would leave an id with no token.
     seen = set()
@@ -187,7 +243,7 @@ def _byte_level_bpe(meta: _TokenizerMetadata) -> Tokenizer:
     merges = [tuple(merge.split(" ", 1)) for merge in meta.required("tokenizer.ggml.merges")]
     split, ignore_merges = _split_for_pre(meta.get("tokenizer.ggml.pre", "default"))
     vocab = {token: i for i, token in enumerate(meta.tokens)}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges))
+    tokenizer = _bpe(vocab=vocab, merges=merges, ignore_merges=ignore_merges)
     if split is None:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
@@ -199,6 +255,16 @@ def _byte_level_bpe(meta: _TokenizerMetadata) -> Tokenizer:
         )
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
+
+
+def _bpe(**settings) -> Tokenizer:
+    try:
+        return Tokenizer(models.BPE(**settings))
+    except Exception as e:  # tokenizers rejects a vocabulary or merges with a bare Exception
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelLoadError(
+            f"the GGUF vocabulary cannot be built ({reason}); the file is damaged"
+        ) from None
 
 
 def _split_for_pre(pre: str):
@@ -219,16 +285,19 @@ def _sentencepiece_bpe(meta: _TokenizerMetadata) -> Tokenizer:
     else:
         # Without scores, earlier tokens rank higher (the order SentencePiece writes them in).
         scores = meta.get("tokenizer.ggml.scores") or [-float(i) for i in range(len(meta.tokens))]
+        if len(scores) != len(meta.tokens):
+            raise ModelLoadError(
+                f"GGUF metadata tokenizer.ggml.scores has {len(scores)} entries for "
+                f"{len(meta.tokens)} tokens; the file is damaged"
+            )
         merges = _merges_from_scores(meta.tokens, scores, meta.types)
     vocab = {token: i for i, token in enumerate(meta.tokens)}
-    tokenizer = Tokenizer(
-        models.BPE(
-            vocab=vocab,
-            merges=merges,
-            unk_token=meta.token("unknown"),
-            fuse_unk=True,
-            byte_fallback=True,
-        )
+    tokenizer = _bpe(
+        vocab=vocab,
+        merges=merges,
+        unk_token=meta.token("unknown"),
+        fuse_unk=True,
+        byte_fallback=True,
     )
     # llama.cpp prefixes a space to every text run that starts the input or follows a special
     # token; a Prepend normalizer does the same, as added tokens are split out before it runs.

@@ -5,18 +5,23 @@ what is added here is the checking that turns a bad file into one clear line.
 """
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
+import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.utils import load_config, load_model, load_tokenizer
 
 from ..errors import ModelLoadError
 from ..model import SUPPORTED, classes
+from .checks import held_layers
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
-# The config.json keys the models read: (type, required); all numbers must be positive.
+# The config.json keys the models read: (type, required); all numbers must be positive and
+# finite, whole numbers below 2**31 (MLX's array dimensions are 32-bit).
+MAX_SIZE = 2**31
 CONFIG_FIELDS = {
     "hidden_size": (int, True),
     "num_hidden_layers": (int, True),
@@ -94,7 +99,28 @@ def read_config(folder: Path) -> dict:
         classes(model_type)[1].from_dict(config)
     except ValueError as e:  # heads that do not divide
         raise ModelLoadError(f"config.json is inconsistent: {e}; fix or re-download it") from None
+    check_settings(config, config_path)
     return config
+
+
+def check_settings(config: dict, config_path: Path):
+    """`rope_scaling` and `quantization`, when set, must be objects of positive numbers."""
+    scaling = config.get("rope_scaling")
+    factor = scaling.get("factor", 1.0) if isinstance(scaling, dict) else None
+    if scaling is not None and config_problem(factor, float, True):
+        raise ModelLoadError(
+            f"rope_scaling in {config_path} must be an object with a positive finite factor, got "
+            f"{_short(scaling)}; fix or re-download config.json"
+        )
+    quantization = config.get("quantization")
+    if quantization is not None and not (
+        isinstance(quantization, dict)
+        and not any(config_problem(quantization.get(k), int, True) for k in ("bits", "group_size"))
+    ):
+        raise ModelLoadError(
+            f"quantization in {config_path} must be an object with whole-number bits and "
+            f"group_size, got {_short(quantization)}; fix or re-download config.json"
+        )
 
 
 def text_model_config(config: dict) -> dict:
@@ -137,8 +163,49 @@ def config_problem(value, kind: type, required: bool) -> Optional[str]:
     if kind is bool:
         return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        return f"must be a {'number' if kind is float else 'whole number'}, got {value!r}"
+        return f"must be a {'number' if kind is float else 'whole number'}, got {_short(value)}"
+    if kind is int and value >= MAX_SIZE:
+        return f"must be below 2**31, got {_short(value)}"
+    if not _finite(value):
+        return f"must be finite, got {_short(value)}"
     return None if value > 0 else f"must be positive, got {value!r}"
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a whole number too large for a float
+        return False
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def check_weight_names(folder: Path, config: dict):
+    """config.json against the names in the weight files (read lazily, before any layer is
+    built): as many layers as num_hidden_layers says; quantized layers if `quantization` is set.
+    """
+    names = []
+    for weights in sorted(folder.glob("model*.safetensors")):
+        try:
+            names += mx.load(str(weights)).keys()
+        except (RuntimeError, ValueError) as e:
+            raise ModelLoadError(
+                f"cannot read the weights in {folder} ({e}); re-download them"
+            ) from None
+    held = held_layers(names, "model.layers")
+    if names and held != config["num_hidden_layers"]:
+        raise ModelLoadError(
+            f"num_hidden_layers in {folder / 'config.json'} is {config['num_hidden_layers']} but "
+            f"the weights hold {held} layers; fix or re-download config.json"
+        )
+    if names and config.get("quantization") and not any(n.endswith(".scales") for n in names):
+        raise ModelLoadError(
+            f"quantization in {folder / 'config.json'} says the weights are quantized, but the "
+            "weight files hold no quantized layers; fix or re-download config.json"
+        )
 
 
 def model_classes(config: dict):
@@ -163,8 +230,11 @@ def read_model(folder: Path, config: dict, quantize: Optional[int] = None):
         ) from None
     except KeyError as e:  # mlx-lm indexes the quantization settings it expects
         raise ModelLoadError(f"config.json lacks the quantization setting {e}; fix it") from None
-    except ValueError as e:
-        raise ModelLoadError(f"weights do not match the config: {e}") from None
+    except ValueError as e:  # mlx-lm lists missing or unexpected tensors over several lines
+        raise ModelLoadError(
+            f"the model cannot be built from {folder} ({' '.join(str(e).split())}); fix or "
+            "re-download config.json and the weights"
+        ) from None
     q = config.get("quantization")
     if q:
         return model, f"MLX {q['bits']}-bit (group {q['group_size']})"
@@ -179,6 +249,7 @@ def read_model(folder: Path, config: dict, quantize: Optional[int] = None):
 def load_folder(folder: Path, quantize: Optional[int] = None):
     """Load an MLX / Hugging Face folder -> (model, tokenizer, args, quantization description)."""
     config = read_config(folder)
+    check_weight_names(folder, config)
     model, description = read_model(folder, config, quantize)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ModelLoadError(
@@ -192,6 +263,12 @@ def load_folder(folder: Path, quantize: Optional[int] = None):
         raise ModelLoadError(
             f"cannot read the tokenizer files in {folder} ({reason}); fix or re-download them"
         ) from None
+    template = tokenizer.chat_template
+    if template is not None and not isinstance(template, (str, dict)):  # dict: named templates
+        raise ModelLoadError(
+            f"the chat template in {folder}'s tokenizer files is {_short(template)}, not text; "
+            "fix or re-download them"
+        )
     return model, tokenizer, model.args, description
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-from ..errors import ConfigError
+from ..errors import ConfigError, EntropixError
+from ..files import read_limited
 
 # One sorted candidate set of this many tokens serves every strategy, so no
 # top_k (configured or derived) can exceed it.
@@ -172,8 +173,9 @@ _ORDERED_THRESHOLDS = (("low_ent", "med_ent"), ("med_ent", "high_ent"), ("low_ve
 def read_settings(path: Union[str, Path]) -> dict:
     """The flat table of a TOML settings file; ConfigError naming the file if it cannot be read."""
     try:
-        return parse_settings(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ConfigError) as e:
+        with open(path, "rb") as f:
+            return parse_settings(read_limited(f, "the file").decode("utf-8"))
+    except (OSError, UnicodeDecodeError, EntropixError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from None
 
 
