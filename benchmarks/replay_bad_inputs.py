@@ -271,6 +271,11 @@ def trace_files(work: Path):
     shutil.copy(work / "good.jsonl", work / "trace.png")
 
 
+def file_sha256(entry) -> str:
+    """The catalog's sha256 of the model file (older catalogs: `member_sha256`)."""
+    return getattr(entry, "member_sha256", entry.sha256)
+
+
 def catalog_files(home: Path):
     """A scratch models folder holding a copy of the default model (and its stamp)."""
     from entropix_mlx.loading import catalog
@@ -279,7 +284,7 @@ def catalog_files(home: Path):
     home.mkdir()
     dest = home / entry.filename
     shutil.copyfile(REPO / "models" / entry.filename, dest)
-    catalog.remember_intact(dest, entry.member_sha256)
+    catalog.remember_intact(dest, file_sha256(entry))
 
 
 def damage(offset: int, data: bytes):
@@ -303,7 +308,7 @@ def catalog_repaired(work: Path, output: str) -> Optional[str]:
     from entropix_mlx.loading import catalog
 
     entry = catalog.CATALOG[catalog.DEFAULT_MODEL]
-    if catalog.file_sha256(work / "home" / entry.filename) != entry.member_sha256:
+    if catalog.file_sha256(work / "home" / entry.filename) != file_sha256(entry):
         return "the model file is still damaged"
     return None
 
