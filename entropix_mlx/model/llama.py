@@ -228,11 +228,13 @@ class Model(nn.Module):
     over the valid (cached plus new) positions only.
     """
 
+    body = LlamaModel  # the blocks between the embedding and the head (Gemma 3 has its own)
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
         self.model_type = args.model_type
-        self.model = LlamaModel(args)
+        self.model = type(self).body(args)
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
@@ -250,8 +252,9 @@ class Model(nn.Module):
             logits = self.model.embed_tokens.as_linear(h)
         else:
             logits = self.lm_head(h)
-        if self.args.logits_scaling != 1.0:
-            logits = logits / self.args.logits_scaling
+        scaling = getattr(self.args, "logits_scaling", 1.0)
+        if scaling != 1.0:
+            logits = logits / scaling
         return (logits, scores) if return_scores else logits
 
     @property
