@@ -1,4 +1,4 @@
-"""Tensor parallelism over `mx.distributed`: the Llama's heads and MLP columns split across ranks.
+"""Tensor parallelism over `mx.distributed`: the model's heads and MLP columns split across ranks.
 
 Launched with `mlx.launch`, every rank loads the model lazily, keeps its shard of each layer
 (`mlx.nn.layers.distributed.shard_linear`, quantized layers stay quantized) and runs the same
@@ -19,7 +19,6 @@ import numpy as np
 from mlx.nn.layers.distributed import shard_linear
 
 from .errors import ShardingError
-from .model.llama import Model, ModelArgs
 from .model.sub_block_quant import without_sub_block_layers
 
 
@@ -28,14 +27,14 @@ def world() -> mx.distributed.Group:
     return mx.distributed.init()
 
 
-def quantized_group_size(model: Model) -> Optional[int]:
+def quantized_group_size(model: nn.Module) -> Optional[int]:
     """The largest group size among the layers' quantized projections, if any."""
     modules = [m for layer in model.layers for _, m in layer.named_modules()]
     sizes = [m.group_size for m in modules if hasattr(m, "group_size")]
     return max(sizes, default=None)
 
 
-def shard_problems(args: ModelArgs, n: int, group_size: Optional[int] = None) -> list:
+def shard_problems(args, n: int, group_size: Optional[int] = None) -> list:
     """Why `args` cannot be split across `n` ranks (empty if it can)."""
     widths = {
         "attention heads": args.num_attention_heads,
@@ -52,12 +51,12 @@ def shard_problems(args: ModelArgs, n: int, group_size: Optional[int] = None) ->
     return problems
 
 
-def ranks_that_fit(args: ModelArgs, group_size: Optional[int]) -> list:
+def ranks_that_fit(args, group_size: Optional[int]) -> list:
     limit = gcd(args.num_attention_heads, args.num_key_value_heads)
     return [n for n in range(1, limit + 1) if not shard_problems(args, n, group_size)]
 
 
-def check_shardable(model: Model, n: int):
+def check_shardable(model: nn.Module, n: int):
     group_size = quantized_group_size(model)
     problems = shard_problems(model.args, n, group_size)
     if problems:
@@ -88,7 +87,7 @@ class GatheredScores(nn.Module):
         return out, None if scores is None else gather_heads(scores, self.group)
 
 
-def shard(model: Model, group: mx.distributed.Group):
+def shard(model: nn.Module, group: mx.distributed.Group):
     """Split `model` in place across `group`: heads and MLP columns, rank by rank in order."""
     n = group.size()
     for layer in model.layers:  # mlx's sharded layers know MLX's own quantization only

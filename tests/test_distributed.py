@@ -144,3 +144,13 @@ def test_quantized_groups_must_stay_whole_on_each_rank():
     with pytest.raises(ShardingError, match=message):
         check_shardable(model, 2)
     check_shardable(model, 1)
+
+
+@pytest.mark.parametrize("name,fmt", [("qwen2", "qwen2.gguf"), ("qwen3", "folder")])
+def test_two_ranks_shard_the_family_switches(name, fmt, tmp_path):
+    """Qwen2's q/k/v biases and Qwen3's per-head q/k norms across 2 ranks (tests/references)."""
+    model = REPO / "tests" / "references" / name / fmt
+    [single] = run_worker(model, tmp_path / "one", 8, ranks=0, timeout=120)
+    ranks = run_worker(model, tmp_path / "two", 8, ranks=2, timeout=180)
+    assert [r["size"] for r in ranks] == [2, 2]
+    assert_same_generation(single, ranks)

@@ -421,3 +421,47 @@ def test_nan_weights_are_refused_naming_the_tensor(tmp_path, model):
     assert str(error.value) == (
         "bad.gguf: tensor blk.1.ffn_norm.weight holds NaN or infinite values; the file is damaged, fetch it again"
     )
+
+
+def test_configs_in_their_published_forms():
+    """Gemma 3 4B's text_config leaves Gemma's defaults out (heads, vocabulary) and the
+    quantization sits beside it; transformers 5 nests RoPE per layer type."""
+    from entropix_mlx.loading.hf import text_model_config
+
+    gemma_4b = {
+        "model_type": "gemma3",
+        "quantization": {"group_size": 64, "bits": 4},
+        "text_config": {
+            "model_type": "gemma3_text",
+            "hidden_size": 2560,
+            "intermediate_size": 10240,
+            "num_hidden_layers": 34,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+            "sliding_window": 1024,
+        },
+        "vision_config": {"hidden_size": 1152},
+    }
+    config = text_model_config(gemma_4b)
+    assert config["model_type"] == "gemma3_text" and config["quantization"]["bits"] == 4
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (8, 4)
+    assert config["vocab_size"] == 262208 and config["sliding_window"] == 1024
+    v5 = {
+        "model_type": "gemma3_text",
+        "rope_parameters": {
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+    }
+    config = text_model_config(v5)
+    assert (config["rope_theta"], config["rope_local_base_freq"]) == (1e6, 1e4)
+    assert config["rope_scaling"]["factor"] == 8.0
+    phi = text_model_config(
+        {
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e4,
+                "partial_rotary_factor": 0.75,
+            }
+        }
+    )
+    assert phi["rope_scaling"] is None and phi["partial_rotary_factor"] == 0.75

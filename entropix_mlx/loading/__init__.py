@@ -5,11 +5,11 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .. import distributed
 from ..errors import ModelLoadError
-from ..model.llama import Model, ModelArgs
 from ..sampling.config import SamplerConfig
 from .catalog import CATALOG, DEFAULT_MODEL, check_intact, fetch
 from .checks import check_finite
@@ -35,7 +35,7 @@ class ModelInfo:
     name: str  # as the user gave it
     path: Path  # the file or folder read
     format: str  # "gguf" or "folder"
-    args: ModelArgs
+    args: object  # the architecture's ModelArgs (model.llama or model.gemma3)
     quantization: str
     sampler_preset: Dict[str, object] = field(default_factory=dict)
     weight_dtype: str = "as stored"  # what the layers run in: "quantized", "float32", ...
@@ -76,7 +76,7 @@ def load(
     quantize: Optional[int] = None,
     log: Callable[[str], None] = lambda msg: None,
     cpu_dtype: str = "auto",
-) -> Tuple[Model, object, ModelInfo]:
+) -> Tuple[nn.Module, object, ModelInfo]:
     """Load a model -> (model, tokenizer, info).
 
     `name`: a catalog name (default: the embedded SmolLM2-135M-Instruct), a `.gguf` file, an

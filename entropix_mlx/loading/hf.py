@@ -209,8 +209,9 @@ def check_weight_names(folder: Path, config: dict):
 
 
 def model_classes(config: dict):
-    """mlx-lm's model-class hook: this project's models instead of mlx-lm's own."""
-    return classes(text_model_config(config)["model_type"])
+    """mlx-lm's model-class hook: this project's models instead of mlx-lm's own (`config` is
+    `read_config`'s, which `read_model` hands it)."""
+    return classes(config["model_type"])
 
 
 def read_model(folder: Path, config: dict, quantize: Optional[int] = None):

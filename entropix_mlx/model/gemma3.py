@@ -21,6 +21,7 @@ from mlx_lm.models.base import BaseModelArgs, create_attention_mask
 from mlx_lm.models.cache import KVCache, RotatingKVCache
 from mlx_lm.models.rope_utils import initialize_rope
 
+from . import llama
 from .llama import attend, match_head, text_weights
 
 SLIDING, GLOBAL = "sliding_attention", "full_attention"
@@ -171,36 +172,10 @@ class Gemma3Model(nn.Module):
         return self.norm(h), scores
 
 
-class Model(nn.Module):
-    """Gemma 3's text model, called like `llama.Model`."""
+class Model(llama.Model):
+    """Gemma 3's text model: `llama.Model`'s embedding and head around Gemma 3's blocks."""
 
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.model_type = args.model_type
-        self.model = Gemma3Model(args)
-        if not args.tie_word_embeddings:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
-
-    def __call__(
-        self,
-        inputs: mx.array,
-        cache: Optional[List[Any]] = None,
-        return_scores: bool = False,
-        last_only: bool = False,
-    ):
-        h, scores = self.model(inputs, cache, return_scores)
-        if last_only:
-            h = h[:, -1:]
-        if self.args.tie_word_embeddings:
-            logits = self.model.embed_tokens.as_linear(h)
-        else:
-            logits = self.lm_head(h)
-        return (logits, scores) if return_scores else logits
-
-    @property
-    def layers(self):
-        return self.model.layers
+    body = Gemma3Model
 
     def make_cache(self, max_kv_size: Optional[int] = None) -> List[Any]:
         """A rotating cache of `sliding_window` slots per sliding layer; per global layer a

@@ -22,7 +22,7 @@ from mlx_lm.models.base import BaseModelArgs, create_attention_mask
 from mlx_lm.models.cache import KVCache, RotatingKVCache
 from mlx_lm.models.rope_utils import initialize_rope
 
-# What a model type implies where its config.json says nothing (Hugging Face's own defaults).
+# What a model type implies where its config.json (or GGUF) says nothing: Hugging Face's defaults.
 FAMILY_DEFAULTS = {
     "qwen2": {"qkv_bias": True, "o_proj_bias": False},
     "qwen3": {"qk_norm": True},
@@ -52,7 +52,7 @@ class ModelArgs(BaseModelArgs):
     model_type: str = "llama"
     qkv_bias: Optional[bool] = None
     o_proj_bias: Optional[bool] = None
-    qk_norm: bool = False
+    qk_norm: Optional[bool] = None
     no_rope_layers: Optional[List[int]] = None
     no_rope_layer_interval: Optional[int] = None
     partial_rotary_factor: float = 1.0
@@ -63,8 +63,9 @@ class ModelArgs(BaseModelArgs):
 
     def __post_init__(self):
         for key, value in FAMILY_DEFAULTS.get(self.model_type, {}).items():
-            if getattr(self, key) in (None, False):
+            if getattr(self, key) is None:
                 setattr(self, key, value)
+        self.qk_norm = bool(self.qk_norm)
         if self.qkv_bias is None:
             self.qkv_bias = self.attention_bias
         if self.o_proj_bias is None:
@@ -227,11 +228,13 @@ class Model(nn.Module):
     over the valid (cached plus new) positions only.
     """
 
+    body = LlamaModel  # the blocks between the embedding and the head (Gemma 3 has its own)
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
         self.model_type = args.model_type
-        self.model = LlamaModel(args)
+        self.model = type(self).body(args)
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
@@ -249,8 +252,9 @@ class Model(nn.Module):
             logits = self.model.embed_tokens.as_linear(h)
         else:
             logits = self.lm_head(h)
-        if self.args.logits_scaling != 1.0:
-            logits = logits / self.args.logits_scaling
+        scaling = getattr(self.args, "logits_scaling", 1.0)
+        if scaling != 1.0:
+            logits = logits / scaling
         return (logits, scores) if return_scores else logits
 
     @property
