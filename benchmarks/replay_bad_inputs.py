@@ -360,11 +360,6 @@ def cases() -> List[Case]:
         "tokenizer_config_text",
     ]:
         add(f"folder {folder}", gen(f"{w}/{folder}", "-p", "hi"))
-    add(
-        "folder untied_without_lm_head (the weights decide tying, as in mlx-lm)",
-        gen(f"{w}/untied_without_lm_head", "-p", "hi"),
-        expect="ok",
-    )
     # GGUF files with damaged or wrongly typed metadata.
     for name in [
         "freq_base_text",
