@@ -12,6 +12,7 @@ from entropix_mlx.sampling import (
     make_entropix_sampler,
     strategy_parameters,
 )
+from entropix_mlx.sampling.metrics import far_attention
 
 REFERENCE = (
     Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata" / "entropix_reference.npz"
@@ -262,3 +263,68 @@ def test_pause_token_id_is_required_and_checked():
     step = make_entropix_sampler(SamplerConfig(pause_token_id=500), compile=False)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         step(mx.zeros((1, 128)), mx.zeros((1, 1, 1)), None, mx.random.key(0))
+
+
+def far_attention_by_hand(scores: np.ndarray, window: int) -> np.ndarray:
+    """Per row: the heads' mean softmax mass on positions p with first < p < L - 1 - window,
+    first being the row's first position not scored -inf."""
+    out = []
+    for row in scores:
+        first = int(np.argmax(np.isfinite(row[0])))
+        length = row.shape[-1]
+        masses = []
+        for head in row:
+            finite = np.isfinite(head)
+            p = np.zeros_like(head)
+            p[finite] = np.exp(head[finite] - head[finite].max())
+            p /= p.sum()
+            masses.append(p[first + 1 : max(length - 1 - window, first + 1)].sum())
+        out.append(np.mean(masses))
+    return np.array(out)
+
+
+def test_far_attention_against_a_hand_computation():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(3, 4, 40)).astype(np.float32) * 2
+    scores[1, :, :7] = -np.inf  # a left-padded row: its sink is position 7
+    for window in (0, 8, 32, 60):
+        got = np.array(far_attention(mx.array(scores), window))
+        np.testing.assert_allclose(got, far_attention_by_hand(scores, window), atol=1e-6)
+    # Attention piled on an old position counts fully; on the sink or the newest tokens, not at all.
+    piled = np.full((1, 2, 50), -30.0, dtype=np.float32)
+    piled[0, :, 10] = 30.0
+    assert float(far_attention(mx.array(piled), 16)[0]) == pytest.approx(1.0, abs=1e-6)
+    for where in (0, 45):
+        elsewhere = np.full((1, 2, 50), -30.0, dtype=np.float32)
+        elsewhere[0, :, where] = 30.0
+        assert float(far_attention(mx.array(elsewhere), 16)[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_loop_guard_keeps_a_far_reading_row_out_of_argmax():
+    # Two rows in the argmax corner (a peaked distribution); row 0's final-layer attention sits
+    # on an old position, row 1's on the newest tokens.
+    logits = mx.array(np.stack([np.r_[20.0, np.zeros(99)]] * 2).astype(np.float32))
+    scores = np.full((2, 3, 60), -20.0, dtype=np.float32)
+    scores[0, :, 5] = 20.0
+    scores[1, :, 58] = 20.0
+    scores = mx.array(scores)
+    off = make_entropix_sampler(SamplerConfig(), pause_token_id=99)
+    on = make_entropix_sampler(SamplerConfig(loop_attn=0.5, loop_window=8), pause_token_id=99)
+    key = mx.random.key(0)
+    assert [STRATEGIES[s] for s in off(logits, scores, None, key)[1].tolist()] == ["argmax"] * 2
+    assert [STRATEGIES[s] for s in on(logits, scores, None, key)[1].tolist()] == [
+        "adaptive",
+        "argmax",
+    ]
+    # A corner the row is not in is untouched: the guard only takes tokens out of argmax.
+    flat = mx.zeros((2, 100))
+    assert (on(flat, scores, None, key)[1] == off(flat, scores, None, key)[1]).all().item()
+
+
+def test_loop_guard_off_is_the_original_sampler(reference):
+    logits, scores = case_inputs(reference, 0)
+    guarded = make_entropix_sampler(CFG.replace(loop_attn=None), pause_token_id=PAUSE_ID)
+    plain = make_entropix_sampler(CFG, pause_token_id=PAUSE_ID)
+    key = mx.random.key(3)
+    a, b = guarded(logits, scores, None, key), plain(logits, scores, None, key)
+    assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist()

@@ -581,3 +581,66 @@ def test_cli_writing_bad_input(tiny_gguf, monkeypatch):
         invoke("eval", "-t", "writing", "-m", tiny_gguf, "--quick"),
         "pip install 'entropix-mlx[eval]'",
     )
+
+
+# --- calibrate --objective writing -------------------------------------------------------------
+
+
+def test_writing_objective_rule():
+    from entropix_mlx.evaluation.tuning import Candidate
+    from entropix_mlx.evaluation.writing_tuning import (
+        WritingCandidate,
+        best_standard,
+        choose,
+        writing_grid,
+    )
+
+    base = SamplerConfig(low_ent=3.0, low_vent=9.0, med_ent=17.0, high_ent=18.0, high_vent=13.0)
+    grid = writing_grid(base)
+    assert len(grid) == 8 and grid[0][1] == base.replace(loop_attn=None)
+    assert {c.loop_attn for _, c in grid} == {None, 0.1, 0.15, 0.2}
+    assert {(c.low_ent, c.low_vent) for _, c in grid} == {(3.0, 9.0), (2.0, 6.0)}
+
+    def arm(name, loop, junk, surprisal, correct=None):
+        arith = None if correct is None else Candidate(name, base, correct, 100)
+        return WritingCandidate(name, base, arith, loop, junk, surprisal)
+
+    standard = [
+        arm("t=0.7", 0.2, 0.006, 1.0),
+        arm("t=1.3", 0.0, 0.008, 2.2),
+        arm("t=1.7", 0.0, 0.012, 3.0),
+    ]
+    assert best_standard(standard).name == "t=1.3"  # fewest loops, then least junk: cap 0.8%
+    greedy = 0.40
+    tried = [
+        arm("as-is", 0.06, 0.008, 1.9, correct=40),
+        arm("guard", 0.02, 0.007, 2.0, correct=39),  # 1 point below greedy: kept
+        arm("hot", 0.0, 0.007, 2.4, correct=38),  # arithmetic 2 points down: out
+        arm("junky", 0.0, 0.009, 2.1, correct=41),  # more junk than the cap: out
+        arm("guard, smoother", 0.02, 0.008, 1.95, correct=40),  # ties on loops, lower surprisal
+    ]
+    assert choose(tried, standard, greedy).name == "guard, smoother"
+    assert choose(tried[2:4], standard, greedy) is None
+
+
+def test_cli_calibrate_for_writing_writes_a_preset_with_its_evidence(tiny_gguf, tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text('pause_token = "."\n')
+    out = tmp_path / "writing.toml"
+    args = ["calibrate", "--objective", "writing", "-m", tiny_gguf, "--config", base]
+    args += ["--limit", 2, "--writing-prompts", 2, "--max-tokens", 6, "-o", out]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    table = result.output
+    assert "standard:t=0.7" in table and "loop guard 0.15, argmax x0.67" in table
+    assert "best standard arm (junk cap)" in table and "greedy arithmetic:" in table
+    text = out.read_text()
+    header = " ".join(line[1:].strip() for line in text.splitlines() if line.startswith("#"))
+    assert "first 2 development writing prompts (6 tokens)" in header and "Chosen:" in text
+    tuned = SamplerConfig.from_toml(out)
+    assert tuned.pause_token == "."
+    chosen = text.split("Chosen: ")[1].split(".\n")[0]
+    if chosen.startswith("none"):
+        assert "No candidate kept arithmetic" in table
+    else:
+        assert f"{chosen}" in table.split("<- chosen")[0].splitlines()[-1]

@@ -26,9 +26,7 @@ from .output import check_output_file, echo_err, utf8_option, write_output
 @click.option(
     "--max-tokens",
     type=click.IntRange(min=1),
-    default=48,
-    show_default=True,
-    help="Tokens generated per prompt.",
+    help="Tokens generated per prompt (default: 48 for mix, 96 for writing).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -50,31 +48,39 @@ from .output import check_output_file, echo_err, utf8_option, write_output
 )
 @click.option(
     "--objective",
-    type=click.Choice(["mix", "accuracy"]),
+    type=click.Choice(["mix", "accuracy", "writing"]),
     default="mix",
     show_default=True,
-    help="mix: match a target strategy mix; accuracy: the best of a grid on dev items.",
+    help="mix: match a target strategy mix; accuracy: the best of a grid on dev items; "
+    "writing: the fewest loops on dev writing prompts, keeping arithmetic and junk.",
 )
 @click.option(
     "--task",
     type=click.Choice(["arith"]),
     default="arith",
     show_default=True,
-    help="Dev items for --objective accuracy (arithmetic, seed 1; eval uses seed 0).",
+    help="Dev items for --objective accuracy and writing (arithmetic, seed 1; eval uses seed 0).",
 )
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
     default=90,
     show_default=True,
-    help="Dev items for --objective accuracy.",
+    help="Dev arithmetic items for --objective accuracy and writing.",
+)
+@click.option(
+    "--writing-prompts",
+    type=click.IntRange(min=1),
+    default=48,
+    show_default=True,
+    help="--objective writing: the first N dev writing prompts.",
 )
 @click.option(
     "--seeds",
     "dev_seeds",
     default="0",
     show_default=True,
-    help="Sampling seeds for --objective accuracy, comma-separated.",
+    help="Sampling seeds for --objective accuracy and writing, comma-separated.",
 )
 @click.option(
     "--branching", is_flag=True, help="--objective accuracy: also search look-ahead branching."
@@ -84,7 +90,7 @@ from .output import check_output_file, echo_err, utf8_option, write_output
     type=BATCH_ROWS,
     default=16,
     show_default=True,
-    help="--objective accuracy: answers decoded together.",
+    help="--objective accuracy and writing: answers decoded together.",
 )
 def calibrate(
     model,
@@ -98,6 +104,7 @@ def calibrate(
     objective,
     task,
     limit,
+    writing_prompts,
     dev_seeds,
     branching,
     batch_size,
@@ -112,6 +119,20 @@ def calibrate(
             model, output, config_file, pause_token, limit, dev_seeds, branching, batch_size
         )
         return
+    if objective == "writing":
+        tune_for_writing(
+            model,
+            output,
+            config_file,
+            pause_token,
+            limit,
+            writing_prompts,
+            max_tokens or 96,
+            dev_seeds,
+            batch_size,
+        )
+        return
+    max_tokens = max_tokens or 48
     try:
         prompts = (
             calibration.read_prompts(prompts_file) if prompts_file else calibration.DEFAULT_PROMPTS
@@ -166,4 +187,34 @@ def tune_for_accuracy(
         output, tuning.accuracy_preset_toml(chosen, tried, model, source, limit, seeds), "--output"
     )
     click.echo(tuning.format_candidates(tried, chosen))
+    click.echo(f"\nWrote {output}")
+
+
+def tune_for_writing(
+    model, output, config_file, pause_token, limit, prompts, max_tokens, dev_seeds, batch_size
+):
+    from ..evaluation import parse_seeds, writing_tuning
+    from ..evaluation.text_metrics import require_wordfreq
+
+    require_wordfreq()
+    seeds = parse_seeds(dev_seeds)
+    loaded, tokenizer, info = load_model(model)
+    base = sampler_config(info.sampler_preset, config_file, {"pause_token": pause_token})
+    chosen, tried, baselines, greedy = writing_tuning.tune_writing(
+        loaded,
+        tokenizer,
+        base,
+        items=limit,
+        prompts=prompts,
+        max_tokens=max_tokens,
+        seeds=seeds,
+        batch_size=batch_size,
+        log=echo_err,
+    )
+    source = f"{Path(config_file).name}" if config_file else "the model's preset"
+    toml = writing_tuning.writing_preset_toml(
+        chosen, tried, baselines, greedy, base, model, source, limit, prompts, max_tokens, seeds
+    )
+    write_output(output, toml, "--output")
+    click.echo(writing_tuning.format_writing_candidates(tried, baselines, chosen, greedy))
     click.echo(f"\nWrote {output}")

@@ -117,6 +117,24 @@ def evaluate(
     return out
 
 
+def greedy_accuracy(
+    model, tokenizer, base: SamplerConfig, items: int, batch_size: int, progress=True, log=print
+) -> float:
+    """Greedy decoding's accuracy on the same dev arithmetic items (it ignores seeds)."""
+    task = arith_task(items, seed=DEV_ARITH_SEED)
+    run = run_eval(
+        model,
+        tokenizer,
+        task,
+        [Arm("greedy", "greedy", base)],
+        (0,),
+        batch_size=batch_size,
+        progress=progress,
+        log=log,
+    )
+    return sum(r["correct"] for r in run.records) / len(run.records)
+
+
 def best(candidates: Sequence[Candidate]) -> Candidate:
     """The most accurate; of equals, the fewest pause tokens; then the earliest."""
     return max(candidates, key=lambda c: (c.accuracy, -c.pause_tokens))  # max keeps the first

@@ -10,7 +10,7 @@ import mlx.core as mx
 from ..errors import ConfigError
 from .config import MAX_CANDIDATES, SamplerConfig
 from .draw import sample_rank, take_rank, top_candidates
-from .metrics import attention_metrics, logits_entropy_varentropy
+from .metrics import attention_metrics, far_attention, logits_entropy_varentropy
 
 STRATEGIES = ("argmax", "pause", "branch", "resample", "adaptive")
 ARGMAX, PAUSE, BRANCH, RESAMPLE, ADAPTIVE = range(len(STRATEGIES))
@@ -27,11 +27,17 @@ ADAPTIVE_TOP_K_RANGE = (1, MAX_CANDIDATES)
 ADAPTIVE_MIN_P_RANGE = (0.01, 0.5)
 
 
-def choose_strategy(metrics: dict[str, mx.array], cfg: SamplerConfig) -> mx.array:
-    """Index into STRATEGIES per row [B] int32: the first matching quadrant wins."""
+def choose_strategy(
+    metrics: dict[str, mx.array], cfg: SamplerConfig, far: Optional[mx.array] = None
+) -> mx.array:
+    """Index into STRATEGIES per row [B] int32: the first matching quadrant wins. With the loop
+    guard on, `far` ([B], see far_attention) above cfg.loop_attn keeps a row out of argmax."""
     ent, vent = metrics["logits_entropy"], metrics["logits_varentropy"]
+    argmax = (ent < cfg.low_ent) & (vent < cfg.low_vent)
+    if cfg.loop_attn is not None and far is not None:
+        argmax = argmax & (far <= cfg.loop_attn)
     conditions = (
-        (ent < cfg.low_ent) & (vent < cfg.low_vent),  # argmax
+        argmax,
         (ent > cfg.med_ent) & (vent < cfg.low_vent),  # pause
         (ent < cfg.high_ent) & (vent > cfg.high_vent),  # branch
         (ent > cfg.high_ent) & (vent > cfg.high_vent),  # resample
@@ -131,14 +137,14 @@ def make_entropix_sampler(
         )
     pause_id = int(pause_id)
 
-    def decide(logits, attn, prev_token, key):
+    def decide(logits, attn, far, prev_token, key):
         logits = logits.astype(mx.float32)
         vocab = logits.shape[-1]
         if pause_id >= vocab:
             raise ConfigError(f"pause_token_id {pause_id} is outside the vocabulary ({vocab})")
         entropy, varentropy = logits_entropy_varentropy(logits)
         metrics = {"logits_entropy": entropy, "logits_varentropy": varentropy, **attn}
-        strategy = choose_strategy(metrics, cfg)
+        strategy = choose_strategy(metrics, cfg, far)
         per_strategy = strategy_parameters(metrics, cfg)
         used = {name: select_by_strategy(strategy, per_strategy[name]) for name in PARAMETERS}
         emit_pause = (strategy == PAUSE) & (prev_token != pause_id)
@@ -167,7 +173,12 @@ def make_entropix_sampler(
     def step(logits, scores, prev_token, key):
         if prev_token is None:
             prev_token = mx.full((logits.shape[0],), -1, dtype=mx.int32)
-        return decide(logits, attention_metrics(scores), prev_token, key)
+        # Like the attention metrics, the loop guard's input has a growing length: not compiled.
+        if cfg.loop_attn is None:
+            far = mx.zeros((logits.shape[0],), dtype=mx.float32)  # unread: the guard is off
+        else:
+            far = far_attention(scores, cfg.loop_window)
+        return decide(logits, attention_metrics(scores), far, prev_token, key)
 
     step.reads_scores = True
     return step
