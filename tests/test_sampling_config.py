@@ -41,7 +41,7 @@ def test_defaults_are_the_originals():
         branch_horizon=6,
         max_branch_points=4,
         branch_score="margin",  # extension; 0 = off
-        loop_attn=None,  # extension; None = off
+        loop_attn=1.0,  # extension; 1 = off
         loop_window=32,
     )
     assert cfg.to_dict() == expected
@@ -72,7 +72,7 @@ def test_frozen():
         ("n_adaptive_samples", 0),
         ("pause_token", ""),
         ("pause_token_id", -1),
-        ("loop_attn", 1.0),
+        ("loop_attn", 1.5),
         ("loop_attn", -0.1),
         ("loop_attn", "high"),
         ("loop_window", -1),

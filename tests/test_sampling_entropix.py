@@ -323,7 +323,7 @@ def test_loop_guard_keeps_a_far_reading_row_out_of_argmax():
 
 def test_loop_guard_off_is_the_original_sampler(reference):
     logits, scores = case_inputs(reference, 0)
-    guarded = make_entropix_sampler(CFG.replace(loop_attn=None), pause_token_id=PAUSE_ID)
+    guarded = make_entropix_sampler(CFG.replace(loop_attn=1.0), pause_token_id=PAUSE_ID)
     plain = make_entropix_sampler(CFG, pause_token_id=PAUSE_ID)
     key = mx.random.key(3)
     a, b = guarded(logits, scores, None, key), plain(logits, scores, None, key)

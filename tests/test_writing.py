@@ -597,8 +597,8 @@ def test_writing_objective_rule():
 
     base = SamplerConfig(low_ent=3.0, low_vent=9.0, med_ent=17.0, high_ent=18.0, high_vent=13.0)
     grid = writing_grid(base)
-    assert len(grid) == 8 and grid[0][1] == base.replace(loop_attn=None)
-    assert {c.loop_attn for _, c in grid} == {None, 0.1, 0.15, 0.2}
+    assert len(grid) == 8 and grid[0] == ("loop guard off, argmax x1", base)
+    assert {c.loop_attn for _, c in grid} == {1.0, 0.1, 0.15, 0.2}
     assert {(c.low_ent, c.low_vent) for _, c in grid} == {(3.0, 9.0), (2.0, 6.0)}
 
     def arm(name, loop, junk, surprisal, correct=None):

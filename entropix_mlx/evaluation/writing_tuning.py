@@ -30,7 +30,7 @@ from .writing_scores import WritingScorer
 
 ARITH_SLACK = 0.01
 STANDARD_TEMPS = (0.7, 0.9, 1.3, 1.7)
-LOOP_GUARDS = (None, 0.1, 0.15, 0.2)
+LOOP_GUARDS = (1.0, 0.1, 0.15, 0.2)  # loop_attn; 1 is off
 CORNERS = (1.0, 2 / 3)
 WRITING_MEASURES = ("loop", "junk", "surprisal")
 
@@ -54,7 +54,7 @@ def writing_grid(base: SamplerConfig) -> List[Tuple[str, SamplerConfig]]:
             low_ent=round(base.low_ent * factor, 4), low_vent=round(base.low_vent * factor, 4)
         )
         for guard in LOOP_GUARDS:
-            name = f"loop guard {'off' if guard is None else guard}, argmax x{factor:.2g}"
+            name = f"loop guard {'off' if guard >= 1 else guard}, argmax x{factor:.2g}"
             grid.append((name, corner.replace(loop_attn=guard)))
     return grid
 
@@ -191,7 +191,7 @@ def writing_preset_toml(
     ]
     config = chosen.config if chosen else base
     keys = ("low_ent", "low_vent", "med_ent", "high_ent", "high_vent", "pause_token", "loop_attn")
-    settings = {k: v for k, v in config.to_dict().items() if k in keys and v is not None}
+    settings = {k: v for k, v in config.to_dict().items() if k in keys}
     body = SamplerConfig.from_dict(settings).to_toml().splitlines()
     comments = [
         f"# {line}"

@@ -67,11 +67,11 @@ class SamplerConfig:
     ada_top_k_agree: float = 0.2
     ada_min_p: float = 0.5
 
-    # Loop guard (beyond the original; None, the default, turns it off and reproduces it): a token
-    # in the argmax corner whose final-layer attention reaches back, the heads' mean attention
-    # on positions more than loop_window tokens back above loop_attn, is sampled as adaptive
-    # instead. Copying its own earlier text is how a loop shows (see docs/writing.md).
-    loop_attn: Optional[float] = None
+    # Loop guard (beyond the original; loop_attn 1, the default, turns it off and reproduces it):
+    # a token in the argmax corner whose final-layer attention reaches back, the heads' mean
+    # attention on positions more than loop_window tokens back above loop_attn, is sampled as
+    # adaptive instead. Copying its own earlier text is how a loop shows (docs/sampler.md).
+    loop_attn: float = 1.0
     loop_window: int = 32
 
     # The pause token: text resolved through the tokenizer, or an id (wins if set).
@@ -92,8 +92,6 @@ class SamplerConfig:
             value = getattr(self, f.name)
             if f.name in _TEXT_FIELDS:
                 _check_text(f.name, value)
-            elif f.name in _OPTIONAL_NUMBERS and value is None:
-                continue
             elif f.name in _INT_FIELDS:
                 _check_int(f.name, value, optional=f.name == "pause_token_id")
                 object.__setattr__(self, f.name, None if value is None else int(value))
@@ -111,8 +109,7 @@ class SamplerConfig:
             MAX_ADAPTIVE_SAMPLES,
             f"must be in [1, {MAX_ADAPTIVE_SAMPLES}]",
         )
-        if self.loop_attn is not None:
-            _check_range("loop_attn", self.loop_attn, 0.0, 1.0, "must be in [0, 1)", high_open=True)
+        _check_range("loop_attn", self.loop_attn, 0.0, 1.0, "must be in [0, 1] (1: off)")
         _check_range("loop_window", self.loop_window, 0, math.inf, "must be >= 0")
         if self.pause_token_id is not None:
             _check_range("pause_token_id", self.pause_token_id, 0, math.inf, "must be >= 0")
@@ -208,7 +205,6 @@ _INT_FIELDS = {
     "max_branch_points",
     "loop_window",
 }
-_OPTIONAL_NUMBERS = {"loop_attn"}
 _TEXT_FIELDS = {"pause_token", "branch_score"}
 
 

@@ -34,7 +34,7 @@ def choose_strategy(
     guard on, `far` ([B], see far_attention) above cfg.loop_attn keeps a row out of argmax."""
     ent, vent = metrics["logits_entropy"], metrics["logits_varentropy"]
     argmax = (ent < cfg.low_ent) & (vent < cfg.low_vent)
-    if cfg.loop_attn is not None and far is not None:
+    if cfg.loop_attn < 1 and far is not None:
         argmax = argmax & (far <= cfg.loop_attn)
     conditions = (
         argmax,
@@ -174,7 +174,7 @@ def make_entropix_sampler(
         if prev_token is None:
             prev_token = mx.full((logits.shape[0],), -1, dtype=mx.int32)
         # Like the attention metrics, the loop guard's input has a growing length: not compiled.
-        if cfg.loop_attn is None:
+        if cfg.loop_attn >= 1:
             far = mx.zeros((logits.shape[0],), dtype=mx.float32)  # unread: the guard is off
         else:
             far = far_attention(scores, cfg.loop_window)
