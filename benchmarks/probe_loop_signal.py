@@ -10,8 +10,11 @@ and within the argmax corner of the model's preset, and at fixed context lengths
 
 import argparse
 
+# isort: off
 import entropix_mlx  # noqa: F401  (binds the system OpenBLAS before mlx loads)
 import mlx.core as mx
+
+# isort: on
 import numpy as np
 
 from entropix_mlx import load
@@ -61,7 +64,9 @@ def main():
     for item in task.items:
         steps.clear()
         text = list(item.ids)
-        for step in generate_step(mx.array(text), model, recording_greedy, max_tokens=item.max_tokens):
+        for step in generate_step(
+            mx.array(text), model, recording_greedy, max_tokens=item.max_tokens
+        ):
             row = steps[len(text) - len(item.ids)]
             earlier = {tuple(text[i : i + 4]) for i in range(len(text) - 3)}
             row["copy"] = tuple(text[-3:] + [step.token]) in earlier

@@ -35,7 +35,9 @@ def main():
     with open(args.items, encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     requests = {
-        f"request-{kind}-{i}": text for kind, texts in read_requests().items() for i, text in enumerate(texts)
+        f"request-{kind}-{i}": text
+        for kind, texts in read_requests().items()
+        for i, text in enumerate(texts)
     }
     chosen = {}
     for r in records:
