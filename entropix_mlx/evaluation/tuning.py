@@ -118,7 +118,13 @@ def evaluate(
 
 
 def greedy_accuracy(
-    model, tokenizer, base: SamplerConfig, items: int, batch_size: int, progress=True, log=print
+    model,
+    tokenizer,
+    base: SamplerConfig,
+    items: int,
+    batch_size: int,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda m: None,
 ) -> float:
     """Greedy decoding's accuracy on the same dev arithmetic items (it ignores seeds)."""
     task = arith_task(items, seed=DEV_ARITH_SEED)
