@@ -225,6 +225,12 @@ def accuracy_preset_toml(
     settings = {k: v for k, v in chosen.config.to_dict().items() if k in keys}
     if not settings["branch_k"]:
         settings = {k: v for k, v in settings.items() if not k.startswith(("branch", "max_branch"))}
+    return preset_file(header, settings)
+
+
+def preset_file(header: Sequence[str], settings: dict) -> str:
+    """A tuned preset's text: `header`'s paragraphs as wrapped comments, then `settings` (a subset
+    of SamplerConfig's, validated together) as TOML lines."""
     body = SamplerConfig.from_dict(settings).to_toml().splitlines()
     comments = [
         f"# {line}"

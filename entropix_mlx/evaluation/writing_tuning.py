@@ -14,7 +14,6 @@ Grid: the loop guard (SamplerConfig.loop_attn: off, 0.1, 0.15, 0.2) x the argmax
 (low_ent and low_vent as in the preset, and narrowed to 2/3: more tokens sampled).
 """
 
-import textwrap
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -23,7 +22,7 @@ import numpy as np
 from ..sampling import SamplerConfig
 from .arms import Arm
 from .runner import run_eval
-from .tuning import DEV_ARITH_SEED, Candidate, evaluate, greedy_accuracy
+from .tuning import DEV_ARITH_SEED, Candidate, evaluate, greedy_accuracy, preset_file
 from .writing import load_writing_task
 from .writing_report import ArmData
 from .writing_scores import WritingScorer
@@ -192,10 +191,4 @@ def writing_preset_toml(
     config = chosen.config if chosen else base
     keys = ("low_ent", "low_vent", "med_ent", "high_ent", "high_vent", "pause_token", "loop_attn")
     settings = {k: v for k, v in config.to_dict().items() if k in keys}
-    body = SamplerConfig.from_dict(settings).to_toml().splitlines()
-    comments = [
-        f"# {line}"
-        for paragraph in header
-        for line in textwrap.wrap(paragraph, 95, subsequent_indent="  ")
-    ]
-    return "\n".join(comments + [b for b in body if b.split(" =")[0] in settings]) + "\n"
+    return preset_file(header, settings)
