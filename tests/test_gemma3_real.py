@@ -54,6 +54,34 @@ def test_matches_llama_cpp(loaded, references, prompt):
         assert greedy(model, ids, 16) == f32[f"greedy_{prompt}"].tolist()
 
 
+TOKENIZER_TEXTS = [
+    "<start_of_turn>user\nWrite a haiku.<end_of_turn>\n<start_of_turn>model\n",
+    "  two  spaces,\ttabs\t\tand\n\n\nblank lines   ",
+    "naïve café 東京 🙂 \U0001f9ff \u0378 <unused5> <mask> [multimodal]",
+    "def f(x):\n    return {'a': x ** 2}  # ünïcödé\n",
+    "<b>bold</b> 12345 3.14159 e^(iπ)+1=0",
+]
+
+
+def test_compact_tokenizer_matches_its_tokenizers_twin(gemma_path):
+    """The run-time tokenizer (`gguf_spm`) against the `tokenizers` BPE `convert` writes, built
+    from the same metadata by a different algorithm (merges derived from the scores)."""
+    from entropix_mlx.loading.gguf_file import GGUFFile
+    from entropix_mlx.loading.gguf_tokenizer import tokenizer_from_gguf_metadata
+
+    metadata = GGUFFile(gemma_path).metadata
+    compact = tokenizer_from_gguf_metadata(metadata)
+    twin = tokenizer_from_gguf_metadata(metadata, fast=True)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for text in TOKENIZER_TEXTS + [readme]:
+        ids = compact.encode(text)
+        assert ids == twin.encode(text), text[:40]
+        for skip in (False, True):
+            assert compact.decode(ids, skip_special_tokens=skip) == twin.decode(
+                ids, skip_special_tokens=skip
+            ), text[:40]
+
+
 def test_catalog_entry_runs_as_a_base_model(loaded):
     model, tokenizer, info = loaded
     assert info.args.model_type == "gemma3_text" and info.args.vocab_size == 262144
@@ -64,11 +92,9 @@ def test_catalog_entry_runs_as_a_base_model(loaded):
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")
 def test_load_peak(gemma_path):
-    """Resident memory the load adds at its peak, over the file's size (quantized path).
-
-    The weights alone take 1.053x the file (266.5 MB: exact MLX layers cost more bits than
-    Q4_K and Q6_K); the tokenizers library's BPE of the 262,144-token vocabulary and its
-    513,511 SentencePiece merges holds ~75 MB (0.30x) more. Measured: 1.51x; the issue asks
-    1.3x, which this tokenizer cannot fit (README, "Gemma 3 270M").
+    """Resident memory the load adds at its peak, over the file's size (quantized path): the
+    issue's bound, 1.3x. The weights alone take 1.104x (266.5 MiB: exact MLX layers cost more
+    bits than Q8_0, Q4_K and Q6_K); the compact SentencePiece vocabulary (`gguf_spm`) about
+    0.07x. Measured: 1.20x.
     """
-    assert load_peak_over_file_size(gemma_path, warm=True) <= 1.55
+    assert load_peak_over_file_size(gemma_path, warm=True) <= 1.3

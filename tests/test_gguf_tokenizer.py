@@ -4,11 +4,13 @@ pre-tokenizer choice, SentencePiece vocabularies and errors."""
 import io
 import json
 import random
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from entropix_mlx.loading.gguf_spm import SentencePieceVocab
 from entropix_mlx.loading.gguf_tokenizer import (
     UnsupportedTokenizerError,
     build_backend_tokenizer,
@@ -198,9 +200,18 @@ def _spm_metadata(pieces, scores, **extra):
     }
 
 
-def test_sentencepiece_hand_built():
+# Both SentencePiece builds: the compact one run time uses (gguf_spm) and the `tokenizers` twin
+# that `convert` writes.
+BUILDS = pytest.mark.parametrize("fast", [False, True], ids=["compact", "tokenizers"])
+
+
+@BUILDS
+def test_sentencepiece_hand_built(fast):
     pieces = ["▁", "a", "b", "▁a", "ab", "▁ab"]
-    tok = tokenizer_from_gguf_metadata(_spm_metadata(pieces, [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]))
+    tok = tokenizer_from_gguf_metadata(
+        _spm_metadata(pieces, [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]), fast=fast
+    )
+    assert tok.is_fast == fast
     names = lambda ids: tok.convert_ids_to_tokens(ids)  # noqa: E731
     assert names(tok.encode("ab ab")) == ["<s>", "▁ab", "▁ab"]  # BOS and space prefix by default
     assert names(tok.encode("é", add_special_tokens=False)) == [
@@ -219,13 +230,36 @@ def test_sentencepiece_hand_built():
             pieces,
             [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0],
             **{"tokenizer.ggml.add_space_prefix": False, "tokenizer.ggml.add_bos_token": False},
-        )
+        ),
+        fast=fast,
     )
     assert raw.convert_ids_to_tokens(raw.encode("ab ab")) == ["ab", "▁ab"]
     assert raw.decode(raw.encode(" ab")) == " ab"
 
 
-def test_sentencepiece_matches_sentencepiece_library():
+@BUILDS
+def test_sentencepiece_added_tokens(fast):
+    """Control and user-defined tokens are matched whole, and the text after one gets llama.cpp's
+    space prefix; skip_special_tokens drops control tokens only."""
+    pieces = ["▁", "a", "b", "▁a", "ab", "▁ab", "<turn>", "\n\n"]
+    metadata = _spm_metadata(pieces, [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, 0.0, 0.0])
+    metadata["tokenizer.ggml.token_type"][-2:] = [3, 4]  # control, user-defined
+    tok = tokenizer_from_gguf_metadata(metadata, fast=fast)
+    turn, blank = len(pieces) + 257, len(pieces) + 258
+    assert tok.encode("<turn>ab\n\nab", add_special_tokens=False) == [turn, 264, blank, 264]
+    assert tok.decode([turn, 264, blank, 264], skip_special_tokens=True) == "ab\n\n ab"
+    assert tok.decode([1, turn, 264]) == "<s><turn> ab"
+
+
+def test_sentencepiece_vocab_lookup_through_crc32_collisions():
+    assert zlib.crc32(b"plumless") == zlib.crc32(b"buckeroo")  # a known collision
+    pieces = SentencePieceVocab(["x", "plumless", "buckeroo", "y"], [0.0] * 4, unk_id=None)
+    assert [pieces.id(p) for p in ("plumless", "buckeroo", "y", "z")] == [1, 2, 3, None]
+    assert pieces.piece(2) == "buckeroo" and pieces.encode("xy") == [0, 3]  # no bytes: unknown
+
+
+@BUILDS
+def test_sentencepiece_matches_sentencepiece_library(fast):
     spm = pytest.importorskip("sentencepiece")
     model_pb2 = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
     rng = random.Random(0)
@@ -256,7 +290,7 @@ def test_sentencepiece_matches_sentencepiece_library():
         "tokenizer.ggml.eos_token_id": np.array(sp.eos_id()),
         "tokenizer.ggml.unknown_token_id": np.array(sp.unk_id()),
     }
-    tok = tokenizer_from_gguf_metadata(metadata)
+    tok = tokenizer_from_gguf_metadata(metadata, fast=fast)
     for text in [
         "the quick brown fox",
         "Hello  world",

@@ -146,6 +146,35 @@ def test_converted_gguf_opens_in_mlx_lm(tmp_path, model):
     np.testing.assert_allclose(as_np(reloaded(TOKENS)), as_np(ours(TOKENS)), atol=1e-5)
 
 
+def test_converted_sentencepiece_gguf_keeps_its_tokenizer(tmp_path, model):
+    """A SentencePiece GGUF loads with the compact tokenizer; `convert` writes its `tokenizers`
+    twin, which mlx-lm reads back to the same ids and text."""
+    from mlx_lm import load as mlx_lm_load
+
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁"]
+    assert len(tokens) == model.args.vocab_size
+    spm = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.pre": None,
+        "tokenizer.ggml.merges": None,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": mx.array([0.0] * 259 + [-1.0], dtype=mx.float32),
+        "tokenizer.ggml.token_type": mx.array([2, 3, 3] + [6] * 256 + [1], dtype=mx.int32),
+        "tokenizer.ggml.unknown_token_id": mx.array(0, dtype=mx.uint32),
+        "tokenizer.ggml.add_bos_token": mx.array(True),
+        "tokenizer.chat_template": None,
+    }
+    path = write_quantized_gguf(tmp_path / "spm.gguf", model, metadata=spm)
+    _, tokenizer, _ = load(str(path), cpu_dtype="quantized")
+    assert not tokenizer.is_fast  # gguf_spm's
+    out = convert(str(path), tmp_path / "mlx")
+    _, their_tokenizer = mlx_lm_load(str(out))
+    for text in ("the tiny test", "naïve  café\n", "</s> x"):
+        ids = tokenizer.encode(text)
+        assert ids[0] == 1 and their_tokenizer.encode(text) == ids, text
+        assert their_tokenizer.decode(ids) == tokenizer.decode(ids), text
+
+
 def test_convert_refuses_to_overwrite(tmp_path, model):
     path = write_float_gguf(tmp_path / "tiny.gguf", model)
     dst = tmp_path / "taken"

@@ -15,6 +15,8 @@ from .. import files
 from ..errors import ModelLoadError
 from ..model.sub_block_quant import without_sub_block_layers
 from . import load
+from .gguf_file import GGUFFile
+from .gguf_tokenizer import tokenizer_from_gguf_metadata
 
 
 def quantization_config(model: nn.Module) -> Optional[dict]:
@@ -54,6 +56,8 @@ def convert(
     if bits not in (None, 4, 8):
         raise ModelLoadError(f"bits must be 4 or 8, not {bits}")
     model, tokenizer, info = load(src, log=log, cpu_dtype="quantized")  # the weights as stored
+    if not tokenizer.is_fast:  # a GGUF's compact SentencePiece vocabulary: write its twin
+        tokenizer = tokenizer_from_gguf_metadata(GGUFFile(info.path).metadata, fast=True)
     if bits and info.quantization == "float":
         nn.quantize(model, group_size=group_size, bits=bits)
     if without_sub_block_layers(model):

@@ -3,7 +3,10 @@
 Two vocabularies are supported, as llama.cpp names them in `tokenizer.ggml.model`:
 - `gpt2`: byte-level BPE (tokens + merges), split by the regex `tokenizer.ggml.pre` names;
 - `llama`: SentencePiece BPE (tokens + scores, `<0xXX>` byte fallback, `▁` for spaces).
-The result is a `transformers.PreTrainedTokenizerFast` inside mlx-lm's `TokenizerWrapper`.
+The result sits inside mlx-lm's `TokenizerWrapper`: a `transformers.PreTrainedTokenizerFast` over
+the `tokenizers` library, except for a SentencePiece vocabulary at run time, which is
+`gguf_spm`'s compact tokenizer (a fraction of the memory); `fast=True` builds the `tokenizers`
+twin of that one, which `convert` writes as tokenizer.json.
 """
 
 import warnings
@@ -28,6 +31,7 @@ from tokenizers import (
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import ModelLoadError
+from .gguf_spm import SentencePieceDetokenizer, SentencePieceTokenizer, SentencePieceVocab
 
 __all__ = ["UnsupportedTokenizerError", "build_backend_tokenizer", "tokenizer_from_gguf_metadata"]
 
@@ -102,28 +106,33 @@ class UnsupportedTokenizerError(ModelLoadError):
     """The GGUF describes no tokenizer this module can build (a `ValueError`)."""
 
 
-def tokenizer_from_gguf_metadata(metadata: Dict[str, Any]) -> TokenizerWrapper:
-    """Build the tokenizer a GGUF describes, from `mx.load(path, return_metadata=True)[1]`.
+def tokenizer_from_gguf_metadata(metadata: Dict[str, Any], fast: bool = False) -> TokenizerWrapper:
+    """Build the tokenizer a GGUF describes, from the file's metadata (key -> value).
 
+    `fast`: a SentencePiece vocabulary as a `tokenizers` BPE too (for writing tokenizer.json).
     Raises `UnsupportedTokenizerError` for a vocabulary type other than `gpt2` or `llama`,
     or when the metadata carries no vocabulary.
     """
     meta = _TokenizerMetadata(metadata)
-    hf = _wrap(
-        _build_backend(meta),
-        bos_token=meta.token("bos"),
-        eos_token=meta.token("eos"),
-        unk_token=meta.token("unknown"),
-        pad_token=meta.token("padding"),
-        chat_template=meta.get("tokenizer.chat_template"),
-        # transformers rebuilds the post-processor from these two flags: keep them in step.
-        add_bos_token=meta.add_bos and meta.id("bos") is not None,
-        add_eos_token=meta.add_eos and meta.id("eos") is not None,
-    )
-    if meta.model == "gpt2":
-        detokenizer = BPEStreamingDetokenizer
+    special = {
+        "bos_token": meta.token("bos"),
+        "eos_token": meta.token("eos"),
+        "unk_token": meta.token("unknown"),
+        "pad_token": meta.token("padding"),
+        "chat_template": meta.get("tokenizer.chat_template"),
+    }
+    add_bos = meta.add_bos and meta.id("bos") is not None
+    add_eos = meta.add_eos and meta.id("eos") is not None
+    if meta.model == "llama" and not fast:
+        hf = _sentencepiece_tokenizer(meta, add_bos, add_eos, **special)
+        detokenizer = partial(SentencePieceDetokenizer, trim_space=meta.add_space_prefix)
     else:
-        detokenizer = partial(SPMStreamingDetokenizer, trim_space=meta.add_space_prefix)
+        # transformers rebuilds the post-processor from the two flags: keep them in step.
+        hf = _wrap(_build_backend(meta), add_bos_token=add_bos, add_eos_token=add_eos, **special)
+        if meta.model == "gpt2":
+            detokenizer = BPEStreamingDetokenizer
+        else:
+            detokenizer = partial(SPMStreamingDetokenizer, trim_space=meta.add_space_prefix)
     eos_ids = [meta.id(name) for name in ("eos", "eot", "eom")]
     return TokenizerWrapper(hf, detokenizer, eos_token_ids=[i for i in eos_ids if i is not None])
 
@@ -278,19 +287,45 @@ def _split_for_pre(pre: str):
     return None, False
 
 
+def _scores(meta: _TokenizerMetadata) -> List[float]:
+    # Without scores, earlier tokens rank higher (the order SentencePiece writes them in).
+    scores = meta.get("tokenizer.ggml.scores") or [-float(i) for i in range(len(meta.tokens))]
+    if len(scores) != len(meta.tokens):
+        raise ModelLoadError(
+            f"GGUF metadata tokenizer.ggml.scores has {len(scores)} entries for "
+            f"{len(meta.tokens)} tokens; the file is damaged"
+        )
+    return scores
+
+
+def _sentencepiece_tokenizer(
+    meta: _TokenizerMetadata, add_bos: bool, add_eos: bool, **special
+) -> SentencePieceTokenizer:
+    # Like llama.cpp, the pieces' scores decide; merges a file may carry are not read.
+    pieces = SentencePieceVocab(meta.tokens, _scores(meta), meta.id("unknown"))
+    added = {
+        i: AddedToken(meta.tokens[i], special=is_special, normalized=False)
+        for i, is_special in _added_token_ids(meta).items()
+    }
+    named = {value for key, value in special.items() if key.endswith("_token")}
+    extra = [t.content for t in added.values() if t.special and t.content not in named]
+    pattern = {(True, True): "bos_eos", (True, False): "bos", (False, True): "eos"}
+    return SentencePieceTokenizer(
+        pieces,
+        meta.add_space_prefix,
+        added_tokens_decoder=added,
+        extra_special_tokens=extra,  # so that skip_special_tokens drops them
+        special_tokens_pattern=pattern.get((add_bos, add_eos), "none"),
+        **special,
+    )
+
+
 def _sentencepiece_bpe(meta: _TokenizerMetadata) -> Tokenizer:
     merges = meta.get("tokenizer.ggml.merges")
     if merges:
         merges = [tuple(merge.split(" ", 1)) for merge in merges]
     else:
-        # Without scores, earlier tokens rank higher (the order SentencePiece writes them in).
-        scores = meta.get("tokenizer.ggml.scores") or [-float(i) for i in range(len(meta.tokens))]
-        if len(scores) != len(meta.tokens):
-            raise ModelLoadError(
-                f"GGUF metadata tokenizer.ggml.scores has {len(scores)} entries for "
-                f"{len(meta.tokens)} tokens; the file is damaged"
-            )
-        merges = _merges_from_scores(meta.tokens, scores, meta.types)
+        merges = _merges_from_scores(meta.tokens, _scores(meta), meta.types)
     vocab = {token: i for i, token in enumerate(meta.tokens)}
     tokenizer = _bpe(
         vocab=vocab,
@@ -323,19 +358,28 @@ def _merges_from_scores(tokens: List[str], scores: List[float], types: List[int]
     return [(left, right) for *_, left, right in ranked]
 
 
-def _add_special_tokens(tokenizer: Tokenizer, meta: _TokenizerMetadata) -> None:
-    # Control tokens and the declared bos/eos/... are special (skipped when decoding with
-    # skip_special_tokens); user-defined ones are plain added tokens. Both are matched whole,
-    # as llama.cpp does, and keep their ids because their text is already in the vocabulary.
+def _added_token_ids(meta: _TokenizerMetadata) -> Dict[int, bool]:
+    """id -> special, for the tokens matched whole in text, as llama.cpp matches them.
+
+    Control tokens and the declared bos/eos/... are special (skipped when decoding with
+    skip_special_tokens); user-defined ones are plain added tokens. They keep their ids: their
+    text is already in the vocabulary.
+    """
     named = {meta.id(name) for name in ("bos", "eos", "unknown", "padding", "eot", "eom")}
-    special, added = [], []
-    for i, (token, kind) in enumerate(zip(meta.tokens, meta.types)):
-        if kind == CONTROL or i in named:
-            special.append(AddedToken(token, special=True, normalized=False))
-        elif kind == USER_DEFINED:
-            added.append(AddedToken(token, special=False, normalized=False))
-    tokenizer.add_special_tokens(special)
-    tokenizer.add_tokens(added)
+    return {
+        i: kind == CONTROL or i in named
+        for i, kind in enumerate(meta.types)
+        if kind in (CONTROL, USER_DEFINED) or i in named
+    }
+
+
+def _add_special_tokens(tokenizer: Tokenizer, meta: _TokenizerMetadata) -> None:
+    added = [
+        AddedToken(meta.tokens[i], special=special, normalized=False)
+        for i, special in _added_token_ids(meta).items()
+    ]
+    tokenizer.add_special_tokens([token for token in added if token.special])
+    tokenizer.add_tokens([token for token in added if not token.special])
 
 
 def _post_processor(meta: _TokenizerMetadata) -> processors.TemplateProcessing:
