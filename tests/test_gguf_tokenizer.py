@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from entropix_mlx.errors import GenerationError
 from entropix_mlx.loading.gguf_spm import SentencePieceVocab
 from entropix_mlx.loading.gguf_tokenizer import (
     UnsupportedTokenizerError,
@@ -255,7 +256,10 @@ def test_sentencepiece_vocab_lookup_through_crc32_collisions():
     assert zlib.crc32(b"plumless") == zlib.crc32(b"buckeroo")  # a known collision
     pieces = SentencePieceVocab(["x", "plumless", "buckeroo", "y"], [0.0] * 4, unk_id=None)
     assert [pieces.id(p) for p in ("plumless", "buckeroo", "y", "z")] == [1, 2, 3, None]
-    assert pieces.piece(2) == "buckeroo" and pieces.encode("xy") == [0, 3]  # no bytes: unknown
+    assert pieces.piece(2) == "buckeroo" and pieces.encode("xy") == [0, 3]
+    with pytest.raises(GenerationError, match=r"cannot spell 'z' \(no byte pieces, no unknown"):
+        pieces.encode("xz")  # no byte pieces, no unknown id
+    assert SentencePieceVocab(["<unk>", "x"], [0.0, 0.0], unk_id=0).encode("xzz") == [1, 0, 0]
 
 
 @BUILDS

@@ -22,6 +22,8 @@ import numpy as np
 from mlx_lm.tokenizer_utils import SPMStreamingDetokenizer, StreamingDetokenizer
 from transformers import PreTrainedTokenizer
 
+from ..errors import GenerationError
+
 SPACE = "▁"
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -114,9 +116,14 @@ class SentencePieceVocab:
     def _spelled(self, char: str) -> List[int]:
         """A character that is no piece: its UTF-8 bytes as byte pieces (else the unknown id)."""
         ids = [self._byte_ids[b] for b in char.encode("utf-8")]
-        if None in ids:
-            return [] if self.unk_id is None else [self.unk_id]
-        return ids
+        if None not in ids:
+            return ids
+        if self.unk_id is None:  # llama.cpp stops here too
+            raise GenerationError(
+                f"the model's vocabulary cannot spell {char!r} (no byte pieces, no unknown "
+                "token); leave that character out of the text"
+            )
+        return [self.unk_id]
 
 
 class SentencePieceTokenizer(PreTrainedTokenizer):
