@@ -250,6 +250,10 @@ def test_sentencepiece_added_tokens(fast):
     assert tok.encode("<turn>ab\n\nab", add_special_tokens=False) == [turn, 264, blank, 264]
     assert tok.decode([turn, 264, blank, 264], skip_special_tokens=True) == "ab\n\n ab"
     assert tok.decode([1, turn, 264]) == "<s><turn> ab"
+    if not fast:  # a token added after loading (`tokenizers` would match it after normalizing)
+        size = len(tok)
+        assert tok.add_tokens(["<new>"]) == 1 and len(tok) == size + 1
+        assert tok.encode("ab<new>", add_special_tokens=False) == [264, size]
 
 
 def test_sentencepiece_vocab_lookup_through_crc32_collisions():

@@ -149,7 +149,9 @@ class SentencePieceTokenizer(PreTrainedTokenizer):
         return {self.pieces.piece(i): i for i in range(len(self.pieces))}
 
     def _update_total_vocab_size(self):
-        self.total_vocab_size = len(self.pieces)  # the added tokens are all pieces
+        # Without listing the vocabulary: a GGUF's added tokens are pieces, a later one is not.
+        n = len(self.pieces)
+        self.total_vocab_size = n + sum(i >= n for i in self._added_tokens_decoder)
 
     def _add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
         if not new_tokens:  # the parent would copy the whole vocabulary to add nothing
