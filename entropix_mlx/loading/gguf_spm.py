@@ -13,9 +13,11 @@ added (control and user-defined) tokens, adds BOS, applies chat templates and de
 `convert` writes the same vocabulary as a `tokenizers` BPE instead (`gguf_tokenizer`).
 """
 
+import bisect
 import heapq
 import re
 import zlib
+from array import array
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -29,18 +31,21 @@ _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 class SentencePieceVocab:
-    """Pieces (id -> text), their scores, and text -> id through a crc32 index."""
+    """Pieces (id -> text), their scores, and text -> id through a crc32 index.
+
+    The arrays are `array.array`s: indexing one gives a Python number without numpy's per-item
+    cost, and `bisect` searches one in C (the tokenizer looks a piece up for every merge)."""
 
     def __init__(self, tokens: Sequence[str], scores: Sequence[float], unk_id: Optional[int]):
         encoded = [token.encode("utf-8") for token in tokens]
         self._blob = b"".join(encoded)
-        self._offsets = np.zeros(len(encoded) + 1, np.int64)
-        np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
+        self._offsets = _array("q", np.cumsum([0] + [len(b) for b in encoded], dtype=np.int64))
         hashes = np.fromiter(map(zlib.crc32, encoded), np.uint32, len(encoded))
         del encoded
-        self._order = np.argsort(hashes, kind="stable").astype(np.int32)
-        self._hashes = hashes[self._order]
-        self.scores = np.asarray(scores, np.float32)
+        order = np.argsort(hashes, kind="stable")
+        self._order = _array("i", order.astype(np.int32))
+        self._hashes = _array("I", hashes[order])
+        self.scores = _array("f", np.asarray(scores, np.float32))
         self.unk_id = unk_id
         self._byte_ids = [self.id(f"<0x{b:02X}>") for b in range(256)]
 
@@ -57,9 +62,9 @@ class SentencePieceVocab:
         """The id of the piece spelled `piece`, or None."""
         key = piece.encode("utf-8")
         h = zlib.crc32(key)
-        i = int(self._hashes.searchsorted(np.uint32(h)))  # a Python int would copy the array
+        i = bisect.bisect_left(self._hashes, h)
         while i < len(self._hashes) and self._hashes[i] == h:  # crc32 collides now and then
-            j = int(self._order[i])
+            j = self._order[i]
             if self.piece_bytes(j) == key:
                 return j
             i += 1
@@ -88,7 +93,7 @@ class SentencePieceVocab:
             piece = text[start[left] : start[left] + size[left] + size[right]]
             token = lookup(piece)
             if token is not None:
-                heapq.heappush(queue, (-float(self.scores[token]), left, right, len(piece)))
+                heapq.heappush(queue, (-self.scores[token], left, right, len(piece)))
 
         for i in range(1, n):
             push(i - 1, i)
@@ -179,6 +184,12 @@ class SentencePieceTokenizer(PreTrainedTokenizer):
         if self.add_space_prefix and text.startswith(" "):
             text = text[1:]  # the prefix the encoder added
         return text
+
+
+def _array(typecode: str, values: np.ndarray) -> array:
+    out = array(typecode)
+    out.frombytes(np.ascontiguousarray(values).tobytes())
+    return out
 
 
 def _piece_bytes(piece: str) -> bytes:
