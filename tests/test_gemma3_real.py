@@ -94,7 +94,7 @@ def test_catalog_entry_runs_as_a_base_model(loaded):
 def test_load_peak(gemma_path):
     """Resident memory the load adds at its peak, over the file's size (quantized path): the
     issue's bound, 1.3x. The weights alone take 1.104x (266.5 MiB: exact MLX layers cost more
-    bits than Q8_0, Q4_K and Q6_K); the compact SentencePiece vocabulary (`gguf_spm`) about
-    0.07x. Measured: 1.20x.
+    bits than Q8_0, Q4_K and Q6_K); the compact SentencePiece tokenizer (`gguf_spm`) about
+    0.08x. Measured: 1.20x.
     """
     assert load_peak_over_file_size(gemma_path, warm=True) <= 1.3
